@@ -1,0 +1,43 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Why one block request failed. The frontend turns it into the errno of the
+/// request's completion with [`IoError::errno`], its only translation point.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IoError {
+    /// The operating system refused the operation on the tail.
+    #[error("tail I/O failed: {0}")]
+    Os(#[from] io::Error),
+    /// The tail returned no bytes before the request was complete: it shrank
+    /// under us.
+    #[error("tail ended at byte {offset}, inside the request")]
+    ShortTransfer { offset: u64 },
+}
+
+impl IoError {
+    /// The negative errno that completes the block request.
+    pub fn errno(&self) -> i32 {
+        match self {
+            IoError::Os(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            IoError::ShortTransfer { .. } => -libc::EIO,
+        }
+    }
+}
+
+/// Why a tail cannot be opened or used. Nothing was changed on the tail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TailError {
+    #[error("tail {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("tail {path} is neither a regular file nor a block device")]
+    NotFileOrBlockDevice { path: PathBuf },
+    #[error(
+        "tail {path} does not support direct I/O ({source}); put it on a filesystem \
+         or device that does (ext4, xfs, a block device; not tmpfs or 9p)"
+    )]
+    NoDirectIo { path: PathBuf, source: io::Error },
+    #[error("tail {path}: cannot read its size: {source}")]
+    Size { path: PathBuf, source: io::Error },
+}

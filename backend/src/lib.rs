@@ -1,0 +1,18 @@
+//! ublkvd's I/O engine.
+//!
+//! The frontend (or, later, the peer server) hands every block request to a
+//! [`BlockBackend`]; this crate knows nothing of ublk. A [`LocalTail`] serves
+//! requests from a file or block device on this node through io_uring, on
+//! whatever [`Ring`] the calling thread owns.
+
+mod block;
+mod buf;
+mod error;
+mod ring;
+mod tail;
+
+pub use block::BlockBackend;
+pub use buf::AlignedBuf;
+pub use error::{IoError, TailError};
+pub use ring::{BlockingRing, Ring};
+pub use tail::{LocalTail, TailGeometry};
