@@ -1,0 +1,115 @@
+//! The control protocol between the `ublkvd` client and its daemon: one JSON
+//! request per line on a Unix socket, answered by one JSON response line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the daemon reads; a vdisk spec is far smaller.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Add(AddRequest),
+    Del { name: String },
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Absolute: the client resolves it against its own working directory.
+    pub tail: PathBuf,
+    pub block_size: u32,
+    pub queues: u16,
+    pub queue_depth: u16,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { vdisks: Vec<VdiskInfo> },
+    Error { message: String },
+}
+
+/// A vdisk as `add` and `list` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskInfo {
+    pub name: String,
+    pub size_bytes: u64,
+    /// `/dev/ublkbN` while the device runs.
+    pub device: Option<PathBuf>,
+    pub tail: PathBuf,
+    pub block_size: u32,
+    pub read_only: bool,
+    /// `running`, or `failed: <why>` when the device could not be started.
+    pub state: String,
+}
+
+/// Sends one request to the daemon at `socket` and returns its vdisks, or
+/// the daemon's error.
+pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Vec<VdiskInfo>> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the ublkvd daemon at {} (is `ublkvd serve` running?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(request).context("cannot encode request")?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .context("cannot send request to the daemon")?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("cannot read the daemon's reply")?;
+    if reply.is_empty() {
+        bail!("the daemon closed the connection without replying");
+    }
+    match serde_json::from_str(&reply).context("malformed reply from the daemon")? {
+        Response::Ok { vdisks } => Ok(vdisks),
+        Response::Error { message } => bail!(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let requests = [
+            Request::List,
+            Request::Del { name: "a".into() },
+            Request::Add(AddRequest {
+                name: "a".into(),
+                size_bytes: 1 << 30,
+                tail: "/srv/a.img".into(),
+                block_size: 4096,
+                queues: 1,
+                queue_depth: 128,
+                read_only: false,
+            }),
+        ];
+        for request in requests {
+            let json = serde_json::to_string(&request).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn unknown_operations_and_fields_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"del","name":"a","force":true}"#).is_err()
+        );
+    }
+}

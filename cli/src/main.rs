@@ -1,0 +1,131 @@
+//! `ublkvd`: the node daemon (`serve`) and the client commands that drive it.
+
+mod args;
+mod config;
+mod control;
+mod node;
+mod server;
+mod size;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use args::{AddArgs, Cli, Command};
+use config::{ConfigFile, NodeConfig, DEFAULT_SOCKET};
+use control::{AddRequest, Request, VdiskInfo};
+use size::format_size;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line, like every other error: clap's first line says it all.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("ublkvd: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ublkvd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            let file = match &args.config {
+                Some(path) => ConfigFile::load(path)?,
+                None => ConfigFile::default(),
+            };
+            let config = NodeConfig::resolve(file, args.data_dir, cli.socket);
+            server::serve(&config)
+        }
+        Command::Add(args) => add(&socket, args),
+        Command::Del { name } => control::call(&socket, &Request::Del { name }).map(drop),
+        Command::List { json } => {
+            let vdisks = control::call(&socket, &Request::List)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vdisks)?);
+            } else {
+                print_table(&vdisks);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
+    let tail = std::path::absolute(&args.tail)
+        .with_context(|| format!("invalid tail path {}", args.tail.display()))?;
+    let request = Request::Add(AddRequest {
+        name: args.name,
+        size_bytes: args.size,
+        tail,
+        block_size: args.block_size,
+        queues: args.queues,
+        queue_depth: args.queue_depth,
+        read_only: args.read_only,
+    });
+    let vdisks = control::call(socket, &request)?;
+    let vdisk = vdisks
+        .first()
+        .context("the daemon reported no vdisk for the add")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(vdisk)?);
+    } else if let Some(device) = &vdisk.device {
+        println!("{}", device.display());
+    }
+    Ok(())
+}
+
+fn print_table(vdisks: &[VdiskInfo]) {
+    let rows: Vec<[String; 5]> = vdisks
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                format_size(v.size_bytes),
+                v.device
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |d| d.display().to_string()),
+                v.tail.display().to_string(),
+                v.state.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "SIZE", "DEVICE", "TAIL", "STATE"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

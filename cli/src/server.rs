@@ -1,0 +1,171 @@
+//! The daemon: serves the control socket until SIGTERM or SIGINT, then
+//! stops every device and removes the socket.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::NodeConfig;
+use crate::control::{Request, Response, MAX_LINE};
+use crate::node::Node;
+
+/// Runs the node daemon in the foreground.
+pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind_control_socket(&config.control_socket)?;
+        if !Path::new("/dev/ublk-control").exists() {
+            tracing::warn!(
+                "kernel module ublk_drv is not loaded: vdisks cannot start until `modprobe ublk_drv`"
+            );
+        }
+        let data_dir = config.data_dir.clone();
+        let node = tokio::task::spawn_blocking(move || Node::open(&data_dir))
+            .await
+            .context("node start-up panicked")??;
+        let node = Arc::new(Mutex::new(node));
+        tracing::info!(
+            node = %config.node,
+            socket = %config.control_socket.display(),
+            data_dir = %config.data_dir.display(),
+            "ublkvd serving"
+        );
+        let served = run(listener, node.clone(), shutdown_signal()?).await;
+        tracing::info!("shutting down: stopping devices");
+        let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown()).await;
+        let _ = std::fs::remove_file(&config.control_socket);
+        stopped.context("device shutdown panicked")?;
+        served
+    })
+}
+
+/// Accepts control connections until `shutdown` resolves.
+pub async fn run(
+    listener: UnixListener,
+    node: Arc<Mutex<Node>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.context("accepting a control connection")?;
+                tokio::spawn(serve_connection(stream, node.clone()));
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // Bounded per request: a peer cannot make the daemon buffer without end.
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("control connection: {e}");
+                return;
+            }
+        }
+        let complete = line.ends_with('\n');
+        let response = if !complete && line.len() >= MAX_LINE {
+            Response::Error {
+                message: format!("request longer than {MAX_LINE} bytes"),
+            }
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => execute(request, node.clone()).await,
+                Err(e) => Response::Error {
+                    message: format!("malformed request: {e}"),
+                },
+            }
+        };
+        let mut reply = serde_json::to_string(&response).unwrap_or_default();
+        reply.push('\n');
+        if writer.write_all(reply.as_bytes()).await.is_err() || !complete {
+            // After an overlong or unterminated request the stream has no
+            // request boundary left to find.
+            return;
+        }
+    }
+}
+
+/// Runs a request on a blocking thread: device start and stop wait on the
+/// kernel.
+async fn execute(request: Request, node: Arc<Mutex<Node>>) -> Response {
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut node = lock(&node);
+        match request {
+            Request::Add(add) => node.add(add).map(|info| vec![info]),
+            Request::Del { name } => node.del(&name).map(|()| Vec::new()),
+            Request::List => Ok(node.list()),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(vdisks)) => Response::Ok { vdisks },
+        Ok(Err(e)) => Response::Error {
+            message: format!("{e:#}"),
+        },
+        Err(e) => Response::Error {
+            message: format!("request handler panicked: {e}"),
+        },
+    }
+}
+
+/// A panic while holding the lock leaves the node usable: its state is
+/// only ever changed after the fallible steps succeed.
+fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
+    node.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Binds the control socket, refusing to steal one a live daemon serves.
+fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket dir {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another ublkvd daemon is serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    // The socket controls block devices: root (or the daemon's user) only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

@@ -1,0 +1,230 @@
+//! The daemon and CLI on the host, where the kernel has no ublk: everything
+//! that must be refused before a device is made, the control socket, the
+//! config layering and clean shutdown. Device-making paths run in the VM
+//! suite (`tests/vm/e2e.sh`).
+
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::process::Command;
+
+mod support;
+
+use support::{assert_one_line_error, ublkvd_bin, Daemon, Outcome};
+
+fn tail(daemon: &Daemon, name: &str, len: u64) -> String {
+    let path = daemon.dir.path().join(name);
+    File::create(&path).unwrap().set_len(len).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn list_of_a_new_daemon_is_empty_in_table_and_json() {
+    let daemon = Daemon::start();
+    let table = Outcome::from(daemon.client(&["list"]));
+    assert!(table.success);
+    assert_eq!(table.stdout.trim(), "NAME  SIZE  DEVICE  TAIL  STATE");
+    let json = Outcome::from(daemon.client(&["list", "--json"]));
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(parsed, serde_json::json!([]));
+}
+
+#[test]
+fn client_without_daemon_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(ublkvd_bin())
+        .arg("--socket")
+        .arg(dir.path().join("absent.sock"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_one_line_error(output, "is `ublkvd serve` running?");
+}
+
+#[test]
+fn del_of_an_unknown_vdisk_is_refused() {
+    let daemon = Daemon::start();
+    assert_one_line_error(daemon.client(&["del", "nosuch"]), "no vdisk named nosuch");
+}
+
+#[test]
+fn add_refuses_a_missing_tail() {
+    let daemon = Daemon::start();
+    let missing = daemon.dir.path().join("missing.img");
+    assert_one_line_error(
+        daemon.client(&[
+            "add",
+            "a",
+            "--size",
+            "1M",
+            "--tail",
+            missing.to_str().unwrap(),
+        ]),
+        "cannot open tail",
+    );
+}
+
+#[test]
+fn add_refuses_a_size_larger_than_the_tail() {
+    let daemon = Daemon::start();
+    let tail = tail(&daemon, "small.img", 1 << 20);
+    assert_one_line_error(
+        daemon.client(&["add", "a", "--size", "2M", "--tail", &tail]),
+        "is larger than tail",
+    );
+}
+
+#[test]
+fn add_refuses_a_size_that_is_not_whole_blocks() {
+    let daemon = Daemon::start();
+    let tail = tail(&daemon, "t.img", 1 << 20);
+    assert_one_line_error(
+        daemon.client(&["add", "a", "--size", "6144", "--tail", &tail]),
+        "not a positive multiple of the block size 4096",
+    );
+    assert_one_line_error(
+        daemon.client(&["add", "a", "--size", "0", "--tail", &tail]),
+        "not a positive multiple",
+    );
+}
+
+#[test]
+fn add_refuses_unparseable_sizes_and_bad_names() {
+    let daemon = Daemon::start();
+    let tail = tail(&daemon, "t.img", 1 << 20);
+    assert_one_line_error(
+        daemon.client(&["add", "a", "--size", "12Q", "--tail", &tail]),
+        "invalid size",
+    );
+    assert_one_line_error(
+        daemon.client(&["add", "../a", "--size", "1M", "--tail", &tail]),
+        "invalid vdisk name",
+    );
+    assert_one_line_error(
+        daemon.client(&[
+            "add",
+            "a",
+            "--size",
+            "1M",
+            "--tail",
+            &tail,
+            "--block-size",
+            "1000",
+        ]),
+        "block size must be 512 or 4096",
+    );
+}
+
+#[test]
+fn refused_adds_leave_nothing_behind() {
+    let daemon = Daemon::start();
+    let tail = tail(&daemon, "t.img", 1 << 20);
+    let _ = daemon.client(&["add", "a", "--size", "2M", "--tail", &tail]);
+    let _ = daemon.client(&["add", "b", "--size", "1M", "--tail", &tail]);
+    let list = Outcome::from(daemon.client(&["list", "--json"]));
+    assert_eq!(list.stdout.trim(), "[]");
+}
+
+#[test]
+fn second_daemon_on_the_same_socket_is_refused() {
+    let daemon = Daemon::start();
+    let output = Command::new(ublkvd_bin())
+        .args(["serve", "--data-dir"])
+        .arg(daemon.dir.path().join("other"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("another ublkvd daemon is serving"));
+    assert!(daemon.client(&["list"]).status.success());
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_removes_its_socket() {
+    let mut daemon = Daemon::start();
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(!daemon.socket.exists());
+}
+
+#[test]
+fn malformed_requests_get_an_error_reply_and_the_daemon_lives_on() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let daemon = Daemon::start();
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .write_all(b"{\"op\":\"format\"}\nnot json\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for _ in 0..2 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["status"], "error", "{line}");
+        assert!(reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed request"));
+    }
+    let huge = vec![b'x'; 70 * 1024];
+    stream.write_all(&huge).unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("request longer than"), "{line}");
+    assert!(daemon.client(&["list"]).status.success());
+}
+
+#[test]
+fn config_file_sets_the_socket_and_flags_override_the_file() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file_socket = dir.path().join("from-file.sock");
+    let flag_data = dir.path().join("flag-data");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node = \"a\"\ndata_dir = \"{}\"\ncontrol_socket = \"{}\"\n",
+            dir.path().join("file-data").display(),
+            file_socket.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(ublkvd_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&flag_data)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !flag_data.join("catalog.redb").exists() || !file_socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!dir.path().join("file-data").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn invalid_config_file_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "data_dri = \"/x\"\n").unwrap();
+    let output = Command::new(ublkvd_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid config file"), "{stderr}");
+    assert!(stderr.contains("data_dri"), "{stderr}");
+}
