@@ -29,15 +29,15 @@ impl IoError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TailError {
-    #[error("tail {path}: {source}")]
+    #[error("cannot open tail {path}")]
     Open { path: PathBuf, source: io::Error },
     #[error("tail {path} is neither a regular file nor a block device")]
     NotFileOrBlockDevice { path: PathBuf },
     #[error(
-        "tail {path} does not support direct I/O ({source}); put it on a filesystem \
-         or device that does (ext4, xfs, a block device; not tmpfs or 9p)"
+        "tail {path} does not support direct I/O in the vdisk's block size; put it on \
+         a filesystem or device that does (ext4, xfs, a block device)"
     )]
     NoDirectIo { path: PathBuf, source: io::Error },
-    #[error("tail {path}: cannot read its size: {source}")]
+    #[error("cannot read the size of tail {path}")]
     Size { path: PathBuf, source: io::Error },
 }

@@ -1,5 +1,8 @@
 //! A `LocalTail` against real files: real io_uring, real `O_DIRECT`.
 
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

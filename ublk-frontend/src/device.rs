@@ -55,7 +55,7 @@ impl DeviceOptions {
         if bs != 512 && bs != 4096 {
             return invalid(format!("block size {bs} is neither 512 nor 4096"));
         }
-        if self.size_bytes == 0 || self.size_bytes % u64::from(bs) != 0 {
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(u64::from(bs)) {
             return invalid(format!(
                 "size {} bytes is not a positive multiple of the block size {bs}",
                 self.size_bytes
@@ -70,7 +70,7 @@ impl DeviceOptions {
                 Self::MAX_QUEUE_DEPTH
             ));
         }
-        if self.io_buf_bytes < 4096 || self.io_buf_bytes % 4096 != 0 {
+        if self.io_buf_bytes < 4096 || !self.io_buf_bytes.is_multiple_of(4096) {
             return invalid("io buffer size must be a multiple of 4096".into());
         }
         Ok(())
@@ -202,9 +202,9 @@ impl Device {
         if thread.join().is_err() {
             tracing::error!(id = self.id, "ublk device thread panicked");
         }
-        killed.map(drop).map_err(|source| FrontendError::Driver {
+        killed.map(drop).map_err(|error| FrontendError::Driver {
             action: "stop the device",
-            source,
+            error,
         })
         // The device is deleted when the last `ctrl` handle drops, which is
         // ours: the device thread has ended.
@@ -240,9 +240,9 @@ fn init_control_ring() -> Result<(), FrontendError> {
         }
         Ok(())
     })
-    .map_err(|source| FrontendError::Driver {
+    .map_err(|error| FrontendError::Driver {
         action: "set up a control ring",
-        source,
+        error,
     })
 }
 
@@ -272,10 +272,10 @@ where
     let on_started = move |ctrl: &UblkCtrl| {
         let _ = started_ok.send(Ok((handle, ctrl.dev_info().dev_id)));
     };
-    if let Err(source) = ctrl.run_target(init, serve, on_started) {
+    if let Err(error) = ctrl.run_target(init, serve, on_started) {
         let _ = started.send(Err(FrontendError::Driver {
             action: "start the device",
-            source,
+            error,
         }));
     }
 }
@@ -302,9 +302,9 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
         }
         other => other,
     };
-    ctrl.map_err(|source| FrontendError::Driver {
+    ctrl.map_err(|error| FrontendError::Driver {
         action: "add a device",
-        source,
+        error,
     })
 }
 

@@ -9,10 +9,11 @@ pub enum FrontendError {
     DriverMissing { control: &'static str },
     #[error("invalid device options: {0}")]
     InvalidOptions(String),
-    #[error("ublk driver refused to {action}: {}", describe(source))]
+    #[error("ublk driver refused to {action}: {}", describe(error))]
     Driver {
         action: &'static str,
-        source: libublk::UblkError,
+        // Not a `source`: its own message ("other failure") says nothing.
+        error: libublk::UblkError,
     },
     #[error("ublk device thread ended without reporting (it panicked)")]
     ThreadLost,

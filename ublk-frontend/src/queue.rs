@@ -1,4 +1,3 @@
-use std::future::Future;
 use std::rc::Rc;
 
 use backend::{BlockBackend, Ring};
@@ -15,12 +14,10 @@ use crate::BlockRequest;
 pub struct QueueRing;
 
 impl Ring for QueueRing {
-    unsafe fn submit(&self, entry: io_uring::squeue::Entry) -> impl Future<Output = i32> {
-        async move {
-            ublk_submit_sqe_async(entry, UblkUringData::Target as u64)
-                .await
-                .unwrap_or(-libc::EIO)
-        }
+    async unsafe fn submit(&self, entry: io_uring::squeue::Entry) -> i32 {
+        ublk_submit_sqe_async(entry, UblkUringData::Target as u64)
+            .await
+            .unwrap_or(-libc::EIO)
     }
 }
 
