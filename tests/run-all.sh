@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and host integration tests (real io_uring, real
+# redb files, the real daemon over its socket), then the end-to-end suite
+# against real /dev/ublkbN devices in the test VM.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+tests/vm/install-deps.sh
+cargo test --workspace --locked
+cargo build --release --locked -p ublkvd
+tests/vm/run.sh --disk-size 2G --timeout 1200 -- \
+    env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/e2e.sh

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# ublkvd's end-to-end suite, run as root inside the test VM (tests/vm/run.sh)
+# against real /dev/ublkbN devices: fio --verify, ext4, tails compared byte by
+# byte, discard and write-zeroes, restarts, SIGTERM, and every refusal.
+#
+# Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
+set -uo pipefail
+
+BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
+SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
+WORK=$(mktemp -d /tmp/ublkvd-e2e.XXXXXX)
+SOCK=$WORK/ublkvd.sock
+DATA=$WORK/data
+MNT=/mnt/scratch
+DAEMON_PID=
+# ublk_drv stays out until the first test has seen the daemon without it.
+modprobe -a ext4
+
+ublkvd() { "$BIN" --socket "$SOCK" "$@"; }
+
+start_daemon() {
+    "$BIN" serve --data-dir "$DATA" --socket "$SOCK" 2>>"$WORK/daemon.log" &
+    DAEMON_PID=$!
+    for _ in $(seq 200); do
+        ublkvd list >/dev/null 2>&1 && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "daemon did not start:"; tail -20 "$WORK/daemon.log"; return 1
+}
+
+stop_daemon() {
+    [ -n "$DAEMON_PID" ] || return 0
+    kill -TERM "$DAEMON_PID"
+    wait "$DAEMON_PID"
+    local rc=$?
+    DAEMON_PID=
+    return $rc
+}
+
+# expect_error NEEDLE CMD...: CMD fails with one line on stderr containing NEEDLE.
+expect_error() {
+    local needle=$1; shift
+    local err rc=0
+    err=$("$@" 2>&1 >/dev/null) || rc=$?
+    if [ "$rc" -eq 0 ]; then echo "expected failure: $*"; return 1; fi
+    if [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ]; then echo "not one line: $err"; return 1; fi
+    case "$err" in *"$needle"*) echo "refused: $err" ;; *) echo "wrong error: $err (want $needle)"; return 1 ;; esac
+}
+
+device_of() { ublkvd list --json | jq -r --arg n "$1" '.[] | select(.name == $n) | .device'; }
+
+ublk_devices_in_kernel() { ls /sys/class/ublk-char 2>/dev/null | wc -l; }
+
+# ---------------------------------------------------------------- the tests
+
+test_add_without_ublk_drv_names_the_module() {
+    [ ! -e /dev/ublk-control ] || { echo "ublk_drv already loaded"; return 1; }
+    truncate -s 64M "$WORK/early.img"
+    start_daemon
+    expect_error "modprobe ublk_drv" ublkvd add early --size 64M --tail "$WORK/early.img"
+    [ "$(ublkvd list --json)" = "[]" ]
+    stop_daemon
+    modprobe ublk_drv
+}
+
+test_fio_verify_on_a_block_device_tail() {
+    start_daemon
+    local dev
+    dev=$(ublkvd add raw --size 256M --tail "$SCRATCH")
+    [ -b "$dev" ]
+    [ "$(blockdev --getsize64 "$dev")" = $((256 << 20)) ]
+    fio --name=write-verify --filename="$dev" --rw=randwrite --bsrange=4k-64k \
+        --ioengine=io_uring --direct=1 --iodepth=32 --size=100% \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+    # The same data read back again after the device is deleted and re-added.
+    ublkvd del raw
+    dev=$(ublkvd add raw --size 256M --tail "$SCRATCH")
+    fio --name=write-verify --filename="$dev" --rw=randwrite --bsrange=4k-64k \
+        --ioengine=io_uring --direct=1 --iodepth=32 --size=100% \
+        --verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+    echo "fio wrote and verified 256 MiB twice over $dev"
+}
+
+test_bytes_written_through_the_device_are_in_the_tail_at_the_same_offset() {
+    local dev
+    dev=$(device_of raw)
+    head -c $((3 << 20)) /dev/urandom >"$WORK/pattern"
+    dd if="$WORK/pattern" of="$dev" bs=1M seek=37 oflag=direct status=none
+    dd if="$SCRATCH" bs=1M skip=37 count=3 iflag=direct status=none | cmp - "$WORK/pattern"
+    # And the other way: what is in the tail is what the device reads.
+    dd if="$dev" bs=1M skip=37 count=3 iflag=direct status=none | cmp - "$WORK/pattern"
+    ublkvd del raw
+    [ ! -e "$dev" ]
+}
+
+test_ext4_files_survive_del_and_add_on_the_same_tail() {
+    mkfs.ext4 -q -F "$SCRATCH"
+    mkdir -p "$MNT"
+    mount "$SCRATCH" "$MNT"
+    truncate -s 512M "$MNT/fs.img"
+    local dev
+    dev=$(ublkvd add fs --size 512M --tail "$MNT/fs.img")
+    mkfs.ext4 -q "$dev"
+    mkdir -p /mnt/vdisk
+    mount "$dev" /mnt/vdisk
+    for i in 1 2 3 4 5; do head -c $((i * 3 << 20)) /dev/urandom >"/mnt/vdisk/file$i"; done
+    (cd /mnt/vdisk && sha256sum file* >"$WORK/sums")
+    umount /mnt/vdisk
+    ublkvd del fs
+    [ ! -e "$dev" ]
+    dev=$(ublkvd add fs --size 512M --tail "$MNT/fs.img")
+    mount "$dev" /mnt/vdisk
+    (cd /mnt/vdisk && sha256sum -c --quiet "$WORK/sums")
+    umount /mnt/vdisk
+    echo "5 files intact on $dev after del and add"
+}
+
+test_del_refuses_a_mounted_device() {
+    local dev
+    dev=$(device_of fs)
+    mount "$dev" /mnt/vdisk
+    expect_error "in use" ublkvd del fs
+    [ -b "$dev" ]
+    umount /mnt/vdisk
+}
+
+test_flush_reaches_the_device_as_a_cache_flush() {
+    local dev sys before after
+    # Raw writes get a vdisk of their own: fs keeps its filesystem.
+    truncate -s 64M "$MNT/blk.img"
+    dev=$(ublkvd add blk --size 64M --tail "$MNT/blk.img")
+    sys=/sys/block/$(basename "$dev")
+    [ "$(cat "$sys/queue/write_cache")" = "write back" ]
+    before=$(awk '{print $16}' "$sys/stat")
+    dd if=/dev/urandom of="$dev" bs=64k count=16 conv=fsync status=none
+    sync
+    after=$(awk '{print $16}' "$sys/stat")
+    echo "flushes completed: $before -> $after"
+    [ "$after" -gt "$before" ]
+}
+
+test_discard_punches_a_hole_in_the_file_tail() {
+    local dev blocks_before blocks_after
+    dev=$(device_of blk)
+    dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none
+    sync "$MNT/blk.img"
+    blocks_before=$(stat -c %b "$MNT/blk.img")
+    blkdiscard -o $((2 << 20)) -l $((4 << 20)) "$dev"
+    blocks_after=$(stat -c %b "$MNT/blk.img")
+    echo "tail blocks: $blocks_before -> $blocks_after"
+    [ "$blocks_after" -lt "$blocks_before" ]
+    dd if="$MNT/blk.img" bs=1M skip=2 count=4 iflag=direct status=none | cmp - <(head -c $((4 << 20)) /dev/zero)
+    dd if="$dev" bs=1M skip=2 count=4 iflag=direct status=none | cmp - <(head -c $((4 << 20)) /dev/zero)
+    # Around the hole the data is untouched.
+    [ "$(dd if="$dev" bs=1M count=1 iflag=direct status=none | tr -d '\0' | wc -c)" -gt 0 ]
+}
+
+test_write_zeroes_zeroes_exactly_its_range() {
+    local dev
+    dev=$(device_of blk)
+    head -c $((4 << 20)) /dev/urandom >"$WORK/four"
+    dd if="$WORK/four" of="$dev" bs=1M seek=16 oflag=direct status=none
+    blkdiscard -z -o $((17 << 20)) -l $((1 << 20)) "$dev"
+    dd if="$dev" bs=1M skip=17 count=1 iflag=direct status=none | cmp - <(head -c $((1 << 20)) /dev/zero)
+    dd if="$MNT/blk.img" bs=1M skip=16 count=1 iflag=direct status=none | cmp - <(head -c $((1 << 20)) "$WORK/four")
+    dd if="$MNT/blk.img" bs=1M skip=18 count=2 iflag=direct status=none | cmp - <(tail -c $((2 << 20)) "$WORK/four")
+    ublkvd del blk
+}
+
+test_bad_inputs_are_refused_in_one_line_and_leave_nothing() {
+    truncate -s 64M "$MNT/small.img"
+    local before
+    before=$(ublkvd list --json)
+    expect_error "already exists" ublkvd add fs --size 64M --tail "$MNT/small.img"
+    expect_error "larger than tail" ublkvd add big --size 65M --tail "$MNT/small.img"
+    expect_error "multiple of the block size" ublkvd add odd --size 4097 --tail "$MNT/small.img"
+    expect_error "cannot open tail" ublkvd add gone --size 1M --tail "$MNT/absent.img"
+    expect_error "invalid size" ublkvd add x --size 1.5G --tail "$MNT/small.img"
+    expect_error "no vdisk named nosuch" ublkvd del nosuch
+    [ "$(ublkvd list --json)" = "$before" ]
+    [ "$(ublk_devices_in_kernel)" = 1 ]
+}
+
+test_read_only_vdisk_refuses_writes() {
+    local dev
+    dev=$(ublkvd add ro --size 64M --tail "$MNT/small.img" --read-only)
+    [ "$(blockdev --getro "$dev")" = 1 ]
+    if dd if=/dev/zero of="$dev" bs=4k count=1 oflag=direct status=none 2>/dev/null; then
+        echo "wrote to a read-only device"; return 1
+    fi
+    dd if="$dev" of=/dev/null bs=1M count=4 iflag=direct status=none
+    ublkvd del ro
+}
+
+test_512_byte_blocks_work_with_fio_verify() {
+    local dev
+    dev=$(ublkvd add small512 --size 64M --tail "$MNT/small.img" --block-size 512)
+    [ "$(blockdev --getss "$dev")" = 512 ]
+    fio --name=v512 --filename="$dev" --rw=randwrite --bsrange=512-16k \
+        --ioengine=io_uring --direct=1 --iodepth=16 --size=100% \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
+    ublkvd del small512
+}
+
+test_restart_brings_the_same_devices_back() {
+    local dev_before dev_after
+    dev_before=$(device_of fs)
+    stop_daemon
+    [ ! -e "$dev_before" ]
+    start_daemon
+    dev_after=$(device_of fs)
+    [ "$dev_after" = "$dev_before" ]
+    [ "$(ublkvd list --json | jq -r '.[0].state')" = running ]
+    mount "$dev_after" /mnt/vdisk
+    (cd /mnt/vdisk && sha256sum -c --quiet "$WORK/sums")
+    umount /mnt/vdisk
+    echo "$dev_after back after restart with its files"
+}
+
+test_sigterm_removes_every_device_from_the_kernel() {
+    ublkvd add second --size 64M --tail "$MNT/small.img" >/dev/null
+    [ "$(ublk_devices_in_kernel)" = 2 ]
+    stop_daemon
+    [ "$(ublk_devices_in_kernel)" = 0 ]
+    if ls /dev/ublkb* /dev/ublkc* >/dev/null 2>&1; then echo "left in /dev: $(ls /dev/ublk*)"; return 1; fi
+    [ ! -e "$SOCK" ]
+    expect_error "is \`ublkvd serve\` running?" ublkvd list
+}
+
+# ---------------------------------------------------------------- the runner
+
+TESTS=(
+    test_add_without_ublk_drv_names_the_module
+    test_fio_verify_on_a_block_device_tail
+    test_bytes_written_through_the_device_are_in_the_tail_at_the_same_offset
+    test_ext4_files_survive_del_and_add_on_the_same_tail
+    test_del_refuses_a_mounted_device
+    test_flush_reaches_the_device_as_a_cache_flush
+    test_discard_punches_a_hole_in_the_file_tail
+    test_write_zeroes_zeroes_exactly_its_range
+    test_bad_inputs_are_refused_in_one_line_and_leave_nothing
+    test_read_only_vdisk_refuses_writes
+    test_512_byte_blocks_work_with_fio_verify
+    test_restart_brings_the_same_devices_back
+    test_sigterm_removes_every_device_from_the_kernel
+)
+
+# Each test runs in this shell, so that the daemon it starts stays a child
+# that a later test can stop and wait for. A failing command returns from
+# the test function (an ERR trap stands in for -e, which functions called
+# in a condition would ignore).
+set -E
+passed=0 failed=0
+for t in "${TESTS[@]}"; do
+    start=$SECONDS
+    trap '[ -n "${FUNCNAME[0]:-}" ] && return 1' ERR
+    "$t" > >(sed 's/^/    /') 2>&1
+    rc=$?
+    trap - ERR
+    sleep 0.1 # let the indenting sed drain before the verdict line
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1)); echo "ok   $t ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1)); echo "FAIL $t ($((SECONDS - start)) s)"
+        echo "    daemon log:"; tail -15 "$WORK/daemon.log" | sed 's/^/    | /'
+    fi
+done
+stop_daemon >/dev/null 2>&1 || true
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian bookworm machine lacks to build ublkvd and to
+# boot its test VM: libclang (libublk's bindgen), qemu, busybox, fio and the
+# bookworm-backports kernel whose modules include ublk_drv and nbd.
+# Idempotent: a second run only checks.
+set -euo pipefail
+
+need=()
+for pkg in libclang-dev qemu-system-x86 busybox-static cpio fio e2fsprogs util-linux kmod iproute2; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+
+backports=/etc/apt/sources.list.d/ublkvd-backports.sources
+if [ ! -f "$backports" ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat >"$backports" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    rm -f /var/lib/ublkvd-apt-updated
+fi
+
+# Backports kernels are named *bpo* (older) or *+deb12* (6.12 on); compgen
+# tests each pattern alone, where ls fails if either one matches nothing.
+kernel_installed() { compgen -G '/boot/vmlinuz-*bpo*' >/dev/null || compgen -G '/boot/vmlinuz-*+deb12*' >/dev/null; }
+
+if [ ${#need[@]} -gt 0 ] || ! kernel_installed; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    if [ ${#need[@]} -gt 0 ]; then
+        # The machine's qemu-utils comes from backports; qemu-system must match it.
+        apt-get install -y -q -t bookworm-backports --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    if ! kernel_installed; then
+        # Resolve the image package the backports meta-package points at today:
+        # backports replaces old versions, so no version is pinned here.
+        image=$(apt-cache depends -t bookworm-backports linux-image-amd64 \
+            | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        if [ -z "$image" ]; then
+            echo "install-deps: cannot resolve linux-image-amd64 in bookworm-backports" >&2
+            exit 1
+        fi
+        apt-get install -y -q -t bookworm-backports --no-install-recommends "$image" >/dev/null
+    fi
+fi
+echo "install-deps: ok ($(ls /boot/vmlinuz-* | tr '\n' ' '))"
