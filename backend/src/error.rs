@@ -38,6 +38,8 @@ pub enum TailError {
          a filesystem or device that does (ext4, xfs, a block device)"
     )]
     NoDirectIo { path: PathBuf, source: io::Error },
+    #[error("tail {path} is in use (mounted, or held by a vdisk or a volume manager)")]
+    Busy { path: PathBuf },
     #[error("cannot read the size of tail {path}")]
     Size { path: PathBuf, source: io::Error },
 }

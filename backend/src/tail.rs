@@ -33,24 +33,34 @@ impl<R: Ring> LocalTail<R> {
             path: path.to_owned(),
             source,
         };
+        let file_type = std::fs::metadata(path).map_err(open_error)?.file_type();
+        if !file_type.is_file() && !file_type.is_block_device() {
+            return Err(TailError::NotFileOrBlockDevice {
+                path: path.to_owned(),
+            });
+        }
+        // A block device is claimed exclusively, as a mount would: two users
+        // writing one device unawares is how data gets lost.
+        let exclusive = if file_type.is_block_device() {
+            libc::O_EXCL
+        } else {
+            0
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | exclusive)
             .open(path)
             .map_err(|source| match source.raw_os_error() {
                 Some(libc::EINVAL) => TailError::NoDirectIo {
                     path: path.to_owned(),
                     source,
                 },
+                Some(libc::EBUSY) => TailError::Busy {
+                    path: path.to_owned(),
+                },
                 _ => open_error(source),
             })?;
-        let file_type = file.metadata().map_err(open_error)?.file_type();
-        if !file_type.is_file() && !file_type.is_block_device() {
-            return Err(TailError::NotFileOrBlockDevice {
-                path: path.to_owned(),
-            });
-        }
         // Seeking to the end measures files and block devices alike.
         let size_bytes = (&file)
             .seek(SeekFrom::End(0))

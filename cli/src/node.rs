@@ -68,6 +68,17 @@ impl Node {
         if self.vdisks.contains_key(&name) {
             bail!("vdisk {name} already exists");
         }
+        if let Some(other) = self
+            .vdisks
+            .values()
+            .find(|v| same_tail(&v.spec.tail, &request.tail))
+        {
+            bail!(
+                "tail {} is already used by vdisk {}",
+                request.tail.display(),
+                other.spec.name
+            );
+        }
         let mut spec = VdiskSpec {
             name,
             size_bytes: request.size_bytes,
@@ -162,6 +173,19 @@ impl Vdisk {
             read_only: self.spec.read_only,
             state,
         }
+    }
+}
+
+/// Whether two paths name the same file, or the same block device through
+/// any of its nodes.
+fn same_tail(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) if a.file_type().is_block_device() && b.file_type().is_block_device() => {
+            a.rdev() == b.rdev()
+        }
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

@@ -82,6 +82,13 @@ test_fio_verify_on_a_block_device_tail() {
     echo "fio wrote and verified 256 MiB twice over $dev"
 }
 
+test_block_device_tail_is_held_exclusively() {
+    expect_error "already used by vdisk raw" ublkvd add raw2 --size 64M --tail "$SCRATCH"
+    # Whoever else opens it exclusively is refused too: mke2fs does.
+    if mkfs.ext4 -q -F "$SCRATCH" 2>"$WORK/mkfs.err"; then echo "made a filesystem on a claimed tail"; return 1; fi
+    grep "in use" "$WORK/mkfs.err"
+}
+
 test_bytes_written_through_the_device_are_in_the_tail_at_the_same_offset() {
     local dev
     dev=$(device_of raw)
@@ -173,6 +180,9 @@ test_bad_inputs_are_refused_in_one_line_and_leave_nothing() {
     local before
     before=$(ublkvd list --json)
     expect_error "already exists" ublkvd add fs --size 64M --tail "$MNT/small.img"
+    expect_error "already used by vdisk fs" ublkvd add fs2 --size 64M --tail "$MNT/fs.img"
+    expect_error "already used by vdisk fs" ublkvd add fs2 --size 64M --tail "$MNT/../scratch/fs.img"
+    expect_error "is in use (mounted" ublkvd add mounted --size 64M --tail "$SCRATCH"
     expect_error "larger than tail" ublkvd add big --size 65M --tail "$MNT/small.img"
     expect_error "multiple of the block size" ublkvd add odd --size 4097 --tail "$MNT/small.img"
     expect_error "cannot open tail" ublkvd add gone --size 1M --tail "$MNT/absent.img"
@@ -233,6 +243,7 @@ test_sigterm_removes_every_device_from_the_kernel() {
 TESTS=(
     test_add_without_ublk_drv_names_the_module
     test_fio_verify_on_a_block_device_tail
+    test_block_device_tail_is_held_exclusively
     test_bytes_written_through_the_device_are_in_the_tail_at_the_same_offset
     test_ext4_files_survive_del_and_add_on_the_same_tail
     test_del_refuses_a_mounted_device

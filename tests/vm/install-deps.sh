@@ -5,9 +5,10 @@
 # Idempotent: a second run only checks.
 set -euo pipefail
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 need=()
-for pkg in libclang-dev qemu-system-x86 busybox-static cpio fio e2fsprogs util-linux kmod iproute2; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod iproute2; do
+    installed "$pkg" || need+=("$pkg")
 done
 
 backports=/etc/apt/sources.list.d/ublkvd-backports.sources
@@ -19,19 +20,21 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-    rm -f /var/lib/ublkvd-apt-updated
 fi
 
 # Backports kernels are named *bpo* (older) or *+deb12* (6.12 on); compgen
 # tests each pattern alone, where ls fails if either one matches nothing.
 kernel_installed() { compgen -G '/boot/vmlinuz-*bpo*' >/dev/null || compgen -G '/boot/vmlinuz-*+deb12*' >/dev/null; }
 
-if [ ${#need[@]} -gt 0 ] || ! kernel_installed; then
+if [ ${#need[@]} -gt 0 ] || ! installed qemu-system-x86 || ! kernel_installed; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     if [ ${#need[@]} -gt 0 ]; then
+        apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    if ! installed qemu-system-x86; then
         # The machine's qemu-utils comes from backports; qemu-system must match it.
-        apt-get install -y -q -t bookworm-backports --no-install-recommends "${need[@]}" >/dev/null
+        apt-get install -y -q -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
     fi
     if ! kernel_installed; then
         # Resolve the image package the backports meta-package points at today:

@@ -138,7 +138,7 @@ impl Device {
         let thread = std::thread::Builder::new()
             .name("ublk-device".into())
             .spawn(move || run_device(&options_for_thread, backend, started_tx))
-            .map_err(|e| FrontendError::InvalidOptions(format!("cannot spawn thread: {e}")))?;
+            .map_err(FrontendError::Spawn)?;
         let (ctrl, id) = match started_rx.recv() {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {

@@ -15,6 +15,8 @@ pub enum FrontendError {
         // Not a `source`: its own message ("other failure") says nothing.
         error: libublk::UblkError,
     },
+    #[error("cannot spawn the device thread")]
+    Spawn(#[source] std::io::Error),
     #[error("ublk device thread ended without reporting (it panicked)")]
     ThreadLost,
     #[error("device {path} did not appear within {seconds} s")]
