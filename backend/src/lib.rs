@@ -10,6 +10,7 @@ mod buf;
 mod error;
 mod ring;
 mod tail;
+pub mod wire;
 
 pub use block::BlockBackend;
 pub use buf::AlignedBuf;

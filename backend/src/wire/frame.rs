@@ -1,0 +1,582 @@
+use super::WireError;
+
+/// "UBKV" read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"UBKV");
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 56;
+/// The largest payload (and read length) a header may announce: a peer
+/// never buffers more than this for one message.
+pub const MAX_PAYLOAD: u32 = 8 << 20;
+
+const KIND_REQUEST: u8 = 1;
+const KIND_REPLY: u8 = 2;
+
+/// What a request asks of the tail. Ranges are in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    /// The payload holds the `len` bytes to write.
+    Write {
+        offset: u64,
+        len: u32,
+    },
+    Flush,
+    Discard {
+        offset: u64,
+        len: u32,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u32,
+    },
+    /// Keeps a link's liveness known; answered with `Status::Ok`.
+    Heartbeat,
+}
+
+/// Why a peer refused a request; the sender may resend it elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nack {
+    /// The peer serves no tail for this vdisk.
+    NoSuchTail,
+    /// The tail failed with this errno.
+    Io { errno: u32 },
+    /// The request's epoch is older than the peer's, which is `current`.
+    StaleEpoch { current: u64 },
+    /// The peer is shutting down and takes no new requests.
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Nack(Nack),
+}
+
+/// One message, as the header describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    Request {
+        id: u64,
+        vdisk: u64,
+        epoch: u64,
+        op: Op,
+    },
+    /// Answers the request with the same `id`. An `Ok` reply to a read
+    /// carries the data as payload.
+    Reply { id: u64, status: Status },
+}
+
+/// A decoded header: the frame, and the payload that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub frame: Frame,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+}
+
+/// The fields as laid out on the wire (see `docs/wire.md`).
+#[derive(Default)]
+struct Raw {
+    kind: u8,
+    code: u8,
+    id: u64,
+    vdisk: u64,
+    epoch: u64,
+    offset: u64,
+    length: u32,
+}
+
+impl Frame {
+    /// The header announcing this frame with `payload` after it. Refuses a
+    /// payload the frame cannot carry (a write's must be exactly its length;
+    /// only writes and `Ok` replies carry one).
+    pub fn encode(&self, payload: &[u8]) -> Result<[u8; HEADER_LEN], WireError> {
+        let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let raw = self.to_raw();
+        let header = Header {
+            frame: *self,
+            payload_len,
+            payload_crc: if payload.is_empty() {
+                0
+            } else {
+                crc32c::crc32c(payload)
+            },
+        };
+        header.check_consistency()?;
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4] = VERSION;
+        out[5] = raw.kind;
+        out[6] = raw.code;
+        out[7] = 0;
+        out[8..16].copy_from_slice(&raw.id.to_le_bytes());
+        out[16..24].copy_from_slice(&raw.vdisk.to_le_bytes());
+        out[24..32].copy_from_slice(&raw.epoch.to_le_bytes());
+        out[32..40].copy_from_slice(&raw.offset.to_le_bytes());
+        out[40..44].copy_from_slice(&raw.length.to_le_bytes());
+        out[44..48].copy_from_slice(&header.payload_len.to_le_bytes());
+        out[48..52].copy_from_slice(&header.payload_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..52]);
+        out[52..56].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    fn to_raw(self) -> Raw {
+        match self {
+            Frame::Request {
+                id,
+                vdisk,
+                epoch,
+                op,
+            } => {
+                let (code, offset, length) = match op {
+                    Op::Read { offset, len } => (1, offset, len),
+                    Op::Write { offset, len } => (2, offset, len),
+                    Op::Flush => (3, 0, 0),
+                    Op::Discard { offset, len } => (4, offset, len),
+                    Op::WriteZeroes { offset, len } => (5, offset, len),
+                    Op::Heartbeat => (6, 0, 0),
+                };
+                Raw {
+                    kind: KIND_REQUEST,
+                    code,
+                    id,
+                    vdisk,
+                    epoch,
+                    offset,
+                    length,
+                }
+            }
+            Frame::Reply { id, status } => {
+                let (code, epoch, length) = match status {
+                    Status::Ok => (0, 0, 0),
+                    Status::Nack(Nack::NoSuchTail) => (1, 0, 0),
+                    Status::Nack(Nack::Io { errno }) => (2, 0, errno),
+                    Status::Nack(Nack::StaleEpoch { current }) => (3, current, 0),
+                    Status::Nack(Nack::ShuttingDown) => (4, 0, 0),
+                };
+                Raw {
+                    kind: KIND_REPLY,
+                    code,
+                    id,
+                    epoch,
+                    length,
+                    ..Raw::default()
+                }
+            }
+        }
+    }
+}
+
+impl Header {
+    /// Decodes and checks a header. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, WireError> {
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        let magic = u32_at(0);
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if bytes[4] != VERSION {
+            return Err(WireError::UnsupportedVersion(bytes[4]));
+        }
+        if crc32c::crc32c(&bytes[..52]) != u32_at(52) {
+            return Err(WireError::HeaderChecksum);
+        }
+        if bytes[7] != 0 {
+            return Err(WireError::Reserved(bytes[7]));
+        }
+        let raw = Raw {
+            kind: bytes[5],
+            code: bytes[6],
+            id: u64_at(8),
+            vdisk: u64_at(16),
+            epoch: u64_at(24),
+            offset: u64_at(32),
+            length: u32_at(40),
+        };
+        let header = Header {
+            frame: Frame::from_raw(&raw)?,
+            payload_len: u32_at(44),
+            payload_crc: u32_at(48),
+        };
+        header.check_consistency()?;
+        // Fields a frame does not use must be zero, so that every valid
+        // header has exactly one encoding.
+        let canonical = header.frame.to_raw();
+        if (
+            canonical.vdisk,
+            canonical.epoch,
+            canonical.offset,
+            canonical.length,
+        ) != (raw.vdisk, raw.epoch, raw.offset, raw.length)
+        {
+            return Err(WireError::Inconsistent("unused field is not zero"));
+        }
+        Ok(header)
+    }
+
+    /// Checks a received payload against the header.
+    pub fn verify_payload(&self, payload: &[u8]) -> Result<(), WireError> {
+        if payload.len() != self.payload_len as usize {
+            return Err(WireError::PayloadLength {
+                expected: self.payload_len,
+                actual: payload.len(),
+            });
+        }
+        let crc = if payload.is_empty() {
+            0
+        } else {
+            crc32c::crc32c(payload)
+        };
+        if crc != self.payload_crc {
+            return Err(WireError::PayloadChecksum);
+        }
+        Ok(())
+    }
+
+    fn check_consistency(&self) -> Result<(), WireError> {
+        let inconsistent = |why| Err(WireError::Inconsistent(why));
+        if self.payload_len > MAX_PAYLOAD {
+            return Err(WireError::PayloadTooLong(self.payload_len));
+        }
+        if self.payload_len == 0 && self.payload_crc != 0 {
+            return inconsistent("checksum without payload");
+        }
+        match self.frame {
+            Frame::Request { op, .. } => match op {
+                Op::Read { offset, len } => {
+                    check_range(offset, len)?;
+                    if len > MAX_PAYLOAD {
+                        return Err(WireError::PayloadTooLong(len));
+                    }
+                    if self.payload_len != 0 {
+                        return inconsistent("read request with payload");
+                    }
+                }
+                Op::Write { offset, len } => {
+                    check_range(offset, len)?;
+                    if self.payload_len != len {
+                        return inconsistent("write payload differs from its length");
+                    }
+                }
+                Op::Discard { offset, len } | Op::WriteZeroes { offset, len } => {
+                    check_range(offset, len)?;
+                    if self.payload_len != 0 {
+                        return inconsistent("range request with payload");
+                    }
+                }
+                Op::Flush | Op::Heartbeat => {
+                    if self.payload_len != 0 {
+                        return inconsistent("flush or heartbeat with payload");
+                    }
+                }
+            },
+            Frame::Reply {
+                status: Status::Nack(_),
+                ..
+            } if self.payload_len != 0 => {
+                return inconsistent("refusal with payload");
+            }
+            Frame::Reply { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_range(offset: u64, len: u32) -> Result<(), WireError> {
+    if len == 0 {
+        return Err(WireError::Inconsistent("empty range"));
+    }
+    if offset.checked_add(u64::from(len)).is_none() {
+        return Err(WireError::Inconsistent("range past the end of a u64"));
+    }
+    Ok(())
+}
+
+impl Frame {
+    fn from_raw(raw: &Raw) -> Result<Frame, WireError> {
+        let (offset, len) = (raw.offset, raw.length);
+        match raw.kind {
+            KIND_REQUEST => {
+                let op = match raw.code {
+                    1 => Op::Read { offset, len },
+                    2 => Op::Write { offset, len },
+                    3 => Op::Flush,
+                    4 => Op::Discard { offset, len },
+                    5 => Op::WriteZeroes { offset, len },
+                    6 => Op::Heartbeat,
+                    code => {
+                        return Err(WireError::UnknownCode {
+                            kind: "request",
+                            code,
+                        })
+                    }
+                };
+                Ok(Frame::Request {
+                    id: raw.id,
+                    vdisk: raw.vdisk,
+                    epoch: raw.epoch,
+                    op,
+                })
+            }
+            KIND_REPLY => {
+                let status = match raw.code {
+                    0 => Status::Ok,
+                    1 => Status::Nack(Nack::NoSuchTail),
+                    2 => Status::Nack(Nack::Io { errno: raw.length }),
+                    3 => Status::Nack(Nack::StaleEpoch { current: raw.epoch }),
+                    4 => Status::Nack(Nack::ShuttingDown),
+                    code => {
+                        return Err(WireError::UnknownCode {
+                            kind: "reply",
+                            code,
+                        })
+                    }
+                };
+                Ok(Frame::Reply { id: raw.id, status })
+            }
+            kind => Err(WireError::UnknownKind(kind)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(op: Op) -> Frame {
+        Frame::Request {
+            id: 7,
+            vdisk: 3,
+            epoch: 9,
+            op,
+        }
+    }
+
+    fn every_kind_of_frame() -> Vec<(Frame, Vec<u8>)> {
+        let data = vec![0xa5; 4096];
+        vec![
+            (
+                request(Op::Read {
+                    offset: 4096,
+                    len: 8192,
+                }),
+                vec![],
+            ),
+            (
+                request(Op::Write {
+                    offset: 0,
+                    len: 4096,
+                }),
+                data.clone(),
+            ),
+            (request(Op::Flush), vec![]),
+            (
+                request(Op::Discard {
+                    offset: 1 << 40,
+                    len: 1 << 20,
+                }),
+                vec![],
+            ),
+            (
+                request(Op::WriteZeroes {
+                    offset: 512,
+                    len: 512,
+                }),
+                vec![],
+            ),
+            (request(Op::Heartbeat), vec![]),
+            (
+                Frame::Reply {
+                    id: 7,
+                    status: Status::Ok,
+                },
+                vec![],
+            ),
+            (
+                Frame::Reply {
+                    id: 7,
+                    status: Status::Ok,
+                },
+                data,
+            ),
+            (
+                Frame::Reply {
+                    id: 8,
+                    status: Status::Nack(Nack::NoSuchTail),
+                },
+                vec![],
+            ),
+            (
+                Frame::Reply {
+                    id: 8,
+                    status: Status::Nack(Nack::Io { errno: 5 }),
+                },
+                vec![],
+            ),
+            (
+                Frame::Reply {
+                    id: 8,
+                    status: Status::Nack(Nack::StaleEpoch { current: 12 }),
+                },
+                vec![],
+            ),
+            (
+                Frame::Reply {
+                    id: 8,
+                    status: Status::Nack(Nack::ShuttingDown),
+                },
+                vec![],
+            ),
+        ]
+    }
+
+    /// Recomputes the header checksum after a test tampered with a field.
+    fn reseal(bytes: &mut [u8; HEADER_LEN]) {
+        let crc = crc32c::crc32c(&bytes[..52]);
+        bytes[52..56].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn every_frame_round_trips_with_its_payload() {
+        for (frame, payload) in every_kind_of_frame() {
+            let bytes = frame.encode(&payload).unwrap();
+            let header = Header::decode(&bytes).unwrap();
+            assert_eq!(header.frame, frame);
+            assert_eq!(header.payload_len as usize, payload.len());
+            header.verify_payload(&payload).unwrap();
+        }
+    }
+
+    #[test]
+    fn any_single_bit_flip_in_a_header_is_refused() {
+        for (frame, payload) in every_kind_of_frame() {
+            let bytes = frame.encode(&payload).unwrap();
+            for bit in 0..HEADER_LEN * 8 {
+                let mut flipped = bytes;
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(Header::decode(&flipped).is_err(), "{frame:?} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_or_truncated_payload_is_refused() {
+        let frame = request(Op::Write {
+            offset: 0,
+            len: 4096,
+        });
+        let mut payload = vec![1; 4096];
+        let header = Header::decode(&frame.encode(&payload).unwrap()).unwrap();
+        assert_eq!(
+            header.verify_payload(&payload[..4095]),
+            Err(WireError::PayloadLength {
+                expected: 4096,
+                actual: 4095
+            })
+        );
+        payload[100] ^= 0x10;
+        assert_eq!(
+            header.verify_payload(&payload),
+            Err(WireError::PayloadChecksum)
+        );
+    }
+
+    #[test]
+    fn wrong_magic_and_version_are_named() {
+        let mut bytes = request(Op::Flush).encode(&[]).unwrap();
+        bytes[0] = b'X';
+        assert!(matches!(
+            Header::decode(&bytes),
+            Err(WireError::BadMagic(_))
+        ));
+        let mut bytes = request(Op::Flush).encode(&[]).unwrap();
+        bytes[4] = 2;
+        reseal(&mut bytes);
+        assert_eq!(
+            Header::decode(&bytes),
+            Err(WireError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_codes_and_reserved_bits_are_refused() {
+        let good = request(Op::Flush).encode(&[]).unwrap();
+        for (index, value) in [(5, 9), (6, 77), (7, 1)] {
+            let mut bytes = good;
+            bytes[index] = value;
+            reseal(&mut bytes);
+            assert!(Header::decode(&bytes).is_err(), "byte {index} = {value}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_bounded_and_consistent() {
+        let too_long = request(Op::Read {
+            offset: 0,
+            len: MAX_PAYLOAD + 1,
+        });
+        assert_eq!(
+            too_long.encode(&[]),
+            Err(WireError::PayloadTooLong(MAX_PAYLOAD + 1))
+        );
+        assert!(request(Op::Read { offset: 0, len: 0 }).encode(&[]).is_err());
+        assert!(request(Op::Read {
+            offset: u64::MAX - 10,
+            len: 4096
+        })
+        .encode(&[])
+        .is_err());
+        assert!(request(Op::Write {
+            offset: 0,
+            len: 4096
+        })
+        .encode(&[0; 512])
+        .is_err());
+        assert!(request(Op::Flush).encode(&[0; 512]).is_err());
+        let nack = Frame::Reply {
+            id: 1,
+            status: Status::Nack(Nack::ShuttingDown),
+        };
+        assert!(nack.encode(&[0; 512]).is_err());
+        assert!(request(Op::Write {
+            offset: 0,
+            len: MAX_PAYLOAD + 4096
+        })
+        .encode(&vec![0; (MAX_PAYLOAD + 4096) as usize])
+        .is_err());
+    }
+
+    #[test]
+    fn a_header_announcing_an_oversized_payload_is_refused_before_reading_it() {
+        let mut bytes = Frame::Reply {
+            id: 1,
+            status: Status::Ok,
+        }
+        .encode(&[])
+        .unwrap();
+        bytes[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[48..52].copy_from_slice(&1u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert_eq!(
+            Header::decode(&bytes),
+            Err(WireError::PayloadTooLong(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn unused_fields_must_be_zero() {
+        let mut bytes = request(Op::Flush).encode(&[]).unwrap();
+        bytes[32] = 1; // an offset on a flush
+        reseal(&mut bytes);
+        assert_eq!(
+            Header::decode(&bytes),
+            Err(WireError::Inconsistent("unused field is not zero"))
+        );
+    }
+}
