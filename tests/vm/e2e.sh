@@ -228,6 +228,21 @@ test_restart_brings_the_same_devices_back() {
     echo "$dev_after back after restart with its files"
 }
 
+test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted() {
+    stop_daemon
+    mv "$MNT/fs.img" "$MNT/fs.img.away"
+    start_daemon
+    local state
+    state=$(ublkvd list --json | jq -r '.[] | select(.name == "fs") | .state')
+    echo "state: $state"
+    case $state in "failed: cannot open tail $MNT/fs.img"*) ;; *) return 1 ;; esac
+    [ "$(ublkvd list --json | jq -r '.[] | select(.name == "fs") | .device')" = null ]
+    [ "$(ublk_devices_in_kernel)" = 0 ]
+    ublkvd del fs
+    mv "$MNT/fs.img.away" "$MNT/fs.img"
+    ublkvd add fs --size 512M --tail "$MNT/fs.img" >/dev/null
+}
+
 test_sigterm_removes_every_device_from_the_kernel() {
     ublkvd add second --size 64M --tail "$MNT/small.img" >/dev/null
     [ "$(ublk_devices_in_kernel)" = 2 ]
@@ -254,6 +269,7 @@ TESTS=(
     test_read_only_vdisk_refuses_writes
     test_512_byte_blocks_work_with_fio_verify
     test_restart_brings_the_same_devices_back
+    test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
     test_sigterm_removes_every_device_from_the_kernel
 )
 
