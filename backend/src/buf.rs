@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 /// the tail's logical block size.
 pub struct AlignedBuf {
     ptr: *mut u8,
+    len: usize,
     layout: Layout,
 }
 
@@ -20,22 +21,22 @@ impl AlignedBuf {
         if ptr.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        Ok(AlignedBuf { ptr, layout })
+        Ok(AlignedBuf { ptr, len, layout })
     }
 }
 
 impl Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr` holds `layout.size()` initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+        // SAFETY: `ptr` holds at least `len` initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -60,5 +61,10 @@ mod tests {
         assert_eq!(buf.as_ptr() as usize % AlignedBuf::ALIGN, 0);
         assert_eq!(buf.len(), 8192);
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn empty_buffer_is_empty() {
+        assert!(AlignedBuf::new(0).unwrap().is_empty());
     }
 }

@@ -7,13 +7,16 @@
 
 mod block;
 mod buf;
+mod engine;
 mod error;
+pub mod peer;
 mod ring;
 mod tail;
 pub mod wire;
 
 pub use block::BlockBackend;
 pub use buf::AlignedBuf;
+pub use engine::{Engine, EngineRing};
 pub use error::{IoError, TailError};
 pub use ring::{BlockingRing, Ring};
 pub use tail::{LocalTail, TailGeometry};

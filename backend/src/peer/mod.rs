@@ -1,0 +1,8 @@
+//! Serving this node's tails to peers over the wire protocol (seed 003's
+//! "netdisk master").
+
+mod exports;
+mod server;
+
+pub use exports::Exports;
+pub use server::serve;

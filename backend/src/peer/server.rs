@@ -1,0 +1,213 @@
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::Exports;
+use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
+use crate::{AlignedBuf, BlockBackend};
+
+/// Requests one connection may have in flight; reading pauses beyond it.
+const IN_FLIGHT_PER_CONNECTION: usize = 256;
+
+/// A reply ready to go: its header, and the data of a read.
+type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>);
+
+/// Serves `exports` to every peer that connects to `listener`, many requests
+/// in flight per connection, until `shutdown` resolves. Then it stops
+/// reading, lets the requests in flight finish and answers them, and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    exports: Arc<Exports>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, exports.clone(), stopped.clone()));
+                }
+                // Out of descriptors or a connection reset while queued:
+                // the listener itself is fine.
+                Err(e) => tracing::warn!("accepting a peer connection: {e}"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    exports: Arc<Exports>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (replies, outgoing) = mpsc::channel(IN_FLIGHT_PER_CONNECTION);
+    let writer = tokio::spawn(write_replies(writer, outgoing));
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let mut requests = JoinSet::new();
+    loop {
+        let mut head = [0u8; HEADER_LEN];
+        tokio::select! {
+            _ = stopped.changed() => break,
+            read = reader.read_exact(&mut head) => {
+                if let Err(e) = read {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(%peer, "peer connection: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        let header = match Header::decode(&head) {
+            Ok(header) => header,
+            Err(e) => {
+                tracing::warn!(%peer, "closing peer connection: malformed header: {e}");
+                break;
+            }
+        };
+        let payload = match read_payload(&mut reader, &header).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::warn!(%peer, "closing peer connection: {e}");
+                break;
+            }
+        };
+        let Frame::Request {
+            id,
+            vdisk,
+            epoch,
+            op,
+        } = header.frame
+        else {
+            tracing::warn!(%peer, "closing peer connection: a reply sent to the server");
+            break;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let exports = exports.clone();
+        let replies = replies.clone();
+        requests.spawn(async move {
+            let (status, data) = execute(&exports, vdisk, epoch, op, payload).await;
+            let frame = Frame::Reply { id, status };
+            let head = frame.encode(data.as_deref().unwrap_or_default());
+            match head {
+                Ok(head) => {
+                    let _ = replies.send((head, data)).await;
+                }
+                Err(e) => tracing::error!("cannot encode reply {frame:?}: {e}"),
+            }
+            drop(permit);
+        });
+        while requests.try_join_next().is_some() {}
+    }
+    // Requests in flight own buffers the engine is writing into: they run
+    // to completion, never dropped half-way.
+    while requests.join_next().await.is_some() {}
+    drop(replies);
+    let _ = writer.await;
+}
+
+async fn read_payload(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    header: &Header,
+) -> io::Result<AlignedBuf> {
+    let mut payload = AlignedBuf::new(header.payload_len as usize)?;
+    reader.read_exact(&mut payload).await?;
+    header
+        .verify_payload(&payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(payload)
+}
+
+async fn write_replies(mut writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outgoing>) {
+    while let Some((head, data)) = outgoing.recv().await {
+        let sent = match &data {
+            Some(data) => writer
+                .write_all(&head)
+                .await
+                .and(writer.write_all(data).await),
+            None => writer.write_all(&head).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!("peer connection: cannot send a reply: {e}");
+            return;
+        }
+    }
+}
+
+/// Runs one request on its tail: the reply's status, and a read's data.
+async fn execute(
+    exports: &Exports,
+    vdisk: u64,
+    epoch: u64,
+    op: Op,
+    payload: AlignedBuf,
+) -> (Status, Option<AlignedBuf>) {
+    let refuse = |nack| (Status::Nack(nack), None);
+    if op == Op::Heartbeat {
+        return (Status::Ok, None);
+    }
+    if epoch < exports.epoch() {
+        return refuse(Nack::StaleEpoch {
+            current: exports.epoch(),
+        });
+    }
+    let Some(tail) = exports.get(vdisk) else {
+        return refuse(Nack::NoSuchTail);
+    };
+    let io_error = |errno: i32| {
+        refuse(Nack::Io {
+            errno: errno.unsigned_abs(),
+        })
+    };
+    // A regular file would silently grow from a write past its end.
+    let size = tail.geometry().size_bytes;
+    let outside = |offset: u64, len: u32| offset.saturating_add(u64::from(len)) > size;
+    let result = match op {
+        Op::Read { offset, len }
+        | Op::Write { offset, len }
+        | Op::Discard { offset, len }
+        | Op::WriteZeroes { offset, len }
+            if outside(offset, len) =>
+        {
+            return io_error(libc::EINVAL);
+        }
+        Op::Read { offset, len } => {
+            let mut data = match AlignedBuf::new(len as usize) {
+                Ok(data) => data,
+                Err(_) => return io_error(libc::ENOMEM),
+            };
+            match tail.read(offset, &mut data).await {
+                Ok(()) => return (Status::Ok, Some(data)),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Write { offset, .. } => tail.write(offset, &payload).await,
+        Op::Flush => tail.flush().await,
+        Op::Discard { offset, len } => tail.discard(offset, u64::from(len)).await,
+        Op::WriteZeroes { offset, len } => tail.write_zeroes(offset, u64::from(len)).await,
+        Op::Heartbeat => Ok(()),
+    };
+    match result {
+        Ok(()) => (Status::Ok, None),
+        Err(e) => io_error(e.errno()),
+    }
+}

@@ -1,0 +1,368 @@
+//! The peer server over real TCP on loopback, serving a real file tail
+//! through the io_uring engine, driven by a plain blocking client.
+
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use backend::peer::{serve, Exports};
+use backend::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
+use backend::{Engine, LocalTail};
+use tokio::sync::oneshot;
+
+const VDISK: u64 = 1;
+const EPOCH: u64 = 5;
+const TAIL_SIZE: u64 = 8 << 20;
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+    tail: std::path::PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let tail = dir.path().join("tail");
+        File::create(&tail).unwrap().set_len(TAIL_SIZE).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, addr) = std::sync::mpsc::channel();
+        let tail_path = tail.clone();
+        let thread = std::thread::spawn(move || {
+            let engine = Engine::start(64)?;
+            let mut exports = Exports::new(EPOCH);
+            exports.insert(
+                VDISK,
+                LocalTail::open(&tail_path, 4096, false, engine.ring()).unwrap(),
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                ready.send(listener.local_addr()?).unwrap();
+                serve(listener, Arc::new(exports), async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        Server {
+            addr: addr.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+            tail,
+        }
+    }
+
+    fn connect(&self) -> Client {
+        let stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        Client { stream }
+    }
+
+    fn stop(mut self) -> std::io::Result<()> {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+}
+
+impl Client {
+    fn send(&mut self, id: u64, vdisk: u64, epoch: u64, op: Op, payload: &[u8]) {
+        let head = Frame::Request {
+            id,
+            vdisk,
+            epoch,
+            op,
+        }
+        .encode(payload)
+        .unwrap();
+        self.stream.write_all(&head).unwrap();
+        self.stream.write_all(payload).unwrap();
+    }
+
+    /// The next reply: its id, status and payload.
+    fn recv(&mut self) -> (u64, Status, Vec<u8>) {
+        let mut head = [0u8; HEADER_LEN];
+        self.stream.read_exact(&mut head).unwrap();
+        let header = Header::decode(&head).unwrap();
+        let mut payload = vec![0; header.payload_len as usize];
+        self.stream.read_exact(&mut payload).unwrap();
+        header.verify_payload(&payload).unwrap();
+        let Frame::Reply { id, status } = header.frame else {
+            panic!("server sent a request");
+        };
+        (id, status, payload)
+    }
+
+    fn call(&mut self, vdisk: u64, epoch: u64, op: Op, payload: &[u8]) -> (Status, Vec<u8>) {
+        self.send(42, vdisk, epoch, op, payload);
+        let (id, status, data) = self.recv();
+        assert_eq!(id, 42);
+        (status, data)
+    }
+
+    /// True once the server has closed the connection.
+    fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(2654435761).wrapping_add(seed) as u8)
+        .collect()
+}
+
+fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0; len];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut out, offset)
+        .unwrap();
+    out
+}
+
+#[test]
+fn pipelined_writes_and_reads_round_trip_and_land_in_the_tail() {
+    let server = Server::start();
+    let mut client = server.connect();
+    const CHUNK: u32 = 16 << 10;
+    // Every write is sent before any reply is read: all are in flight on
+    // one connection at once.
+    for id in 0..64u64 {
+        let op = Op::Write {
+            offset: id * u64::from(CHUNK),
+            len: CHUNK,
+        };
+        client.send(id, VDISK, EPOCH, op, &pattern(CHUNK as usize, id));
+    }
+    let mut acknowledged: Vec<u64> = (0..64)
+        .map(|_| {
+            let (id, status, data) = client.recv();
+            assert_eq!(status, Status::Ok);
+            assert!(data.is_empty());
+            id
+        })
+        .collect();
+    acknowledged.sort_unstable();
+    assert_eq!(acknowledged, (0..64).collect::<Vec<_>>());
+
+    for id in 0..64u64 {
+        client.send(
+            id,
+            VDISK,
+            EPOCH,
+            Op::Read {
+                offset: id * u64::from(CHUNK),
+                len: CHUNK,
+            },
+            &[],
+        );
+    }
+    let mut reads = HashMap::new();
+    for _ in 0..64 {
+        let (id, status, data) = client.recv();
+        assert_eq!(status, Status::Ok);
+        reads.insert(id, data);
+    }
+    for id in 0..64u64 {
+        assert_eq!(reads[&id], pattern(CHUNK as usize, id), "read {id}");
+        assert_eq!(
+            file_bytes(&server.tail, id * u64::from(CHUNK), CHUNK as usize),
+            reads[&id]
+        );
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn flush_discard_and_write_zeroes_are_served() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let data = pattern(8192, 1);
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH,
+                Op::Write {
+                    offset: 0,
+                    len: 8192
+                },
+                &data
+            )
+            .0,
+        Status::Ok
+    );
+    assert_eq!(client.call(VDISK, EPOCH, Op::Flush, &[]).0, Status::Ok);
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH,
+                Op::WriteZeroes {
+                    offset: 0,
+                    len: 4096
+                },
+                &[]
+            )
+            .0,
+        Status::Ok
+    );
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH,
+                Op::Discard {
+                    offset: 4096,
+                    len: 4096
+                },
+                &[]
+            )
+            .0,
+        Status::Ok
+    );
+    assert_eq!(file_bytes(&server.tail, 0, 8192), vec![0; 8192]);
+    server.stop().unwrap();
+}
+
+#[test]
+fn refusals_name_their_reason_and_keep_the_connection() {
+    let server = Server::start();
+    let mut client = server.connect();
+    assert_eq!(client.call(VDISK, EPOCH, Op::Heartbeat, &[]).0, Status::Ok);
+    assert_eq!(
+        client
+            .call(
+                99,
+                EPOCH,
+                Op::Read {
+                    offset: 0,
+                    len: 4096
+                },
+                &[]
+            )
+            .0,
+        Status::Nack(Nack::NoSuchTail)
+    );
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH - 1,
+                Op::Read {
+                    offset: 0,
+                    len: 4096
+                },
+                &[]
+            )
+            .0,
+        Status::Nack(Nack::StaleEpoch { current: EPOCH })
+    );
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH,
+                Op::Read {
+                    offset: TAIL_SIZE - 4096,
+                    len: 8192
+                },
+                &[]
+            )
+            .0,
+        Status::Nack(Nack::Io {
+            errno: libc::EINVAL as u32
+        })
+    );
+    assert_eq!(
+        client
+            .call(
+                VDISK,
+                EPOCH,
+                Op::Write {
+                    offset: 1,
+                    len: 512
+                },
+                &[7; 512]
+            )
+            .0,
+        Status::Nack(Nack::Io {
+            errno: libc::EINVAL as u32
+        })
+    );
+    // Still serving after every refusal; the tail did not grow.
+    assert_eq!(client.call(VDISK, EPOCH, Op::Heartbeat, &[]).0, Status::Ok);
+    assert_eq!(std::fs::metadata(&server.tail).unwrap().len(), TAIL_SIZE);
+    server.stop().unwrap();
+}
+
+#[test]
+fn malformed_header_closes_only_that_connection() {
+    let server = Server::start();
+    let mut bad = server.connect();
+    bad.stream.write_all(&[0x5a; HEADER_LEN]).unwrap();
+    assert!(bad.closed_by_server());
+    let mut good = server.connect();
+    assert_eq!(good.call(VDISK, EPOCH, Op::Heartbeat, &[]).0, Status::Ok);
+    server.stop().unwrap();
+}
+
+#[test]
+fn corrupted_payload_closes_the_connection_and_writes_nothing() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let data = pattern(4096, 3);
+    let head = Frame::Request {
+        id: 1,
+        vdisk: VDISK,
+        epoch: EPOCH,
+        op: Op::Write {
+            offset: 0,
+            len: 4096,
+        },
+    }
+    .encode(&data)
+    .unwrap();
+    let mut corrupted = data.clone();
+    corrupted[10] ^= 1;
+    client.stream.write_all(&head).unwrap();
+    client.stream.write_all(&corrupted).unwrap();
+    assert!(client.closed_by_server());
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_reply_sent_to_the_server_closes_the_connection() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let head = Frame::Reply {
+        id: 1,
+        status: Status::Ok,
+    }
+    .encode(&[])
+    .unwrap();
+    client.stream.write_all(&head).unwrap();
+    assert!(client.closed_by_server());
+    server.stop().unwrap();
+}
