@@ -11,6 +11,7 @@ mod engine;
 mod error;
 pub mod peer;
 mod ring;
+pub mod route;
 mod tail;
 pub mod wire;
 
