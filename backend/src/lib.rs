@@ -9,6 +9,7 @@ mod block;
 mod buf;
 mod engine;
 mod error;
+pub mod link;
 pub mod peer;
 mod ring;
 pub mod route;

@@ -1,0 +1,320 @@
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Health, HealthConfig, Transition};
+use crate::wire::{Frame, Header, Op, Status, HEADER_LEN};
+use crate::AlignedBuf;
+
+/// How often a session checks its heartbeats: finer than the heartbeat
+/// interval, so that probes and silences are acted on within a few
+/// milliseconds of being due.
+const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A peer's answer to one call.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: Status,
+    /// The data of a successful read.
+    pub data: Option<AlignedBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// Not connected, or the connection broke or went silent while the call
+    /// was in flight: the call may or may not have reached the peer.
+    #[error("link is down")]
+    Down,
+    /// The link was shut down.
+    #[error("link is closed")]
+    Closed,
+}
+
+/// How often a link came up and went down, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub ups: AtomicU64,
+    pub downs: AtomicU64,
+}
+
+struct Call {
+    vdisk: u64,
+    epoch: u64,
+    op: Op,
+    payload: Option<AlignedBuf>,
+    reply: oneshot::Sender<Result<Reply, LinkError>>,
+}
+
+/// One connection to one address of a peer, kept up by a task of its own:
+/// it connects, multiplexes calls by request id, probes with heartbeats,
+/// and reconnects after a failure. Dropping the `Link` stops the task.
+pub struct Link {
+    addr: SocketAddr,
+    calls: mpsc::Sender<Call>,
+    up: watch::Receiver<bool>,
+    counters: Arc<LinkCounters>,
+}
+
+impl Link {
+    /// Starts the link's task on the current tokio runtime.
+    pub fn spawn(addr: SocketAddr, config: HealthConfig) -> Link {
+        let (calls, inbox) = mpsc::channel(1024);
+        let (up_tx, up) = watch::channel(false);
+        let counters = Arc::new(LinkCounters::default());
+        tokio::spawn(run(addr, config, inbox, up_tx, counters.clone()));
+        Link {
+            addr,
+            calls,
+            up,
+            counters,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Follows the link's state: `true` while up.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.up.clone()
+    }
+
+    pub fn counters(&self) -> &LinkCounters {
+        &self.counters
+    }
+
+    /// Sends one request and waits for its reply. A write's data goes as
+    /// `payload`.
+    pub async fn call(
+        &self,
+        vdisk: u64,
+        epoch: u64,
+        op: Op,
+        payload: Option<AlignedBuf>,
+    ) -> Result<Reply, LinkError> {
+        let (reply, answer) = oneshot::channel();
+        let call = Call {
+            vdisk,
+            epoch,
+            op,
+            payload,
+            reply,
+        };
+        self.calls.send(call).await.map_err(|_| LinkError::Closed)?;
+        answer.await.map_err(|_| LinkError::Closed)?
+    }
+}
+
+/// The link's task: sessions one after another until the `Link` drops.
+async fn run(
+    addr: SocketAddr,
+    config: HealthConfig,
+    mut inbox: mpsc::Receiver<Call>,
+    up: watch::Sender<bool>,
+    counters: Arc<LinkCounters>,
+) {
+    let mut health = Health::new(config, Instant::now());
+    let silence = config.interval * config.allowed_misses;
+    loop {
+        let connect = tokio::time::timeout(silence, TcpStream::connect(addr));
+        tokio::pin!(connect);
+        // Calls made while connecting fail at once, without disturbing the
+        // attempt.
+        let connected = loop {
+            tokio::select! {
+                connected = &mut connect => break connected,
+                call = inbox.recv() => match call {
+                    Some(call) => {
+                        let _ = call.reply.send(Err(LinkError::Down));
+                    }
+                    None => return,
+                },
+            }
+        };
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, "link cannot connect: {e}");
+                if refuse_calls_for(&mut inbox, config.interval).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "link connect timed out");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        health.connected(Instant::now());
+        let reason = session(stream, &mut health, &mut inbox, &up, &counters).await;
+        if health.disconnected() == Some(Transition::Down) {
+            counters.downs.fetch_add(1, Ordering::Relaxed);
+            let _ = up.send(false);
+            tracing::warn!(%addr, "link down: {reason}");
+        }
+        if inbox.is_closed() {
+            return;
+        }
+    }
+}
+
+/// While the peer cannot be reached, calls fail at once so that they move
+/// to another path; returns `Err` when the `Link` is gone.
+async fn refuse_calls_for(
+    inbox: &mut mpsc::Receiver<Call>,
+    pause: std::time::Duration,
+) -> Result<(), ()> {
+    let deadline = tokio::time::sleep(pause);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Ok(()),
+            call = inbox.recv() => match call {
+                Some(call) => {
+                    let _ = call.reply.send(Err(LinkError::Down));
+                }
+                None => return Err(()),
+            },
+        }
+    }
+}
+
+/// One connection's life; returns why it ended.
+async fn session(
+    stream: TcpStream,
+    health: &mut Health,
+    inbox: &mut mpsc::Receiver<Call>,
+    up: &watch::Sender<bool>,
+    counters: &LinkCounters,
+) -> String {
+    let (reader, mut writer) = stream.into_split();
+    let (replies_tx, mut replies) = mpsc::channel(1024);
+    let reader = tokio::spawn(read_replies(reader, replies_tx));
+    let mut pending: HashMap<u64, Option<oneshot::Sender<Result<Reply, LinkError>>>> =
+        HashMap::new();
+    let mut next_id = 0u64;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reason = loop {
+        tokio::select! {
+            call = inbox.recv() => {
+                let Some(call) = call else { break "link closed".to_owned() };
+                next_id += 1;
+                let payload = call.payload.as_deref().unwrap_or_default();
+                let frame = Frame::Request { id: next_id, vdisk: call.vdisk, epoch: call.epoch, op: call.op };
+                match frame.encode(payload) {
+                    Ok(head) => {
+                        if let Err(e) = send(&mut writer, &head, payload).await {
+                            let _ = call.reply.send(Err(LinkError::Down));
+                            break format!("send failed: {e}");
+                        }
+                        pending.insert(next_id, Some(call.reply));
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot encode {frame:?}: {e}");
+                        let _ = call.reply.send(Err(LinkError::Down));
+                    }
+                }
+            }
+            reply = replies.recv() => {
+                let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
+                let (id, reply) = match reply {
+                    Ok(reply) => reply,
+                    Err(e) => break e,
+                };
+                if health.heard(Instant::now()) == Some(Transition::Up) {
+                    counters.ups.fetch_add(1, Ordering::Relaxed);
+                    let _ = up.send(true);
+                    tracing::info!("link up");
+                }
+                match pending.remove(&id) {
+                    Some(Some(caller)) => { let _ = caller.send(Ok(reply)); }
+                    Some(None) => {} // a heartbeat's answer
+                    None => break format!("reply to unknown request {id}"),
+                }
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if health.is_silent(now) {
+                    break "heartbeats unanswered".to_owned();
+                }
+                if health.probe_due(now) {
+                    next_id += 1;
+                    let frame = Frame::Request { id: next_id, vdisk: 0, epoch: 0, op: Op::Heartbeat };
+                    if let Ok(head) = frame.encode(&[]) {
+                        if let Err(e) = send(&mut writer, &head, &[]).await {
+                            break format!("heartbeat send failed: {e}");
+                        }
+                        pending.insert(next_id, None);
+                    }
+                }
+            }
+        }
+    };
+    reader.abort();
+    for caller in pending.into_values().flatten() {
+        let _ = caller.send(Err(LinkError::Down));
+    }
+    reason
+}
+
+async fn send(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    head: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    writer.write_all(head).await?;
+    if !payload.is_empty() {
+        writer.write_all(payload).await?;
+    }
+    Ok(())
+}
+
+/// Reads replies until the connection fails; a malformed one ends it.
+async fn read_replies(
+    mut reader: OwnedReadHalf,
+    replies: mpsc::Sender<Result<(u64, Reply), String>>,
+) {
+    loop {
+        let result = read_reply(&mut reader).await;
+        let failed = result.is_err();
+        if replies.send(result).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn read_reply(reader: &mut OwnedReadHalf) -> Result<(u64, Reply), String> {
+    let mut head = [0u8; HEADER_LEN];
+    reader
+        .read_exact(&mut head)
+        .await
+        .map_err(|e| format!("connection lost: {e}"))?;
+    let header = Header::decode(&head).map_err(|e| format!("malformed reply: {e}"))?;
+    let mut data = AlignedBuf::new(header.payload_len as usize).map_err(|e| e.to_string())?;
+    reader
+        .read_exact(&mut data)
+        .await
+        .map_err(|e| format!("connection lost: {e}"))?;
+    header
+        .verify_payload(&data)
+        .map_err(|e| format!("malformed reply: {e}"))?;
+    let Frame::Reply { id, status } = header.frame else {
+        return Err("the peer sent a request on a link".to_owned());
+    };
+    let data = (header.payload_len > 0).then_some(data);
+    Ok((id, Reply { status, data }))
+}

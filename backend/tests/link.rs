@@ -1,0 +1,210 @@
+//! A link to the real peer server over loopback TCP: it comes up, carries
+//! calls, goes down when the server stops or falls silent, and comes back.
+
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend::link::{HealthConfig, Link, LinkError};
+use backend::peer::{serve, Exports};
+use backend::wire::{Op, Status};
+use backend::{AlignedBuf, Engine, LocalTail};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const VDISK: u64 = 1;
+
+struct Peer {
+    _engine: Engine,
+    _dir: tempfile::TempDir,
+    exports: Arc<Exports>,
+}
+
+impl Peer {
+    fn new() -> Peer {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let path = dir.path().join("tail");
+        File::create(&path).unwrap().set_len(4 << 20).unwrap();
+        let engine = Engine::start(64).unwrap();
+        let mut exports = Exports::new(1);
+        exports.insert(
+            VDISK,
+            LocalTail::open(&path, 4096, false, engine.ring()).unwrap(),
+        );
+        Peer {
+            _engine: engine,
+            _dir: dir,
+            exports: Arc::new(exports),
+        }
+    }
+
+    /// Serves on `listener` until the returned sender is used or dropped.
+    fn serve(&self, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, self.exports.clone(), async {
+            let _ = stopped.await;
+        }));
+        (
+            stop,
+            tokio::spawn(async move { task.await.unwrap().unwrap() }),
+        )
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn wait_until(link: &Link, up: bool) {
+    let mut state = link.watch();
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|&now| now == up))
+        .await
+        .unwrap_or_else(|_| panic!("link did not become {}", if up { "up" } else { "down" }))
+        .unwrap();
+}
+
+fn block(data: u8) -> AlignedBuf {
+    let mut buf = AlignedBuf::new(4096).unwrap();
+    buf.fill(data);
+    buf
+}
+
+#[test]
+fn a_link_comes_up_and_carries_writes_and_reads() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, _served) = peer.serve(listener);
+        let link = Link::spawn(addr, HealthConfig::default());
+        wait_until(&link, true).await;
+
+        let write = link
+            .call(
+                VDISK,
+                1,
+                Op::Write {
+                    offset: 8192,
+                    len: 4096,
+                },
+                Some(block(0x3c)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(write.status, Status::Ok);
+        let read = link
+            .call(
+                VDISK,
+                1,
+                Op::Read {
+                    offset: 8192,
+                    len: 4096,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.status, Status::Ok);
+        assert_eq!(&read.data.unwrap()[..], &block(0x3c)[..]);
+        assert_eq!(link.counters().ups.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_link_goes_down_with_its_server_and_returns_when_the_server_does() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (stop, served) = peer.serve(listener);
+        let link = Link::spawn(addr, HealthConfig::default());
+        wait_until(&link, true).await;
+
+        stop.send(()).unwrap();
+        served.await.unwrap();
+        wait_until(&link, false).await;
+        let refused = link
+            .call(
+                VDISK,
+                1,
+                Op::Read {
+                    offset: 0,
+                    len: 4096,
+                },
+                None,
+            )
+            .await;
+        assert_eq!(refused.unwrap_err(), LinkError::Down);
+
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let (_stop, _served) = peer.serve(listener);
+        wait_until(&link, true).await;
+        let read = link
+            .call(
+                VDISK,
+                1,
+                Op::Read {
+                    offset: 0,
+                    len: 4096,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.status, Status::Ok);
+        assert_eq!(link.counters().ups.load(Ordering::Relaxed), 2);
+        assert_eq!(link.counters().downs.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_peer_that_stops_answering_is_declared_down_and_its_calls_fail() {
+    runtime().block_on(async {
+        // A "peer" that answers heartbeats for a while, then only reads.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = Peer::new();
+        let (stop, served) = peer.serve(listener);
+        let link = Link::spawn(addr, HealthConfig::default());
+        wait_until(&link, true).await;
+        // Stop serving but keep a silent listener on the address, so that
+        // the reconnection succeeds and then hears nothing.
+        stop.send(()).unwrap();
+        served.await.unwrap();
+        let silent = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        wait_until(&link, false).await;
+        let started = tokio::time::Instant::now();
+        let call = link
+            .call(
+                VDISK,
+                1,
+                Op::Read {
+                    offset: 0,
+                    len: 4096,
+                },
+                None,
+            )
+            .await;
+        assert_eq!(call.unwrap_err(), LinkError::Down);
+        assert!(!link.is_up());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
