@@ -13,6 +13,16 @@ pub enum IoError {
     /// under us.
     #[error("tail ended at byte {offset}, inside the request")]
     ShortTransfer { offset: u64 },
+    /// No path to any of the vdisk's tails answered for the whole I/O
+    /// timeout.
+    #[error("no path to the vdisk's tails for {seconds} s")]
+    Unreachable { seconds: u64 },
+    /// The request cannot be expressed to a tail (too long for one frame).
+    #[error("request of {len} bytes is too long")]
+    TooLong { len: u64 },
+    /// The vdisk is being removed and takes no more requests.
+    #[error("vdisk is shutting down")]
+    ShuttingDown,
 }
 
 impl IoError {
@@ -20,7 +30,9 @@ impl IoError {
     pub fn errno(&self) -> i32 {
         match self {
             IoError::Os(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-            IoError::ShortTransfer { .. } => -libc::EIO,
+            IoError::ShortTransfer { .. } | IoError::Unreachable { .. } => -libc::EIO,
+            IoError::TooLong { .. } => -libc::EINVAL,
+            IoError::ShuttingDown => -libc::ESHUTDOWN,
         }
     }
 }

@@ -31,10 +31,10 @@ impl Peer {
         let path = dir.path().join("tail");
         File::create(&path).unwrap().set_len(4 << 20).unwrap();
         let engine = Engine::start(64).unwrap();
-        let mut exports = Exports::new(1);
+        let exports = Exports::new(1);
         exports.insert(
             VDISK,
-            LocalTail::open(&path, 4096, false, engine.ring()).unwrap(),
+            Arc::new(LocalTail::open(&path, 4096, false, engine.ring()).unwrap()),
         );
         Peer {
             _engine: engine,
@@ -95,7 +95,7 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
                     offset: 8192,
                     len: 4096,
                 },
-                Some(block(0x3c)),
+                Some(Arc::new(block(0x3c))),
             )
             .await
             .unwrap();

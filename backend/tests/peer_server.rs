@@ -38,10 +38,10 @@ impl Server {
         let tail_path = tail.clone();
         let thread = std::thread::spawn(move || {
             let engine = Engine::start(64)?;
-            let mut exports = Exports::new(EPOCH);
+            let exports = Exports::new(EPOCH);
             exports.insert(
                 VDISK,
-                LocalTail::open(&tail_path, 4096, false, engine.ring()).unwrap(),
+                Arc::new(LocalTail::open(&tail_path, 4096, false, engine.ring()).unwrap()),
             );
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()

@@ -49,7 +49,7 @@ struct Call {
     vdisk: u64,
     epoch: u64,
     op: Op,
-    payload: Option<AlignedBuf>,
+    payload: Option<Arc<AlignedBuf>>,
     reply: oneshot::Sender<Result<Reply, LinkError>>,
 }
 
@@ -96,13 +96,13 @@ impl Link {
     }
 
     /// Sends one request and waits for its reply. A write's data goes as
-    /// `payload`.
+    /// `payload`, shared so that the caller keeps it for a resend.
     pub async fn call(
         &self,
         vdisk: u64,
         epoch: u64,
         op: Op,
-        payload: Option<AlignedBuf>,
+        payload: Option<Arc<AlignedBuf>>,
     ) -> Result<Reply, LinkError> {
         let (reply, answer) = oneshot::channel();
         let call = Call {
@@ -159,7 +159,7 @@ async fn run(
         };
         let _ = stream.set_nodelay(true);
         health.connected(Instant::now());
-        let reason = session(stream, &mut health, &mut inbox, &up, &counters).await;
+        let reason = session(stream, addr, &mut health, &mut inbox, &up, &counters).await;
         if health.disconnected() == Some(Transition::Down) {
             counters.downs.fetch_add(1, Ordering::Relaxed);
             let _ = up.send(false);
@@ -195,6 +195,7 @@ async fn refuse_calls_for(
 /// One connection's life; returns why it ended.
 async fn session(
     stream: TcpStream,
+    addr: SocketAddr,
     health: &mut Health,
     inbox: &mut mpsc::Receiver<Call>,
     up: &watch::Sender<bool>,
@@ -213,7 +214,7 @@ async fn session(
             call = inbox.recv() => {
                 let Some(call) = call else { break "link closed".to_owned() };
                 next_id += 1;
-                let payload = call.payload.as_deref().unwrap_or_default();
+                let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
                 let frame = Frame::Request { id: next_id, vdisk: call.vdisk, epoch: call.epoch, op: call.op };
                 match frame.encode(payload) {
                     Ok(head) => {
@@ -238,7 +239,7 @@ async fn session(
                 if health.heard(Instant::now()) == Some(Transition::Up) {
                     counters.ups.fetch_add(1, Ordering::Relaxed);
                     let _ = up.send(true);
-                    tracing::info!("link up");
+                    tracing::info!(%addr, "link up");
                 }
                 match pending.remove(&id) {
                     Some(Some(caller)) => { let _ = caller.send(Ok(reply)); }

@@ -1,8 +1,11 @@
 //! Links to peers (seed 003's CTI/CCM): one TCP connection per configured
-//! network, kept alive with heartbeats, declared down when they go silent.
+//! network, kept alive with heartbeats, declared down when they go silent;
+//! a peer is reachable while any of its links is up.
 
 mod connection;
 mod health;
+mod peer;
 
 pub use connection::{Link, LinkCounters, LinkError, Reply};
 pub use health::{Health, HealthConfig, Transition};
+pub use peer::PeerLinks;

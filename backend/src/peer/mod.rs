@@ -5,4 +5,5 @@ mod exports;
 mod server;
 
 pub use exports::Exports;
+pub(crate) use server::run_on_tail;
 pub use server::serve;

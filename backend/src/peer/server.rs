@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::Exports;
 use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
-use crate::{AlignedBuf, BlockBackend};
+use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 const IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -153,7 +153,8 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<
     }
 }
 
-/// Runs one request on its tail: the reply's status, and a read's data.
+/// Runs one request for a peer: refuses a stale epoch or an unknown vdisk,
+/// else runs it on the exported tail.
 async fn execute(
     exports: &Exports,
     vdisk: u64,
@@ -161,22 +162,30 @@ async fn execute(
     op: Op,
     payload: AlignedBuf,
 ) -> (Status, Option<AlignedBuf>) {
-    let refuse = |nack| (Status::Nack(nack), None);
     if op == Op::Heartbeat {
         return (Status::Ok, None);
     }
     if epoch < exports.epoch() {
-        return refuse(Nack::StaleEpoch {
-            current: exports.epoch(),
-        });
+        let current = exports.epoch();
+        return (Status::Nack(Nack::StaleEpoch { current }), None);
     }
-    let Some(tail) = exports.get(vdisk) else {
-        return refuse(Nack::NoSuchTail);
-    };
+    match exports.get(vdisk) {
+        Some(tail) => run_on_tail(&tail, op, &payload).await,
+        None => (Status::Nack(Nack::NoSuchTail), None),
+    }
+}
+
+/// Runs one request on a tail of this node: the status a reply would carry,
+/// and a read's data. The one place that turns wire requests into tail I/O,
+/// for peers' requests and this node's own alike.
+pub(crate) async fn run_on_tail(
+    tail: &LocalTail<EngineRing>,
+    op: Op,
+    payload: &[u8],
+) -> (Status, Option<AlignedBuf>) {
     let io_error = |errno: i32| {
-        refuse(Nack::Io {
-            errno: errno.unsigned_abs(),
-        })
+        let errno = errno.unsigned_abs();
+        (Status::Nack(Nack::Io { errno }), None)
     };
     // A regular file would silently grow from a write past its end.
     let size = tail.geometry().size_bytes;
@@ -200,7 +209,7 @@ async fn execute(
                 Err(e) => Err(e),
             }
         }
-        Op::Write { offset, .. } => tail.write(offset, &payload).await,
+        Op::Write { offset, .. } => tail.write(offset, payload).await,
         Op::Flush => tail.flush().await,
         Op::Discard { offset, len } => tail.discard(offset, u64::from(len)).await,
         Op::WriteZeroes { offset, len } => tail.write_zeroes(offset, u64::from(len)).await,

@@ -1,7 +1,11 @@
 //! Routing and the pending-request table (seed 003, Fig. 6): which path each
 //! request takes, and what happens to it when a path fails. Pure state: the
 //! caller feeds events with the current time and carries out the actions.
+//! [`RoutedVdisk`] is that caller: a tokio task around one router per vdisk,
+//! running each attempt on a local tail or a peer.
 
 mod router;
+mod vdisk;
 
 pub use router::{Action, RouteConfig, Router};
+pub use vdisk::{PathCounters, RoutedVdisk, TailPath, VdiskCounters};

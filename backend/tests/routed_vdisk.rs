@@ -1,0 +1,255 @@
+//! A routed vdisk over real peer servers on loopback, both serving one
+//! shared file (a twin-tailed tail): requests take the preferred path, move
+//! to the alternate when it dies, come back when it returns, and fail only
+//! when no path answers for the I/O timeout.
+
+// Helpers outside #[test] functions panic on purpose: a failed step fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend::link::{HealthConfig, PeerLinks};
+use backend::peer::{serve, Exports};
+use backend::route::{RouteConfig, RoutedVdisk, TailPath};
+use backend::{BlockBackend, Engine, EngineRing, IoError, LocalTail};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const VDISK: u64 = 7;
+const EPOCH: u64 = 1;
+const BLOCK: usize = 4096;
+
+struct Tail {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    engine: Engine,
+}
+
+impl Tail {
+    fn new() -> Tail {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let path = dir.path().join("shared-tail");
+        File::create(&path).unwrap().set_len(4 << 20).unwrap();
+        Tail {
+            _dir: dir,
+            path,
+            engine: Engine::start(64).unwrap(),
+        }
+    }
+
+    fn open(&self) -> Arc<LocalTail<EngineRing>> {
+        Arc::new(LocalTail::open(&self.path, 4096, false, self.engine.ring()).unwrap())
+    }
+}
+
+/// A peer server exporting the shared tail, stoppable and restartable on
+/// the same address.
+struct Server {
+    addr: SocketAddr,
+    exports: Arc<Exports>,
+    stop: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Server {
+    async fn start(tail: &Tail) -> Server {
+        let exports = Arc::new(Exports::new(EPOCH));
+        exports.insert(VDISK, tail.open());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = Server {
+            addr,
+            exports,
+            stop: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, self.exports.clone(), async {
+            let _ = stopped.await;
+        }));
+        let task = tokio::spawn(async move { task.await.unwrap().unwrap() });
+        self.stop = Some((stop, task));
+    }
+
+    async fn kill(&mut self) {
+        let (stop, task) = self.stop.take().unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn health() -> HealthConfig {
+    HealthConfig {
+        interval: Duration::from_millis(20),
+        allowed_misses: 3,
+    }
+}
+
+fn peer(name: &str, server: &Server) -> TailPath {
+    TailPath::Peer(Arc::new(PeerLinks::spawn(name, &[server.addr], health())))
+}
+
+fn block(seed: u8) -> Vec<u8> {
+    (0..BLOCK)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+async fn write_and_check(vdisk: &RoutedVdisk, index: u64, seed: u8) {
+    let offset = index * BLOCK as u64;
+    vdisk.write(offset, &block(seed)).await.unwrap();
+    let mut back = vec![0; BLOCK];
+    vdisk.read(offset, &mut back).await.unwrap();
+    assert_eq!(back, block(seed), "block {index}");
+}
+
+fn completed(vdisk: &RoutedVdisk, path: usize) -> u64 {
+    vdisk.counters().paths[path]
+        .1
+        .completed
+        .load(Ordering::Relaxed)
+}
+
+fn file_block(path: &Path, index: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0; BLOCK];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut out, index * BLOCK as u64)
+        .unwrap();
+    out
+}
+
+#[test]
+fn requests_fail_over_to_the_secondary_and_return_to_the_primary() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let mut primary = Server::start(&tail).await;
+        let secondary = Server::start(&tail).await;
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![peer("a", &primary), peer("b", &secondary)],
+            RouteConfig::default(),
+        );
+        write_and_check(&vdisk, 0, 1).await;
+        assert!(completed(&vdisk, 0) >= 1, "the primary serves first");
+        assert_eq!(completed(&vdisk, 1), 0);
+
+        primary.kill().await;
+        for i in 1..20 {
+            write_and_check(&vdisk, i, i as u8).await;
+        }
+        assert!(completed(&vdisk, 1) >= 38, "the secondary took over");
+
+        primary.restart().await;
+        let before = completed(&vdisk, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while completed(&vdisk, 0) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "primary not used again"
+            );
+            write_and_check(&vdisk, 30, 99).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 1..20 {
+            assert_eq!(file_block(&tail.path, i), block(i as u8));
+        }
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_local_tail_is_preferred_over_a_peer() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start(&tail).await;
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![TailPath::Local(tail.open()), peer("b", &server)],
+            RouteConfig::default(),
+        );
+        write_and_check(&vdisk, 3, 7).await;
+        assert_eq!(completed(&vdisk, 0), 2);
+        assert_eq!(completed(&vdisk, 1), 0);
+    });
+}
+
+#[test]
+fn with_every_path_gone_a_request_fails_after_the_io_timeout_and_not_before() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let mut only = Server::start(&tail).await;
+        let config = RouteConfig {
+            io_timeout: Duration::from_millis(600),
+            ..RouteConfig::default()
+        };
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![peer("a", &only)],
+            config,
+        );
+        write_and_check(&vdisk, 0, 1).await;
+        only.kill().await;
+        let started = tokio::time::Instant::now();
+        let mut buf = vec![0; BLOCK];
+        let result = vdisk.read(0, &mut buf).await;
+        assert!(
+            matches!(result, Err(IoError::Unreachable { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_path_that_returns_within_the_io_timeout_completes_the_waiting_request() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let mut only = Server::start(&tail).await;
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![peer("a", &only)],
+            RouteConfig::default(),
+        );
+        write_and_check(&vdisk, 2, 5).await;
+        only.kill().await;
+        let restart = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            only.restart().await;
+        };
+        let mut buf = vec![0; BLOCK];
+        let (read, ()) = tokio::join!(vdisk.read(2 * BLOCK as u64, &mut buf), restart);
+        read.unwrap();
+        assert_eq!(buf, block(5));
+    });
+}
