@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use configdb::TailRef;
 
 use crate::size::parse_size;
 
@@ -24,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon in the foreground
     Serve(ServeArgs),
-    /// Create a vdisk on a local tail and print its device path
+    /// Create a vdisk on a local tail or on cluster tails, and print its device path
     Add(AddArgs),
     /// Remove a vdisk's device; the data stays in its tail
     Del {
@@ -56,9 +57,20 @@ pub struct AddArgs {
     /// Size: bytes, or with a binary suffix (512M, 1G, 1GiB)
     #[arg(long, value_parser = parse_size)]
     pub size: u64,
-    /// The local file or block device that holds the data
-    #[arg(long, value_name = "PATH")]
-    pub tail: PathBuf,
+    /// A local file or block device that holds the data, for this node alone
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "primary",
+        conflicts_with = "primary"
+    )]
+    pub tail: Option<PathBuf>,
+    /// The cluster tail requests go to first: a node and a tail of its config
+    #[arg(long, value_name = "NODE:TAIL")]
+    pub primary: Option<TailRef>,
+    /// The cluster tail requests go to when the primary cannot take them
+    #[arg(long, value_name = "NODE:TAIL", requires = "primary")]
+    pub secondary: Option<TailRef>,
     /// Logical block size of the device
     #[arg(long, default_value_t = 4096, value_parser = parse_block_size)]
     pub block_size: u32,
@@ -100,6 +112,36 @@ mod tests {
         let after = Cli::try_parse_from(["ublkvd", "list", "--socket", "/s"]).unwrap();
         assert_eq!(before.socket, Some("/s".into()));
         assert_eq!(after.socket, Some("/s".into()));
+    }
+
+    #[test]
+    fn add_takes_a_local_tail_or_cluster_tails_but_not_both() {
+        let cli = Cli::try_parse_from([
+            "ublkvd",
+            "add",
+            "a",
+            "--size",
+            "1G",
+            "--primary",
+            "a:disk0",
+            "--secondary",
+            "b:disk0",
+        ])
+        .unwrap();
+        let Command::Add(add) = cli.command else {
+            panic!("not add");
+        };
+        assert_eq!(add.primary.unwrap().to_string(), "a:disk0");
+        assert_eq!(add.secondary.unwrap().node, "b");
+        let refused = |args: &[&str]| {
+            let mut all = vec!["ublkvd", "add", "a", "--size", "1G"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).is_err()
+        };
+        assert!(refused(&[]));
+        assert!(refused(&["--tail", "/t", "--primary", "a:d"]));
+        assert!(refused(&["--secondary", "b:d"]));
+        assert!(refused(&["--primary", "a"]));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! The node's configuration: embedded defaults, overridden by a TOML file,
 //! overridden by command-line flags.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use backend::link::HealthConfig;
+use backend::route::RouteConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
@@ -20,6 +25,35 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// The Unix socket the `ublkvd` client talks to.
     pub control_socket: Option<PathBuf>,
+    /// Addresses the peer server listens on for other nodes' requests, one
+    /// per redundant network. Default: none (the node serves no peer).
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Whether vdisks get a `/dev/ublkbN` on this node. Default true; a
+    /// storage-only node sets false and only serves its tails to peers.
+    pub devices: Option<bool>,
+    /// This node's tails, by name: `disk0 = "/dev/vdb"`. Vdisks name them
+    /// as `NODE:TAIL`.
+    pub tails: Option<BTreeMap<String, PathBuf>>,
+    /// The other nodes and their link addresses, one per network.
+    pub peer: Option<Vec<PeerConfig>>,
+    /// How often an idle link is probed. Default 100.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Probes a link may miss before it is down. Default 3.
+    pub heartbeat_misses: Option<u32>,
+    /// A request unanswered this long on one path is resent on another.
+    /// Default 5000.
+    pub request_timeout_ms: Option<u64>,
+    /// The application sees an I/O error only when no path has answered a
+    /// request for this long. Default 30000 (the SCSI disk default).
+    pub io_timeout_ms: Option<u64>,
+}
+
+/// A peer node: its name and one address per link.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub links: Vec<SocketAddr>,
 }
 
 impl ConfigFile {
@@ -36,16 +70,26 @@ pub struct NodeConfig {
     pub node: String,
     pub data_dir: PathBuf,
     pub control_socket: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub devices: bool,
+    pub tails: BTreeMap<String, PathBuf>,
+    pub peers: Vec<PeerConfig>,
+    pub health: HealthConfig,
+    pub route: RouteConfig,
 }
 
 impl NodeConfig {
-    /// Layers the file over the defaults and the flags over both.
+    /// Layers the file over the defaults and the flags over both, and
+    /// checks what the layers cannot: names, and timings that make sense.
     pub fn resolve(
         file: ConfigFile,
         data_dir: Option<PathBuf>,
         control_socket: Option<PathBuf>,
-    ) -> Self {
-        NodeConfig {
+    ) -> anyhow::Result<Self> {
+        let health_default = HealthConfig::default();
+        let route_default = RouteConfig::default();
+        let ms = Duration::from_millis;
+        let config = NodeConfig {
             node: file.node.unwrap_or_else(default_node_name),
             data_dir: data_dir
                 .or(file.data_dir)
@@ -53,7 +97,68 @@ impl NodeConfig {
             control_socket: control_socket
                 .or(file.control_socket)
                 .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            listen: file.listen.unwrap_or_default(),
+            devices: file.devices.unwrap_or(true),
+            tails: file.tails.unwrap_or_default(),
+            peers: file.peer.unwrap_or_default(),
+            health: HealthConfig {
+                interval: file
+                    .heartbeat_interval_ms
+                    .map_or(health_default.interval, ms),
+                allowed_misses: file
+                    .heartbeat_misses
+                    .unwrap_or(health_default.allowed_misses),
+            },
+            route: RouteConfig {
+                request_timeout: file
+                    .request_timeout_ms
+                    .map_or(route_default.request_timeout, ms),
+                io_timeout: file.io_timeout_ms.map_or(route_default.io_timeout, ms),
+                ..route_default
+            },
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let name_ok = configdb::is_safe_name;
+        if !name_ok(&self.node) {
+            bail!(
+                "node name {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+                self.node
+            );
         }
+        for tail in self.tails.keys() {
+            if !name_ok(tail) {
+                bail!("tail name {tail:?} must be 1 to 64 letters, digits, '.', '_' or '-'");
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            if !name_ok(&peer.name) {
+                bail!(
+                    "peer name {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+                    peer.name
+                );
+            }
+            if peer.name == self.node {
+                bail!("peer {} is this node's own name", peer.name);
+            }
+            if !seen.insert(&peer.name) {
+                bail!("peer {} is listed twice", peer.name);
+            }
+            if peer.links.is_empty() {
+                bail!("peer {} has no links", peer.name);
+            }
+        }
+        if self.health.interval.is_zero() || self.health.allowed_misses == 0 {
+            bail!("heartbeat_interval_ms and heartbeat_misses must be positive");
+        }
+        if self.route.request_timeout.is_zero() || self.route.io_timeout.is_zero() {
+            bail!("request_timeout_ms and io_timeout_ms must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -71,8 +176,11 @@ mod tests {
 
     #[test]
     fn defaults_apply_without_file_or_flags() {
-        let config = NodeConfig::resolve(ConfigFile::default(), None, None);
+        let config = NodeConfig::resolve(ConfigFile::default(), None, None).unwrap();
         assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
+        assert!(config.devices);
+        assert!(config.listen.is_empty() && config.peers.is_empty());
+        assert_eq!(config.route, RouteConfig::default());
         assert_eq!(config.control_socket, Path::new(DEFAULT_SOCKET));
         assert!(!config.node.is_empty());
     }
@@ -83,10 +191,55 @@ mod tests {
             "node = \"a\"\ndata_dir = \"/srv/a\"\ncontrol_socket = \"/run/a.sock\"\n",
         )
         .unwrap();
-        let config = NodeConfig::resolve(file, Some("/flag/dir".into()), None);
+        let config = NodeConfig::resolve(file, Some("/flag/dir".into()), None).unwrap();
         assert_eq!(config.node, "a");
         assert_eq!(config.data_dir, Path::new("/flag/dir"));
         assert_eq!(config.control_socket, Path::new("/run/a.sock"));
+    }
+
+    #[test]
+    fn a_cluster_config_names_listen_addresses_tails_and_peers() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            node = "a"
+            listen = ["10.1.0.1:7100", "10.2.0.1:7100"]
+            heartbeat_interval_ms = 50
+            io_timeout_ms = 10000
+            [tails]
+            disk0 = "/dev/vdb"
+            [[peer]]
+            name = "b"
+            links = ["10.1.0.2:7100", "10.2.0.2:7100"]
+            "#,
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(file, None, None).unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.tails["disk0"], Path::new("/dev/vdb"));
+        assert_eq!(config.peers[0].name, "b");
+        assert_eq!(config.peers[0].links[1].to_string(), "10.2.0.2:7100");
+        assert_eq!(config.health.interval, Duration::from_millis(50));
+        assert_eq!(config.health.allowed_misses, 3);
+        assert_eq!(config.route.io_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn inconsistent_cluster_configs_are_refused_with_the_reason() {
+        let refused = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            NodeConfig::resolve(file, None, None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            refused("node = \"a\"\n[[peer]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]")
+                .contains("own name")
+        );
+        assert!(refused("[[peer]]\nname = \"b\"\nlinks = []").contains("no links"));
+        assert!(refused("[tails]\n\"a/b\" = \"/x\"").contains("tail name"));
+        assert!(refused("io_timeout_ms = 0").contains("positive"));
+        let dup = "[[peer]]\nname = \"b\"\nlinks = [\"127.0.0.1:1\"]\n";
+        assert!(refused(&format!("{dup}{dup}")).contains("twice"));
     }
 
     #[test]

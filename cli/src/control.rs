@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use configdb::TailRef;
 use serde::{Deserialize, Serialize};
 
 /// Longest request line the daemon reads; a vdisk spec is far smaller.
@@ -24,8 +25,13 @@ pub enum Request {
 pub struct AddRequest {
     pub name: String,
     pub size_bytes: u64,
-    /// Absolute: the client resolves it against its own working directory.
-    pub tail: PathBuf,
+    /// A tail of this node alone. Absolute: the client resolves it against
+    /// its own working directory. Either this or `primary`.
+    pub tail: Option<PathBuf>,
+    /// The cluster tail requests go to first.
+    pub primary: Option<TailRef>,
+    /// The cluster tail requests go to when the primary cannot take them.
+    pub secondary: Option<TailRef>,
     pub block_size: u32,
     pub queues: u16,
     pub queue_depth: u16,
@@ -46,11 +52,30 @@ pub struct VdiskInfo {
     pub size_bytes: u64,
     /// `/dev/ublkbN` while the device runs.
     pub device: Option<PathBuf>,
-    pub tail: PathBuf,
+    /// The local tail of a single-node vdisk.
+    pub tail: Option<PathBuf>,
+    pub primary: Option<TailRef>,
+    pub secondary: Option<TailRef>,
     pub block_size: u32,
     pub read_only: bool,
-    /// `running`, or `failed: <why>` when the device could not be started.
+    /// `running`; `exported` on a node that serves the vdisk's tail to
+    /// peers but has no device for it; `failed: <why>` when it could not
+    /// be started.
     pub state: String,
+    /// A cluster vdisk's paths in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathInfo>,
+}
+
+/// One way from this node to a cluster vdisk's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// `local`, or the peer's name.
+    pub name: String,
+    /// Whether a link to it is up (always, for a local tail).
+    pub reachable: bool,
+    /// Requests it has completed since the daemon started.
+    pub completed: u64,
 }
 
 /// Sends one request to the daemon at `socket` and returns its vdisks, or
@@ -90,9 +115,22 @@ mod tests {
             Request::List,
             Request::Del { name: "a".into() },
             Request::Add(AddRequest {
+                name: "b".into(),
+                size_bytes: 1 << 30,
+                tail: None,
+                primary: Some("a:disk0".parse().unwrap()),
+                secondary: Some("b:disk0".parse().unwrap()),
+                block_size: 4096,
+                queues: 1,
+                queue_depth: 128,
+                read_only: false,
+            }),
+            Request::Add(AddRequest {
                 name: "a".into(),
                 size_bytes: 1 << 30,
-                tail: "/srv/a.img".into(),
+                tail: Some("/srv/a.img".into()),
+                primary: None,
+                secondary: None,
                 block_size: 4096,
                 queues: 1,
                 queue_depth: 128,

@@ -1,6 +1,7 @@
 //! `ublkvd`: the node daemon (`serve`) and the client commands that drive it.
 
 mod args;
+mod cluster;
 mod config;
 mod control;
 mod node;
@@ -47,7 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
-            let config = NodeConfig::resolve(file, args.data_dir, cli.socket);
+            let config = NodeConfig::resolve(file, args.data_dir, cli.socket)?;
             server::serve(&config)
         }
         Command::Add(args) => add(&socket, args),
@@ -65,12 +66,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
-    let tail = std::path::absolute(&args.tail)
-        .with_context(|| format!("invalid tail path {}", args.tail.display()))?;
+    let tail = match &args.tail {
+        Some(tail) => Some(
+            std::path::absolute(tail)
+                .with_context(|| format!("invalid tail path {}", tail.display()))?,
+        ),
+        None => None,
+    };
     let request = Request::Add(AddRequest {
         name: args.name,
         size_bytes: args.size,
         tail,
+        primary: args.primary,
+        secondary: args.secondary,
         block_size: args.block_size,
         queues: args.queues,
         queue_depth: args.queue_depth,
@@ -98,7 +106,7 @@ fn print_table(vdisks: &[VdiskInfo]) {
                 v.device
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |d| d.display().to_string()),
-                v.tail.display().to_string(),
+                placement(v),
                 v.state.clone(),
             ]
         })
@@ -117,6 +125,35 @@ fn print_table(vdisks: &[VdiskInfo]) {
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
         println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// A vdisk's tails for the table: the local path, or the cluster tails
+/// with the path now serving marked by `*`.
+fn placement(v: &VdiskInfo) -> String {
+    if let Some(tail) = &v.tail {
+        return tail.display().to_string();
+    }
+    let tails: Vec<String> = v
+        .primary
+        .iter()
+        .chain(&v.secondary)
+        .map(ToString::to_string)
+        .collect();
+    let unreachable: Vec<&str> = v
+        .paths
+        .iter()
+        .filter(|p| !p.reachable)
+        .map(|p| p.name.as_str())
+        .collect();
+    if unreachable.is_empty() {
+        tails.join(",")
+    } else {
+        format!(
+            "{} (unreachable: {})",
+            tails.join(","),
+            unreachable.join(",")
+        )
     }
 }
 

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{Request, Response, MAX_LINE};
 use crate::node::Node;
@@ -18,7 +20,7 @@ use crate::node::Node;
 /// Runs the node daemon in the foreground.
 pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -29,8 +31,12 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
                 "kernel module ublk_drv is not loaded: vdisks cannot start until `modprobe ublk_drv`"
             );
         }
+        let peer_listeners = Cluster::bind(&config.listen).await?;
+        let cluster = Cluster::start(config)?;
+        let (stop_peers, peers_stopped) = watch::channel(false);
+        let mut peer_servers = cluster.serve_peers(peer_listeners, &peers_stopped);
         let data_dir = config.data_dir.clone();
-        let node = tokio::task::spawn_blocking(move || Node::open(&data_dir))
+        let node = tokio::task::spawn_blocking(move || Node::open(&data_dir, cluster))
             .await
             .context("node start-up panicked")??;
         let node = Arc::new(Mutex::new(node));
@@ -42,7 +48,10 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
         );
         let served = run(listener, node.clone(), shutdown_signal()?).await;
         tracing::info!("shutting down: stopping devices");
+        // Devices first: their last requests may still need the peers.
         let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown()).await;
+        let _ = stop_peers.send(true);
+        while peer_servers.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&config.control_socket);
         stopped.context("device shutdown panicked")?;
         served

@@ -131,7 +131,9 @@ mod tests {
         VdiskSpec {
             name: name.parse().unwrap(),
             size_bytes: 1 << 30,
-            tail: format!("/srv/{name}.img").into(),
+            placement: crate::Placement::Local {
+                tail: format!("/srv/{name}.img").into(),
+            },
             block_size: 4096,
             queues: 1,
             queue_depth: 64,

@@ -8,4 +8,6 @@ mod catalog;
 mod vdisk;
 
 pub use catalog::{Catalog, CatalogError};
-pub use vdisk::{VdiskName, VdiskNameError, VdiskSpec};
+pub use vdisk::{
+    is_safe_name, Placement, TailRef, TailRefError, VdiskName, VdiskNameError, VdiskSpec,
+};
