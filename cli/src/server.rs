@@ -26,7 +26,7 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_control_socket(&config.control_socket)?;
-        if !Path::new("/dev/ublk-control").exists() {
+        if config.devices && !Path::new("/dev/ublk-control").exists() {
             tracing::warn!(
                 "kernel module ublk_drv is not loaded: vdisks cannot start until `modprobe ublk_drv`"
             );

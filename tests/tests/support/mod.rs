@@ -4,6 +4,8 @@
 // Test support: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

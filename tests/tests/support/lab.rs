@@ -1,0 +1,225 @@
+//! A cluster lab on one machine: network namespaces for the nodes, joined
+//! by two bridged networks (two veth links per node), with real `ublkvd`
+//! daemons in them. Needs root, as CI is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ublkvd_bin;
+
+/// The port every node's peer server listens on, on both networks.
+pub const PEER_PORT: u16 = 7100;
+
+pub struct Lab {
+    prefix: String,
+    nodes: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn sh(args: &[&str]) {
+    let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Lab {
+    /// Namespaces `sw` (two bridges) and one per node, node `i` (from 1)
+    /// having 10.1.0.i on network 1 and 10.2.0.i on network 2.
+    pub fn new(nodes: &[&str]) -> Lab {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the cluster lab needs root for network namespaces"
+        );
+        let lab = Lab {
+            prefix: format!("uvd{}", std::process::id()),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+        };
+        let sw = lab.ns("sw");
+        sh(&["ip", "netns", "add", &sw]);
+        sh(&["ip", "-n", &sw, "link", "set", "lo", "up"]);
+        for net in ["1", "2"] {
+            let bridge = format!("br{net}");
+            sh(&["ip", "-n", &sw, "link", "add", &bridge, "type", "bridge"]);
+            sh(&["ip", "-n", &sw, "link", "set", &bridge, "up"]);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let ns = lab.ns(node);
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            for net in ["1", "2"] {
+                let (end, port) = (format!("{node}{net}"), lab.switch_port(node, net));
+                sh(&[
+                    "ip", "link", "add", &end, "netns", &ns, "type", "veth", "peer", "name", &port,
+                    "netns", &sw,
+                ]);
+                let addr = format!("10.{net}.0.{}/24", i + 1);
+                sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &end]);
+                sh(&["ip", "-n", &ns, "link", "set", &end, "up"]);
+                let bridge = format!("br{net}");
+                sh(&["ip", "-n", &sw, "link", "set", &port, "master", &bridge]);
+                sh(&["ip", "-n", &sw, "link", "set", &port, "up"]);
+            }
+        }
+        lab
+    }
+
+    pub fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.prefix)
+    }
+
+    fn switch_port(&self, node: &str, net: &str) -> String {
+        format!("{node}{net}s")
+    }
+
+    fn index(&self, node: &str) -> usize {
+        self.nodes.iter().position(|n| n == node).unwrap() + 1
+    }
+
+    /// `node`'s peer addresses, network 1 first.
+    pub fn links(&self, node: &str) -> [String; 2] {
+        let i = self.index(node);
+        [
+            format!("10.1.0.{i}:{PEER_PORT}"),
+            format!("10.2.0.{i}:{PEER_PORT}"),
+        ]
+    }
+
+    /// Cuts (`up == false`) or restores `node`'s cable to network `net`:
+    /// the switch side goes down, so packets vanish without a reset, as
+    /// with a pulled cable.
+    pub fn set_link(&self, node: &str, net: u8, up: bool) {
+        let port = self.switch_port(node, &net.to_string());
+        let state = if up { "up" } else { "down" };
+        sh(&["ip", "-n", &self.ns("sw"), "link", "set", &port, state]);
+    }
+
+    /// A node config: listens on both networks, knows every other node as
+    /// a peer, and has the given tails.
+    pub fn config(&self, node: &str, devices: bool, tails: &[(&str, &Path)]) -> PathBuf {
+        let dir = self.dir.path().join(node);
+        std::fs::create_dir_all(&dir).unwrap();
+        let [l1, l2] = self.links(node);
+        let mut text = format!(
+            "node = \"{node}\"\ndata_dir = \"{}\"\ncontrol_socket = \"{}\"\n\
+             listen = [\"{l1}\", \"{l2}\"]\ndevices = {devices}\n[tails]\n",
+            dir.join("data").display(),
+            dir.join("ublkvd.sock").display(),
+        );
+        for (name, path) in tails {
+            text += &format!("{name} = \"{}\"\n", path.display());
+        }
+        for peer in self.nodes.iter().filter(|p| *p != node) {
+            let [p1, p2] = self.links(peer);
+            text += &format!("[[peer]]\nname = \"{peer}\"\nlinks = [\"{p1}\", \"{p2}\"]\n");
+        }
+        let path = dir.join("ublkvd.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `program args` inside `node`'s namespace.
+    pub fn command(&self, node: &str, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns(node)]).arg(program);
+        command
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in self.nodes.iter().chain(std::iter::once(&"sw".to_owned())) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(node)])
+                .status();
+        }
+    }
+}
+
+/// A `ublkvd serve` in a node's namespace.
+pub struct NodeDaemon {
+    pub node: String,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeDaemon {
+    pub fn start(lab: &Lab, node: &str, config: PathBuf) -> NodeDaemon {
+        let dir = config.parent().unwrap();
+        let mut daemon = NodeDaemon {
+            node: node.to_owned(),
+            socket: dir.join("ublkvd.sock"),
+            log: dir.join("daemon.log"),
+            config,
+            child: None,
+        };
+        daemon.spawn(lab);
+        daemon
+    }
+
+    pub fn spawn(&mut self, lab: &Lab) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = lab
+            .command(&self.node, ublkvd_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.client(&["list"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon {} did not answer: {}",
+                self.node,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        Command::new(ublkvd_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `kill -9`: the process dies at once; its sockets are reset.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
