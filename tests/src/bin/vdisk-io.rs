@@ -129,7 +129,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let block = (seed % (blocks / depth)) * depth + worker;
-                    let write = seed % 3 != 0;
+                    let write = !seed.is_multiple_of(3);
                     one_request(&vdisk, &state, block, write).await;
                 }
             })
