@@ -30,15 +30,28 @@ pub fn ublkvd_bin() -> &'static Path {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with_config(None)
+    }
+
+    /// Starts with a config file of `toml` (the data dir and socket still
+    /// come from flags).
+    pub fn start_with_config(toml: Option<&str>) -> Daemon {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let socket = dir.path().join("ublkvd.sock");
+        let config = toml.map(|text| {
+            let path = dir.path().join("ublkvd.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut daemon = Daemon {
             socket,
+            config,
             child: None,
             dir,
         };
@@ -53,8 +66,12 @@ impl Daemon {
     /// Starts `serve` on this daemon's socket and data dir, and waits until
     /// it answers.
     pub fn spawn(&mut self) {
-        let child = Command::new(ublkvd_bin())
-            .arg("serve")
+        let mut command = Command::new(ublkvd_bin());
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--socket")
