@@ -7,7 +7,7 @@ set -euo pipefail
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 need=()
-for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod iproute2; do
+for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod iproute2 nbd-client; do
     installed "$pkg" || need+=("$pkg")
 done
 

@@ -8,6 +8,7 @@
 
 mod device;
 mod error;
+mod kick;
 mod queue;
 mod request;
 

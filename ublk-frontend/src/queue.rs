@@ -6,6 +6,7 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::{ublk_submit_sqe_async, wait_and_handle_io_events};
 use libublk::{BufDesc, UblkError, UblkUringData};
 
+use crate::kick::{Kick, KickOnRemoteWake};
 use crate::BlockRequest;
 
 /// The io_uring of the ublk queue thread that polls the future: tail I/O
@@ -31,17 +32,26 @@ pub(crate) fn serve_queue<B: BlockBackend>(qid: u16, dev: &UblkDev, backend: &B)
             return;
         }
     };
+    let kick = match Kick::new() {
+        Ok(kick) => kick,
+        Err(e) => {
+            tracing::error!(qid, "cannot create the queue's eventfd: {e}");
+            return;
+        }
+    };
     let executor = smol::LocalExecutor::new();
+    executor.spawn(kick.clone().serve()).detach();
     let tasks: Vec<_> = queue
         .tags()
         .map(|tag| {
             let queue = queue.clone();
-            executor.spawn(async move {
+            let serve = async move {
                 match serve_tag(&queue, tag, backend).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!(qid, tag, "ublk tag task failed: {e:?}"),
                 }
-            })
+            };
+            executor.spawn(KickOnRemoteWake::new(serve, kick.clone()))
         })
         .collect();
     smol::block_on(executor.run(async {

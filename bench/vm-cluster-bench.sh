@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Runs inside the test VM (see bench/cluster.sh): remote tails measured in
+# one run, in network namespaces (tests/vm/lab.sh). Prints markdown tables:
+#  1. a remote tail over one veth network: ublkvd vs the kernel NBD client
+#     against qemu-nbd exporting the same disk from the same node;
+#  2. two links vs one, each link capped with tc tbf;
+#  3. failover stalls: kill -9 of the primary, and link cuts.
+# Under TCG absolute figures mean little: compare the ratios.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+BIN=${UBLKVD_BIN:?}
+SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
+RUNTIME=${BENCH_RUNTIME:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+SIZE_MB=${BENCH_SIZE_MB:-512}
+TRIALS=${BENCH_TRIALS:-10}
+RATE=${BENCH_LINK_RATE:-100mbit}
+ONLY=${BENCH_ONLY:-}
+WORK=$(mktemp -d /tmp/cluster-bench.XXXXXX)
+LAB_DIR=$WORK/lab
+# shellcheck source=tests/vm/lab.sh
+. "$here/../tests/vm/lab.sh"
+
+modprobe -a ublk_drv nbd ext4
+trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down; umount /mnt/bench 2>/dev/null' EXIT
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+run_fio() { # unit device fio-args... -> IOPS or MiB/s
+    local unit=$1 dev=$2; shift 2
+    fio --name=bench --filename="$dev" --ioengine=io_uring --direct=1 \
+        --time_based --runtime="$RUNTIME" --ramp_time=2 --size="${SIZE_MB}M" \
+        --output-format=json "$@" >"$WORK/fio.json"
+    if [ "$unit" = IOPS ]; then
+        jq -r '.jobs[0] | .read.iops + .write.iops | floor' "$WORK/fio.json"
+    else
+        jq -r '.jobs[0] | (.read.bw + .write.bw) / 1024 | floor' "$WORK/fio.json"
+    fi
+}
+
+wants() { [[ -z $ONLY || $1 == *"$ONLY"* ]]; }
+
+# ------------------------------------------------- 1. ublkvd vs NBD, one veth
+if wants nbd; then
+    # Reads of never-written sectors cost qemu nothing: fill the region.
+    dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
+    LAB=nbdb LAB_NETS=1
+    lab_up s c
+    lab_config s false "[tails]
+disk0 = \"$SCRATCH\""
+    lab_config c true
+    lab_start s
+    lab_start c
+    lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
+    ublk=$(lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0)
+    ip netns exec "$(lab_ns s)" qemu-nbd --fork --persistent --shared=4 -x disk \
+        --bind "$(lab_addr s 1)" --format=raw --cache=none --aio=io_uring "$SCRATCH"
+    ip netns exec "$(lab_ns c)" nbd-client -N disk -b 4096 "$(lab_addr s 1)" 10809 /dev/nbd0 >/dev/null
+    nbd=/dev/nbd0
+    echo "## Remote tail over one veth: ublkvd vs kernel NBD client (qemu-nbd server)"
+    echo
+    echo "| job | ublkvd | NBD | ublkvd / NBD |"
+    echo "|---|---|---|---|"
+    JOBS=(
+        "4k randread QD32|--rw=randread --bs=4k --iodepth=32|IOPS"
+        "4k randwrite QD32|--rw=randwrite --bs=4k --iodepth=32|IOPS"
+        "1M seq read QD8|--rw=read --bs=1M --iodepth=8|MiB/s"
+        "1M seq write QD8|--rw=write --bs=1M --iodepth=8|MiB/s"
+    )
+    for job in "${JOBS[@]}"; do
+        IFS='|' read -r name args unit <<<"$job"
+        u_runs="" n_runs=""
+        for round in $(seq "$ROUNDS"); do
+            # Alternate which goes first, against drift in the host's cache.
+            if [ $((round % 2)) = 1 ]; then
+                # shellcheck disable=SC2086 # args are words on purpose
+                u_runs+="$(run_fio "$unit" "$ublk" $args) "; n_runs+="$(run_fio "$unit" "$nbd" $args) "
+            else
+                # shellcheck disable=SC2086
+                n_runs+="$(run_fio "$unit" "$nbd" $args) "; u_runs+="$(run_fio "$unit" "$ublk" $args) "
+            fi
+        done
+        u=$(printf '%s\n' $u_runs | median)
+        n=$(printf '%s\n' $n_runs | median)
+        echo "| $name | $u $unit | $n $unit | $(awk -v a="$u" -v b="$n" 'BEGIN { printf "%.2f", a / b }')x |"
+        echo "  runs: ublkvd $u_runs/ nbd $n_runs" >&2
+    done
+    echo
+    nbd-client -d /dev/nbd0 >/dev/null
+    pkill qemu-nbd || true
+    lab_down
+    LAB_PID=()
+fi
+
+# ------------------------------------------------- 2. two links vs one, capped
+if wants links; then
+    LAB=lnkb LAB_NETS="1 2"
+    lab_up s c
+    lab_config s false "[tails]
+disk0 = \"$SCRATCH\""
+    lab_config c true
+    lab_start s
+    lab_start c
+    lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
+    ublk=$(lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0)
+    for node in s c; do
+        for net in 1 2; do
+            tc -n "$(lab_ns "$node")" qdisc add dev "$node$net" root tbf rate "$RATE" burst 256kb latency 100ms
+        done
+    done
+    echo "## Two links vs one, each capped at $RATE (tc tbf)"
+    echo
+    echo "| job | two links | one link | two / one |"
+    echo "|---|---|---|---|"
+    for job in "1M seq read QD8|--rw=read --bs=1M --iodepth=8" "1M seq write QD8|--rw=write --bs=1M --iodepth=8"; do
+        IFS='|' read -r name args <<<"$job"
+        # shellcheck disable=SC2086
+        two=$(run_fio MiB/s "$ublk" $args)
+        lab_link s 2 down
+        sleep 1 # the link is declared down after its heartbeats go unanswered
+        # shellcheck disable=SC2086
+        one=$(run_fio MiB/s "$ublk" $args)
+        lab_link s 2 up
+        sleep 1
+        echo "| $name | $two MiB/s | $one MiB/s | $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }')x |"
+    done
+    echo
+    lab_down
+    LAB_PID=()
+fi
+
+# ------------------------------------------------- 3. failover stalls
+if wants stall; then
+    mkfs.ext4 -q -F "$SCRATCH"
+    mkdir -p /mnt/bench
+    mount "$SCRATCH" /mnt/bench
+    truncate -s 1G /mnt/bench/shared.img
+    LAB=stlb LAB_NETS="1 2"
+    lab_up a b c
+    for node in a b; do
+        lab_config "$node" false "[tails]
+disk0 = \"/mnt/bench/shared.img\""
+    done
+    lab_config c true
+    for node in a b c; do lab_start "$node"; done
+    for node in a b; do lab_cli "$node" add vd --size 256M --primary a:disk0 --secondary b:disk0 >/dev/null; done
+    ublk=$(lab_cli c add vd --size 256M --primary a:disk0 --secondary b:disk0)
+    dd if=/dev/urandom of="$ublk" bs=1M count=256 oflag=direct status=none
+
+    # One trial: 4k random reads at QD1 for 3 s; the event happens 1 s in.
+    # The stall is the longest completion latency of the run: the request
+    # in flight when the event hit waits that long for its answer (fio's
+    # clat max, minus a normal request's few ms, which is within noise).
+    stall_trial() { # event-command undo-command -> stall in ms
+        fio --name=stall --filename="$ublk" --ioengine=io_uring --direct=1 --rw=randread \
+            --bs=4k --iodepth=1 --time_based --runtime=3 --output-format=json \
+            --output="$WORK/stall.json" &
+        local fio_pid=$!
+        sleep 1
+        eval "$1"
+        wait "$fio_pid"
+        [ "$(jq '.jobs[0].error' "$WORK/stall.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
+        jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall.json"
+        eval "$2"
+    }
+    summary() { # name values...
+        local name=$1; shift
+        local sorted
+        sorted=$(printf '%s\n' "$@" | sort -n)
+        echo "| $name | $# | $(echo "$sorted" | head -1) ms | $(echo "$sorted" | median) ms | $(echo "$sorted" | tail -1) ms |"
+        echo "  trials: $*" >&2
+    }
+    back_up() { lab_start a >/dev/null; lab_wait_reachable c vd a >/dev/null; sleep 0.5; }
+    links_up() { lab_link a 1 up; lab_link a 2 up; lab_wait_reachable c vd a >/dev/null; sleep 0.5; }
+    kills=() cuts=() both=()
+    for _ in $(seq "$TRIALS"); do kills+=("$(stall_trial "lab_kill a" back_up)"); done
+    for _ in $(seq "$TRIALS"); do cuts+=("$(stall_trial "lab_link a 1 down" links_up)"); done
+    for _ in $(seq "$TRIALS"); do both+=("$(stall_trial "lab_link a 1 down; lab_link a 2 down" links_up)"); done
+    echo "## Failover stall (4k randread QD1; the longest completion latency around the event)"
+    echo
+    echo "| event | trials | min | median | max |"
+    echo "|---|---|---|---|---|"
+    summary "kill -9 of the primary (failover to the secondary)" "${kills[@]}"
+    summary "one of two links to the primary cut" "${cuts[@]}"
+    summary "both links to the primary cut (failover to the secondary)" "${both[@]}"
+    lab_down
+    umount /mnt/bench
+fi

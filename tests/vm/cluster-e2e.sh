@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# ublkvd's cluster suite, run as root inside the test VM (tests/vm/run.sh):
+# three nodes in network namespaces on two bridged networks (tests/vm/lab.sh).
+# a and b are storage nodes attached to one shared file (a twin-tailed
+# tail); c has no tail and a real /dev/ublkbN for the vdisk. fio --verify on
+# c runs through a kill -9 of the primary and through link cuts: 0 errors.
+#
+# Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
+SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
+WORK=$(mktemp -d /tmp/ublkvd-cluster.XXXXXX)
+MNT=/mnt/scratch
+LAB=uvd
+LAB_DIR=$WORK/lab
+# shellcheck source=tests/vm/lab.sh
+. "$here/lab.sh"
+
+modprobe -a ublk_drv ext4
+mkfs.ext4 -q -F "$SCRATCH"
+mkdir -p "$MNT"
+mount "$SCRATCH" "$MNT"
+truncate -s 1G "$MNT/shared.img"
+trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
+
+lab_up a b c
+TIMING="heartbeat_interval_ms = 100"
+lab_config a false "$TIMING
+[tails]
+disk0 = \"$MNT/shared.img\""
+lab_config b false "$TIMING
+[tails]
+disk0 = \"$MNT/shared.img\""
+lab_config c true "$TIMING"
+for node in a b c; do lab_start "$node" || exit 1; done
+for node in a b; do
+    lab_cli "$node" add vd --size 512M --primary a:disk0 --secondary b:disk0 || exit 1
+done
+DEV=$(lab_cli c add vd --size 512M --primary a:disk0 --secondary b:disk0) || exit 1
+echo "c's device: $DEV"
+
+# fio_verify NAME: random writes of the whole region, then a verify pass,
+# in the background; FIO_PID and $WORK/NAME.json
+fio_verify() {
+    fio --name="$1" --filename="$DEV" --ioengine=io_uring --direct=1 \
+        --rw=randwrite --bs=4k --iodepth=16 --size=48M --offset=$(( ${2:-0} << 20 )) \
+        --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
+        --output-format=json --output="$WORK/$1.json" &
+    FIO_PID=$!
+}
+
+# fio_ok NAME: fio exited 0 and reported no error
+fio_ok() {
+    wait "$FIO_PID" || { echo "fio $1 failed:"; cat "$WORK/$1.json"; return 1; }
+    [ "$(jq '.jobs[0].error' "$WORK/$1.json")" = 0 ] || { echo "fio $1 reported an error"; return 1; }
+    echo "fio $1: $(jq '.jobs[0].write.total_ios' "$WORK/$1.json") writes, $(jq '.jobs[0].read.total_ios' "$WORK/$1.json") verified reads, 0 errors"
+}
+
+no_kernel_io_errors() {
+    if dmesg | grep -i "ublkb.*error\|I/O error.*ublkb"; then echo "the kernel saw I/O errors"; return 1; fi
+}
+
+# ---------------------------------------------------------------- the tests
+
+test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c() {
+    [ "$(lab_cli a list --json | jq -r '.[0].state')" = exported ]
+    [ "$(lab_cli b list --json | jq -r '.[0].state')" = exported ]
+    [ "$(lab_cli c list --json | jq -r '.[0].state')" = running ]
+    lab_wait_reachable c vd a
+    lab_wait_reachable c vd b
+    # What c writes lands in the shared tail at the same offset.
+    head -c 1M /dev/urandom >"$WORK/mib"
+    dd if="$WORK/mib" of="$DEV" bs=1M seek=400 oflag=direct status=none
+    dd if="$MNT/shared.img" bs=1M skip=400 count=1 iflag=direct status=none | cmp - "$WORK/mib"
+}
+
+test_fio_verify_runs_through_a_kill_of_the_primary() {
+    local b_before a_before
+    b_before=$(lab_completed c vd b)
+    fio_verify kill 0
+    sleep 3
+    echo "kill -9 a"
+    lab_kill a
+    sleep 4
+    echo "restart a"
+    lab_start a
+    fio_ok kill
+    no_kernel_io_errors
+    echo "completed on b: $b_before -> $(lab_completed c vd b)"
+    [ "$(lab_completed c vd b)" -gt "$b_before" ]
+    # The restarted primary takes requests again.
+    lab_wait_reachable c vd a
+    a_before=$(lab_completed c vd a)
+    dd if="$DEV" of=/dev/null bs=4k count=200 iflag=direct status=none
+    [ "$(lab_completed c vd a)" -gt "$a_before" ]
+}
+
+test_fio_verify_runs_through_link_cuts() {
+    local b_before
+    b_before=$(lab_completed c vd b)
+    fio_verify cuts 128
+    sleep 2
+    echo "cut a's link 1"; lab_link a 1 down
+    sleep 2
+    echo "restore it, cut both of a's links"; lab_link a 1 up; lab_link a 1 down; lab_link a 2 down
+    sleep 3
+    echo "restore both"; lab_link a 1 up; lab_link a 2 up
+    fio_ok cuts
+    no_kernel_io_errors
+    echo "completed on b: $b_before -> $(lab_completed c vd b)"
+    [ "$(lab_completed c vd b)" -gt "$b_before" ]
+}
+
+test_ext4_on_the_vdisk_keeps_its_files_across_a_failover() {
+    mkfs.ext4 -q -F "$DEV"
+    mkdir -p /mnt/vd
+    mount "$DEV" /mnt/vd
+    for i in 1 2 3; do head -c 4M /dev/urandom >"/mnt/vd/f$i"; done
+    sync
+    (cd /mnt/vd && md5sum f1 f2 f3 >"$WORK/sums")
+    lab_kill a
+    for i in 4 5; do head -c 4M /dev/urandom >"/mnt/vd/f$i"; done
+    sync
+    (cd /mnt/vd && md5sum f4 f5 >>"$WORK/sums")
+    lab_start a
+    umount /mnt/vd
+    echo 3 >/proc/sys/vm/drop_caches
+    mount "$DEV" /mnt/vd
+    (cd /mnt/vd && md5sum -c --quiet "$WORK/sums")
+    umount /mnt/vd
+}
+
+# ---------------------------------------------------------------- the runner
+
+TESTS=(
+    test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c
+    test_fio_verify_runs_through_a_kill_of_the_primary
+    test_fio_verify_runs_through_link_cuts
+    test_ext4_on_the_vdisk_keeps_its_files_across_a_failover
+)
+
+set -E
+passed=0 failed=0
+for t in "${TESTS[@]}"; do
+    start=$SECONDS
+    trap '[ -n "${FUNCNAME[0]:-}" ] && return 1' ERR
+    "$t" > >(sed 's/^/    /') 2>&1
+    rc=$?
+    trap - ERR
+    sleep 0.1 # let the indenting sed drain before the verdict line
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1)); echo "ok   $t ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1)); echo "FAIL $t ($((SECONDS - start)) s)"
+        for node in a b c; do
+            echo "    $node's log:"; tail -8 "$LAB_DIR/$node/daemon.log" | sed 's/^/    | /'
+        done
+    fi
+done
+echo "cluster e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,129 @@
+# A cluster lab in network namespaces, sourced by the VM cluster suite and
+# the cluster benchmarks (the host tests build the same layout in Rust:
+# tests/tests/support/lab.rs). Namespace "$LAB-sw" holds two bridges, one
+# per network; node number i (from 1) of lab_up's list has 10.1.0.i on
+# network 1 and 10.2.0.i on network 2, and its ublkvd daemon listens on
+# port 7100 of both.
+#
+# Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN.
+# LAB_NETS (default "1 2"): the networks lab_config puts in a config.
+
+LAB_NODES=()
+declare -A LAB_PID=()
+
+lab_ns() { echo "$LAB-$1"; }
+
+lab_index() { # node -> its number
+    local i
+    for i in "${!LAB_NODES[@]}"; do
+        [ "${LAB_NODES[$i]}" = "$1" ] && { echo $((i + 1)); return; }
+    done
+    return 1
+}
+
+lab_addr() { echo "10.$2.0.$(lab_index "$1")"; } # node net -> address
+
+lab_addrs() { # node -> its peer addresses on LAB_NETS, as a TOML array
+    local net list=()
+    for net in ${LAB_NETS:-1 2}; do list+=("\"$(lab_addr "$1" "$net"):7100\""); done
+    local IFS=,
+    echo "[${list[*]}]"
+}
+
+lab_up() { # node...
+    LAB_NODES=("$@")
+    modprobe -a bridge veth
+    local sw node net
+    sw=$(lab_ns sw)
+    ip netns add "$sw"
+    ip -n "$sw" link set lo up
+    for net in 1 2; do
+        ip -n "$sw" link add "br$net" type bridge
+        ip -n "$sw" link set "br$net" up
+    done
+    for node in "$@"; do
+        ip netns add "$(lab_ns "$node")"
+        ip -n "$(lab_ns "$node")" link set lo up
+        for net in 1 2; do
+            ip link add "$node$net" netns "$(lab_ns "$node")" type veth \
+                peer name "$node${net}s" netns "$sw"
+            ip -n "$(lab_ns "$node")" addr add "$(lab_addr "$node" $net)/24" dev "$node$net"
+            ip -n "$(lab_ns "$node")" link set "$node$net" up
+            ip -n "$sw" link set "$node${net}s" master "br$net" up
+        done
+    done
+    mkdir -p "$LAB_DIR"
+}
+
+lab_down() {
+    local node
+    for node in "${!LAB_PID[@]}"; do lab_kill "$node" TERM; done
+    for node in "${LAB_NODES[@]}" sw; do ip netns del "$(lab_ns "$node")" 2>/dev/null; done
+    return 0
+}
+
+# lab_link NODE NET up|down: the switch side of NODE's cable to network NET,
+# so a cut loses packets silently, as a pulled cable does.
+lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
+
+# lab_config NODE DEVICES [EXTRA_TOML]: a config naming every other node as
+# a peer; EXTRA_TOML (tails and settings) goes before the peers.
+lab_config() {
+    local node=$1 devices=$2 extra=${3:-} peer dir=$LAB_DIR/$1
+    mkdir -p "$dir"
+    {
+        echo "node = \"$node\""
+        echo "data_dir = \"$dir/data\""
+        echo "control_socket = \"$dir/ublkvd.sock\""
+        echo "listen = $(lab_addrs "$node")"
+        echo "devices = $devices"
+        printf '%s\n' "$extra"
+        for peer in "${LAB_NODES[@]}"; do
+            [ "$peer" = "$node" ] && continue
+            echo "[[peer]]"
+            echo "name = \"$peer\""
+            echo "links = $(lab_addrs "$peer")"
+        done
+    } >"$dir/ublkvd.toml"
+}
+
+lab_cli() { local node=$1; shift; "$BIN" --socket "$LAB_DIR/$node/ublkvd.sock" "$@"; }
+
+lab_start() { # node: starts its daemon and waits until it answers
+    local node=$1
+    ip netns exec "$(lab_ns "$node")" "$BIN" serve --config "$LAB_DIR/$node/ublkvd.toml" \
+        2>>"$LAB_DIR/$node/daemon.log" &
+    LAB_PID[$node]=$!
+    for _ in $(seq 200); do
+        lab_cli "$node" list >/dev/null 2>&1 && return 0
+        kill -0 "${LAB_PID[$node]}" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "daemon $node did not start:"; tail -20 "$LAB_DIR/$node/daemon.log"; return 1
+}
+
+lab_kill() { # node [signal]: kill -9 by default
+    local node=$1 sig=${2:-KILL}
+    [ -n "${LAB_PID[$node]:-}" ] || return 0
+    kill -"$sig" "${LAB_PID[$node]}" 2>/dev/null || true
+    wait "${LAB_PID[$node]}" 2>/dev/null || true
+    unset "LAB_PID[$node]"
+}
+
+# lab_completed NODE VDISK PATH: requests PATH (a peer, or "local") has
+# completed for VDISK on NODE.
+lab_completed() {
+    lab_cli "$1" list --json |
+        jq -r --arg v "$2" --arg p "$3" '.[] | select(.name == $v) | .paths[] | select(.name == $p) | .completed'
+}
+
+# lab_wait_reachable NODE VDISK PATH: until NODE sees PATH of VDISK reachable.
+lab_wait_reachable() {
+    local i
+    for i in $(seq 200); do
+        [ "$(lab_cli "$1" list --json | jq -r --arg v "$2" --arg p "$3" \
+            '.[] | select(.name == $v) | .paths[] | select(.name == $p) | .reachable')" = true ] && return 0
+        sleep 0.05
+    done
+    echo "$3 never became reachable from $1"; return 1
+}
