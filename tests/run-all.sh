@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and host integration tests (real io_uring, real
-# redb files, the real daemon over its socket), then the end-to-end suite
-# against real /dev/ublkbN devices in the test VM.
+# redb files, the real daemon over its socket, a cluster in network
+# namespaces), then the end-to-end suites against real /dev/ublkbN devices
+# in the test VM: single-node, and a three-node cluster.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,3 +11,5 @@ cargo test --workspace --locked
 cargo build --release --locked -p ublkvd
 tests/vm/run.sh --disk-size 2G --timeout 1200 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/e2e.sh
+tests/vm/run.sh --disk-size 2G --timeout 900 -- \
+    env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/cluster-e2e.sh

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -18,6 +18,13 @@ use crate::AlignedBuf;
 /// interval, so that probes and silences are acted on within a few
 /// milliseconds of being due.
 const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Calls queued together that go out in one flush, at most.
+const BATCH: usize = 64;
+
+/// Socket buffering each way: several 4 KiB requests per system call;
+/// larger transfers bypass it.
+const IO_BUFFER: usize = 128 << 10;
 
 /// A peer's answer to one call.
 #[derive(Debug)]
@@ -201,7 +208,8 @@ async fn session(
     up: &watch::Sender<bool>,
     counters: &LinkCounters,
 ) -> String {
-    let (reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     let (replies_tx, mut replies) = mpsc::channel(1024);
     let reader = tokio::spawn(read_replies(reader, replies_tx));
     let mut pending: HashMap<u64, Option<oneshot::Sender<Result<Reply, LinkError>>>> =
@@ -213,21 +221,20 @@ async fn session(
         tokio::select! {
             call = inbox.recv() => {
                 let Some(call) = call else { break "link closed".to_owned() };
-                next_id += 1;
-                let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
-                let frame = Frame::Request { id: next_id, vdisk: call.vdisk, epoch: call.epoch, op: call.op };
-                match frame.encode(payload) {
-                    Ok(head) => {
-                        if let Err(e) = send(&mut writer, &head, payload).await {
-                            let _ = call.reply.send(Err(LinkError::Down));
-                            break format!("send failed: {e}");
-                        }
-                        pending.insert(next_id, Some(call.reply));
+                // Whatever else is queued goes out in the same flush: at a
+                // queue depth of 32, one segment carries many requests.
+                let mut next = Some(call);
+                let mut sent = Ok(());
+                for _ in 0..BATCH {
+                    let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
+                    next_id += 1;
+                    sent = buffer_call(&mut writer, next_id, call, &mut pending).await;
+                    if sent.is_err() {
+                        break;
                     }
-                    Err(e) => {
-                        tracing::error!("cannot encode {frame:?}: {e}");
-                        let _ = call.reply.send(Err(LinkError::Down));
-                    }
+                }
+                if let Err(e) = sent.and(writer.flush().await) {
+                    break format!("send failed: {e}");
                 }
             }
             reply = replies.recv() => {
@@ -256,10 +263,10 @@ async fn session(
                     next_id += 1;
                     let frame = Frame::Request { id: next_id, vdisk: 0, epoch: 0, op: Op::Heartbeat };
                     if let Ok(head) = frame.encode(&[]) {
-                        if let Err(e) = send(&mut writer, &head, &[]).await {
+                        pending.insert(next_id, None);
+                        if let Err(e) = writer.write_all(&head).await.and(writer.flush().await) {
                             break format!("heartbeat send failed: {e}");
                         }
-                        pending.insert(next_id, None);
                     }
                 }
             }
@@ -272,23 +279,40 @@ async fn session(
     reason
 }
 
-async fn send(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    head: &[u8],
-    payload: &[u8],
+/// Puts one call in the send buffer as request `id`. It is pending from
+/// now on, so that a failed send fails it with the rest.
+async fn buffer_call(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    id: u64,
+    call: Call,
+    pending: &mut HashMap<u64, Option<oneshot::Sender<Result<Reply, LinkError>>>>,
 ) -> io::Result<()> {
-    writer.write_all(head).await?;
-    if !payload.is_empty() {
-        writer.write_all(payload).await?;
-    }
-    Ok(())
+    let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
+    let frame = Frame::Request {
+        id,
+        vdisk: call.vdisk,
+        epoch: call.epoch,
+        op: call.op,
+    };
+    let head = match frame.encode(payload) {
+        Ok(head) => head,
+        Err(e) => {
+            tracing::error!("cannot encode {frame:?}: {e}");
+            let _ = call.reply.send(Err(LinkError::Down));
+            return Ok(());
+        }
+    };
+    pending.insert(id, Some(call.reply));
+    writer.write_all(&head).await?;
+    writer.write_all(payload).await
 }
 
 /// Reads replies until the connection fails; a malformed one ends it.
 async fn read_replies(
-    mut reader: OwnedReadHalf,
+    reader: OwnedReadHalf,
     replies: mpsc::Sender<Result<(u64, Reply), String>>,
 ) {
+    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     loop {
         let result = read_reply(&mut reader).await;
         let failed = result.is_err();
@@ -298,7 +322,7 @@ async fn read_replies(
     }
 }
 
-async fn read_reply(reader: &mut OwnedReadHalf) -> Result<(u64, Reply), String> {
+async fn read_reply(reader: &mut BufReader<OwnedReadHalf>) -> Result<(u64, Reply), String> {
     let mut head = [0u8; HEADER_LEN];
     reader
         .read_exact(&mut head)

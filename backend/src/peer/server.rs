@@ -3,8 +3,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -15,6 +15,10 @@ use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 const IN_FLIGHT_PER_CONNECTION: usize = 256;
+
+/// Socket buffering each way: several 4 KiB requests per system call;
+/// larger transfers bypass it.
+const IO_BUFFER: usize = 128 << 10;
 
 /// A reply ready to go: its header, and the data of a read.
 type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>);
@@ -57,7 +61,8 @@ async fn serve_connection(
     mut stopped: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     let (replies, outgoing) = mpsc::channel(IN_FLIGHT_PER_CONNECTION);
     let writer = tokio::spawn(write_replies(writer, outgoing));
     let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
@@ -126,7 +131,7 @@ async fn serve_connection(
 }
 
 async fn read_payload(
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut BufReader<OwnedReadHalf>,
     header: &Header,
 ) -> io::Result<AlignedBuf> {
     let mut payload = AlignedBuf::new(header.payload_len as usize)?;
@@ -137,16 +142,25 @@ async fn read_payload(
     Ok(payload)
 }
 
-async fn write_replies(mut writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outgoing>) {
-    while let Some((head, data)) = outgoing.recv().await {
-        let sent = match &data {
-            Some(data) => writer
-                .write_all(&head)
-                .await
-                .and(writer.write_all(data).await),
-            None => writer.write_all(&head).await,
-        };
-        if let Err(e) = sent {
+/// Sends replies as they come; those ready together go out in one flush.
+async fn write_replies(writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outgoing>) {
+    let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
+    while let Some(first) = outgoing.recv().await {
+        let mut next = Some(first);
+        let mut sent = Ok(());
+        while let Some((head, data)) = next.take().or_else(|| outgoing.try_recv().ok()) {
+            sent = match &data {
+                Some(data) => writer
+                    .write_all(&head)
+                    .await
+                    .and(writer.write_all(data).await),
+                None => writer.write_all(&head).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = sent.and(writer.flush().await) {
             tracing::debug!("peer connection: cannot send a reply: {e}");
             return;
         }
