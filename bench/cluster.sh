@@ -4,7 +4,8 @@
 # stalls. Env: BENCH_RUNTIME (s per fio run, 10), BENCH_ROUNDS (3),
 # BENCH_SIZE_MB (512), BENCH_TRIALS (stall trials per event, 10),
 # BENCH_LINK_RATE (tbf rate per link, 100mbit), BENCH_ONLY (nbd, links or
-# stall: run only that part).
+# stall: run only that part), BENCH_JOB (run only the NBD rows whose name
+# contains it, e.g. "4k").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,5 +14,5 @@ tests/vm/run.sh --disk-size 2G --timeout 3000 -- env \
     UBLKVD_BIN="$PWD/target/release/ublkvd" \
     BENCH_RUNTIME="${BENCH_RUNTIME:-10}" BENCH_ROUNDS="${BENCH_ROUNDS:-3}" \
     BENCH_SIZE_MB="${BENCH_SIZE_MB:-512}" BENCH_TRIALS="${BENCH_TRIALS:-10}" \
-    BENCH_LINK_RATE="${BENCH_LINK_RATE:-100mbit}" BENCH_ONLY="${BENCH_ONLY:-}" \
+    BENCH_LINK_RATE="${BENCH_LINK_RATE:-100mbit}" BENCH_ONLY="${BENCH_ONLY:-}" BENCH_JOB="${BENCH_JOB:-}" \
     bench/vm-cluster-bench.sh

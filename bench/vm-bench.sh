@@ -18,6 +18,9 @@ ONLY=${BENCH_ONLY:-}
 WORK=$(mktemp -d /tmp/bench.XXXXXX)
 SOCK=$WORK/ublkvd.sock
 
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 modprobe -a ublk_drv loop
 
 # Reads of never-written sectors of a sparse image cost qemu nothing: fill
@@ -40,20 +43,6 @@ JOBS=(
     "1M seq write QD8|--rw=write --bs=1M --iodepth=8|MiB/s"
 )
 
-run_fio() { # unit device fio-args... -> the job's IOPS or MiB/s
-    local unit=$1 dev=$2; shift 2
-    fio --name=bench --filename="$dev" --ioengine=io_uring --direct=1 \
-        --time_based --runtime="$RUNTIME" --ramp_time=2 --size="${SIZE_MB}M" \
-        --output-format=json "$@" >"$WORK/fio.json"
-    if [ "$unit" = IOPS ]; then
-        jq -r '.jobs[0] | .read.iops + .write.iops | floor' "$WORK/fio.json"
-    else
-        jq -r '.jobs[0] | (.read.bw + .write.bw) / 1024 | floor' "$WORK/fio.json"
-    fi
-}
-
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 echo "| job | ublkvd | loop (direct-io) | raw disk | ublkvd / loop |"
 echo "|---|---|---|---|---|"
 for job in "${JOBS[@]}"; do
@@ -70,8 +59,7 @@ for job in "${JOBS[@]}"; do
     u=$(printf '%s\n' ${results[$ublk]} | median)
     l=$(printf '%s\n' ${results[$loop]} | median)
     r=$(printf '%s\n' ${results[$SCRATCH]} | median)
-    ratio=$(awk -v a="$u" -v b="$l" 'BEGIN { printf "%.2f", a / b }')
-    echo "| $name | $u $unit | $l $unit | $r $unit | ${ratio}x |"
+    echo "| $name | $u $unit | $l $unit | $r $unit | $(ratio "$u" "$l")x |"
     echo "  runs: ublkvd ${results[$ublk]}/ loop ${results[$loop]}/ raw ${results[$SCRATCH]}" >&2
     unset results
 done

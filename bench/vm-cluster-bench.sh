@@ -21,39 +21,35 @@ WORK=$(mktemp -d /tmp/cluster-bench.XXXXXX)
 LAB_DIR=$WORK/lab
 # shellcheck source=tests/vm/lab.sh
 . "$here/../tests/vm/lab.sh"
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
-modprobe -a ublk_drv nbd ext4
+modprobe -a ublk_drv nbd ext4 sch_tbf
 trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down; umount /mnt/bench 2>/dev/null' EXIT
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
-run_fio() { # unit device fio-args... -> IOPS or MiB/s
-    local unit=$1 dev=$2; shift 2
-    fio --name=bench --filename="$dev" --ioengine=io_uring --direct=1 \
-        --time_based --runtime="$RUNTIME" --ramp_time=2 --size="${SIZE_MB}M" \
-        --output-format=json "$@" >"$WORK/fio.json"
-    if [ "$unit" = IOPS ]; then
-        jq -r '.jobs[0] | .read.iops + .write.iops | floor' "$WORK/fio.json"
-    else
-        jq -r '.jobs[0] | (.read.bw + .write.bw) / 1024 | floor' "$WORK/fio.json"
-    fi
-}
-
 wants() { [[ -z $ONLY || $1 == *"$ONLY"* ]]; }
+
+# start_pair: storage node s serving the scratch disk as disk0, client c
+# with a device for vdisk vd on it, on the networks of LAB_NETS; prints c's
+# device.
+start_pair() {
+    lab_up s c
+    lab_config s false "[tails]
+disk0 = \"$SCRATCH\""
+    lab_config c true
+    lab_start s >&2
+    lab_start c >&2
+    lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
+    lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0
+}
 
 # ------------------------------------------------- 1. ublkvd vs NBD, one veth
 if wants nbd; then
     # Reads of never-written sectors cost qemu nothing: fill the region.
     dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
     LAB=nbdb LAB_NETS=1
-    lab_up s c
-    lab_config s false "[tails]
-disk0 = \"$SCRATCH\""
-    lab_config c true
-    lab_start s
-    lab_start c
-    lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
-    ublk=$(lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0)
+    start_pair >"$WORK/dev"
+    ublk=$(cat "$WORK/dev")
     ip netns exec "$(lab_ns s)" qemu-nbd --fork --persistent --shared=4 -x disk \
         --bind "$(lab_addr s 1)" --format=raw --cache=none --aio=io_uring "$SCRATCH"
     ip netns exec "$(lab_ns c)" nbd-client -N disk -b 4096 "$(lab_addr s 1)" 10809 /dev/nbd0 >/dev/null
@@ -70,6 +66,7 @@ disk0 = \"$SCRATCH\""
     )
     for job in "${JOBS[@]}"; do
         IFS='|' read -r name args unit <<<"$job"
+        [[ $name == *"${BENCH_JOB:-}"* ]] || continue
         u_runs="" n_runs=""
         for round in $(seq "$ROUNDS"); do
             # Alternate which goes first, against drift in the host's cache.
@@ -83,11 +80,12 @@ disk0 = \"$SCRATCH\""
         done
         u=$(printf '%s\n' $u_runs | median)
         n=$(printf '%s\n' $n_runs | median)
-        echo "| $name | $u $unit | $n $unit | $(awk -v a="$u" -v b="$n" 'BEGIN { printf "%.2f", a / b }')x |"
+        echo "| $name | $u $unit | $n $unit | $(ratio "$u" "$n")x |"
         echo "  runs: ublkvd $u_runs/ nbd $n_runs" >&2
     done
     echo
-    nbd-client -d /dev/nbd0 >/dev/null
+    # nbd-client -d answers 1 even when it disconnected the device.
+    nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
     pkill qemu-nbd || true
     lab_down
     LAB_PID=()
@@ -96,14 +94,8 @@ fi
 # ------------------------------------------------- 2. two links vs one, capped
 if wants links; then
     LAB=lnkb LAB_NETS="1 2"
-    lab_up s c
-    lab_config s false "[tails]
-disk0 = \"$SCRATCH\""
-    lab_config c true
-    lab_start s
-    lab_start c
-    lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
-    ublk=$(lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0)
+    start_pair >"$WORK/dev"
+    ublk=$(cat "$WORK/dev")
     for node in s c; do
         for net in 1 2; do
             tc -n "$(lab_ns "$node")" qdisc add dev "$node$net" root tbf rate "$RATE" burst 256kb latency 100ms
@@ -123,7 +115,7 @@ disk0 = \"$SCRATCH\""
         one=$(run_fio MiB/s "$ublk" $args)
         lab_link s 2 up
         sleep 1
-        echo "| $name | $two MiB/s | $one MiB/s | $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }')x |"
+        echo "| $name | $two MiB/s | $one MiB/s | $(ratio "$two" "$one")x |"
     done
     echo
     lab_down
@@ -148,17 +140,24 @@ disk0 = \"/mnt/bench/shared.img\""
     ublk=$(lab_cli c add vd --size 256M --primary a:disk0 --secondary b:disk0)
     dd if=/dev/urandom of="$ublk" bs=1M count=256 oflag=direct status=none
 
-    # One trial: 4k random reads at QD1 for 3 s; the event happens 1 s in.
-    # The stall is the longest completion latency of the run: the request
-    # in flight when the event hit waits that long for its answer (fio's
-    # clat max, minus a normal request's few ms, which is within noise).
+    # One trial: 4k random reads at QD1; the event happens once reads are
+    # flowing (fio takes seconds to start under TCG), and fio goes on 2 s
+    # after it. The stall is the longest completion latency of the run: the
+    # request in flight when the event hit waits that long for its answer
+    # (fio's clat max, less a normal request's few ms, within noise).
+    stat=/sys/block/$(basename "$ublk")/stat
+    reads_done() { awk '{ print $1 }' "$stat"; }
     stall_trial() { # event-command undo-command -> stall in ms
+        local before
+        before=$(reads_done)
         fio --name=stall --filename="$ublk" --ioengine=io_uring --direct=1 --rw=randread \
-            --bs=4k --iodepth=1 --time_based --runtime=3 --output-format=json \
+            --bs=4k --iodepth=1 --time_based --runtime=30 --output-format=json \
             --output="$WORK/stall.json" &
         local fio_pid=$!
-        sleep 1
+        while [ "$(reads_done)" -lt $((before + 200)) ]; do sleep 0.05; done
         eval "$1"
+        sleep 2
+        kill -INT "$fio_pid"
         wait "$fio_pid"
         [ "$(jq '.jobs[0].error' "$WORK/stall.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
         jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall.json"

@@ -259,7 +259,7 @@ fn path_info(counters: &VdiskCounters, cluster: &Cluster) -> Vec<PathInfo> {
 }
 
 /// The tails of a placement, as a person writes them.
-pub fn describe_tails(placement: &Placement) -> String {
+fn describe_tails(placement: &Placement) -> String {
     match placement {
         Placement::Local { tail } => format!("tail {}", tail.display()),
         Placement::Cluster {

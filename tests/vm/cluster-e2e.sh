@@ -17,6 +17,8 @@ LAB=uvd
 LAB_DIR=$WORK/lab
 # shellcheck source=tests/vm/lab.sh
 . "$here/lab.sh"
+# shellcheck source=tests/vm/runner.sh
+. "$here/runner.sh"
 
 modprobe -a ublk_drv ext4
 mkfs.ext4 -q -F "$SCRATCH"
@@ -141,23 +143,10 @@ TESTS=(
     test_ext4_on_the_vdisk_keeps_its_files_across_a_failover
 )
 
-set -E
-passed=0 failed=0
-for t in "${TESTS[@]}"; do
-    start=$SECONDS
-    trap '[ -n "${FUNCNAME[0]:-}" ] && return 1' ERR
-    "$t" > >(sed 's/^/    /') 2>&1
-    rc=$?
-    trap - ERR
-    sleep 0.1 # let the indenting sed drain before the verdict line
-    if [ "$rc" -eq 0 ]; then
-        passed=$((passed + 1)); echo "ok   $t ($((SECONDS - start)) s)"
-    else
-        failed=$((failed + 1)); echo "FAIL $t ($((SECONDS - start)) s)"
-        for node in a b c; do
-            echo "    $node's log:"; tail -8 "$LAB_DIR/$node/daemon.log" | sed 's/^/    | /'
-        done
-    fi
-done
-echo "cluster e2e: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+show_logs() {
+    for node in a b c; do
+        echo "    $node's log:"; tail -8 "$LAB_DIR/$node/daemon.log" | sed 's/^/    | /'
+    done
+}
+
+run_tests "cluster e2e" show_logs "${TESTS[@]}"

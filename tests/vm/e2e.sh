@@ -5,6 +5,8 @@
 #
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
 set -uo pipefail
+# shellcheck source=tests/vm/runner.sh
+. "$(dirname "${BASH_SOURCE[0]}")/runner.sh"
 
 BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
 SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
@@ -273,26 +275,9 @@ TESTS=(
     test_sigterm_removes_every_device_from_the_kernel
 )
 
-# Each test runs in this shell, so that the daemon it starts stays a child
-# that a later test can stop and wait for. A failing command returns from
-# the test function (an ERR trap stands in for -e, which functions called
-# in a condition would ignore).
-set -E
-passed=0 failed=0
-for t in "${TESTS[@]}"; do
-    start=$SECONDS
-    trap '[ -n "${FUNCNAME[0]:-}" ] && return 1' ERR
-    "$t" > >(sed 's/^/    /') 2>&1
-    rc=$?
-    trap - ERR
-    sleep 0.1 # let the indenting sed drain before the verdict line
-    if [ "$rc" -eq 0 ]; then
-        passed=$((passed + 1)); echo "ok   $t ($((SECONDS - start)) s)"
-    else
-        failed=$((failed + 1)); echo "FAIL $t ($((SECONDS - start)) s)"
-        echo "    daemon log:"; tail -15 "$WORK/daemon.log" | sed 's/^/    | /'
-    fi
-done
+show_daemon_log() { echo "    daemon log:"; tail -15 "$WORK/daemon.log" | sed 's/^/    | /'; }
+
+run_tests e2e show_daemon_log "${TESTS[@]}"
+rc=$?
 stop_daemon >/dev/null 2>&1 || true
-echo "e2e: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+exit $rc

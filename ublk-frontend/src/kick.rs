@@ -56,8 +56,8 @@ impl Kick {
     /// with it pending.
     pub(crate) async fn serve(self: Arc<Self>) {
         loop {
-            let poll = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32)
-                .build();
+            let poll =
+                opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32).build();
             match ublk_submit_sqe_async(poll, UblkUringData::Target as u64).await {
                 Ok(result) if result >= 0 => {}
                 _ => return,
@@ -124,6 +124,8 @@ impl<F: Future> Future for KickOnRemoteWake<F> {
                 wrapper
             }
         };
-        this.future.as_mut().poll(&mut Context::from_waker(&wrapper))
+        this.future
+            .as_mut()
+            .poll(&mut Context::from_waker(&wrapper))
     }
 }

@@ -308,10 +308,7 @@ async fn buffer_call(
 }
 
 /// Reads replies until the connection fails; a malformed one ends it.
-async fn read_replies(
-    reader: OwnedReadHalf,
-    replies: mpsc::Sender<Result<(u64, Reply), String>>,
-) {
+async fn read_replies(reader: OwnedReadHalf, replies: mpsc::Sender<Result<(u64, Reply), String>>) {
     let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     loop {
         let result = read_reply(&mut reader).await;
