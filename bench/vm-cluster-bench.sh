@@ -154,13 +154,18 @@ disk0 = \"/mnt/bench/shared.img\""
             --bs=4k --iodepth=1 --time_based --runtime=30 --output-format=json \
             --output="$WORK/stall.json" &
         local fio_pid=$!
-        while [ "$(reads_done)" -lt $((before + 200)) ]; do sleep 0.05; done
+        while [ "$(reads_done)" -lt $((before + 200)) ]; do
+            kill -0 "$fio_pid" 2>/dev/null || { echo "fio did not start" >&2; return 1; }
+            sleep 0.05
+        done
         eval "$1"
         sleep 2
-        kill -INT "$fio_pid"
-        wait "$fio_pid"
-        [ "$(jq '.jobs[0].error' "$WORK/stall.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
-        jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall.json"
+        # fio stops on SIGINT with its report, after a line saying so.
+        kill -INT "$fio_pid" 2>/dev/null || echo "fio ended before the trial did" >&2
+        wait "$fio_pid" || true
+        sed -n '/^{/,$p' "$WORK/stall.json" >"$WORK/stall-report.json"
+        [ "$(jq '.jobs[0].error' "$WORK/stall-report.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
+        jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall-report.json"
         eval "$2"
     }
     summary() { # name values...

@@ -36,7 +36,7 @@ pub struct ConfigFile {
     pub tails: Option<BTreeMap<String, PathBuf>>,
     /// The other nodes and their link addresses, one per network.
     pub peer: Option<Vec<PeerConfig>>,
-    /// How often an idle link is probed. Default 100.
+    /// How often an idle link is probed. Default 80.
     pub heartbeat_interval_ms: Option<u64>,
     /// Probes a link may miss before it is down. Default 3.
     pub heartbeat_misses: Option<u32>,

@@ -28,14 +28,11 @@ truncate -s 1G "$MNT/shared.img"
 trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 
 lab_up a b c
-TIMING="heartbeat_interval_ms = 100"
-lab_config a false "$TIMING
-[tails]
+lab_config a false "[tails]
 disk0 = \"$MNT/shared.img\""
-lab_config b false "$TIMING
-[tails]
+lab_config b false "[tails]
 disk0 = \"$MNT/shared.img\""
-lab_config c true "$TIMING"
+lab_config c true
 for node in a b c; do lab_start "$node" || exit 1; done
 for node in a b; do
     lab_cli "$node" add vd --size 512M --primary a:disk0 --secondary b:disk0 || exit 1

@@ -50,6 +50,9 @@ pub enum LinkError {
 pub struct LinkCounters {
     pub ups: AtomicU64,
     pub downs: AtomicU64,
+    /// When the peer was last heard on this link: milliseconds since the
+    /// link was spawned.
+    heard_at_ms: AtomicU64,
 }
 
 struct Call {
@@ -68,6 +71,8 @@ pub struct Link {
     calls: mpsc::Sender<Call>,
     up: watch::Receiver<bool>,
     counters: Arc<LinkCounters>,
+    spawned: Instant,
+    interval: std::time::Duration,
 }
 
 impl Link {
@@ -76,13 +81,26 @@ impl Link {
         let (calls, inbox) = mpsc::channel(1024);
         let (up_tx, up) = watch::channel(false);
         let counters = Arc::new(LinkCounters::default());
-        tokio::spawn(run(addr, config, inbox, up_tx, counters.clone()));
+        let spawned = Instant::now();
+        tokio::spawn(run(addr, config, inbox, up_tx, counters.clone(), spawned));
         Link {
             addr,
             calls,
             up,
             counters,
+            spawned,
+            interval: config.interval,
         }
+    }
+
+    /// Up, and heard within two heartbeat intervals: an idle link that
+    /// works is probed and answers once per interval, so a link silent for
+    /// longer is probably cut, even before its silence is long enough to
+    /// declare it down.
+    pub fn is_fresh(&self) -> bool {
+        let now = self.spawned.elapsed().as_millis() as u64;
+        let heard = self.counters.heard_at_ms.load(Ordering::Relaxed);
+        self.is_up() && now.saturating_sub(heard) <= 2 * self.interval.as_millis() as u64
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -131,6 +149,7 @@ async fn run(
     mut inbox: mpsc::Receiver<Call>,
     up: watch::Sender<bool>,
     counters: Arc<LinkCounters>,
+    spawned: Instant,
 ) {
     let mut health = Health::new(config, Instant::now());
     let silence = config.interval * config.allowed_misses;
@@ -166,7 +185,16 @@ async fn run(
         };
         let _ = stream.set_nodelay(true);
         health.connected(Instant::now());
-        let reason = session(stream, addr, &mut health, &mut inbox, &up, &counters).await;
+        let reason = session(
+            stream,
+            addr,
+            &mut health,
+            &mut inbox,
+            &up,
+            &counters,
+            spawned,
+        )
+        .await;
         if health.disconnected() == Some(Transition::Down) {
             counters.downs.fetch_add(1, Ordering::Relaxed);
             let _ = up.send(false);
@@ -207,6 +235,7 @@ async fn session(
     inbox: &mut mpsc::Receiver<Call>,
     up: &watch::Sender<bool>,
     counters: &LinkCounters,
+    spawned: Instant,
 ) -> String {
     let (reader, writer) = stream.into_split();
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
@@ -243,7 +272,10 @@ async fn session(
                     Ok(reply) => reply,
                     Err(e) => break e,
                 };
-                if health.heard(Instant::now()) == Some(Transition::Up) {
+                let now = Instant::now();
+                let heard_at = now.duration_since(spawned).as_millis() as u64;
+                counters.heard_at_ms.store(heard_at, Ordering::Relaxed);
+                if health.heard(now) == Some(Transition::Up) {
                     counters.ups.fetch_add(1, Ordering::Relaxed);
                     let _ = up.send(true);
                     tracing::info!(%addr, "link up");

@@ -74,8 +74,10 @@ impl PeerLinks {
     }
 
     /// Sends one request on the next link that is up, and on the others in
-    /// turn if a link fails under it. Fails with [`LinkError::Down`] when no
-    /// link could carry it.
+    /// turn if a link fails under it, as long as they were heard lately (a
+    /// cut that took one link often took its twins too, and waiting for
+    /// each to be declared down would hold the request back from the next
+    /// path). Fails with [`LinkError::Down`] when no link could carry it.
     ///
     /// A request resent on another link may have reached the peer on the
     /// first one too: requests are idempotent while pending (a write carries
@@ -89,13 +91,19 @@ impl PeerLinks {
     ) -> Result<Reply, LinkError> {
         let count = self.links.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut failed = false;
         for i in 0..count {
             let link = &self.links[(first + i) % count];
-            if !link.is_up() {
+            let usable = if failed {
+                link.is_fresh()
+            } else {
+                link.is_up()
+            };
+            if !usable {
                 continue;
             }
             match link.call(vdisk, epoch, op, payload.clone()).await {
-                Err(LinkError::Down) => continue,
+                Err(LinkError::Down) => failed = true,
                 other => return other,
             }
         }

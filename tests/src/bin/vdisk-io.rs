@@ -37,8 +37,9 @@ struct Args {
     /// Requests in flight
     #[arg(long, default_value_t = 8)]
     depth: u64,
-    #[arg(long, default_value_t = 100)]
-    heartbeat_ms: u64,
+    /// Heartbeat interval of the links [default: the daemon's]
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     #[arg(long, default_value_t = 200)]
     report_ms: u64,
 }
@@ -87,9 +88,12 @@ fn parse_peer(text: &str, health: HealthConfig) -> anyhow::Result<TailPath> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let default = HealthConfig::default();
     let health = HealthConfig {
-        interval: Duration::from_millis(args.heartbeat_ms),
-        ..HealthConfig::default()
+        interval: args
+            .heartbeat_ms
+            .map_or(default.interval, Duration::from_millis),
+        ..default
     };
     let paths = args
         .peers
