@@ -18,7 +18,6 @@ TRIALS=${BENCH_TRIALS:-10}
 RATE=${BENCH_LINK_RATE:-100mbit}
 ONLY=${BENCH_ONLY:-}
 WORK=$(mktemp -d /tmp/cluster-bench.XXXXXX)
-LAB_DIR=$WORK/lab
 # shellcheck source=tests/vm/lab.sh
 . "$here/../tests/vm/lab.sh"
 # shellcheck source=bench/lib.sh
@@ -47,7 +46,7 @@ disk0 = \"$SCRATCH\""
 if wants nbd; then
     # Reads of never-written sectors cost qemu nothing: fill the region.
     dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
-    LAB=nbdb LAB_NETS=1
+    LAB=nbdb LAB_NETS=1 LAB_DIR=$WORK/nbdb
     start_pair >"$WORK/dev"
     ublk=$(cat "$WORK/dev")
     ip netns exec "$(lab_ns s)" qemu-nbd --fork --persistent --shared=4 -x disk \
@@ -93,7 +92,7 @@ fi
 
 # ------------------------------------------------- 2. two links vs one, capped
 if wants links; then
-    LAB=lnkb LAB_NETS="1 2"
+    LAB=lnkb LAB_NETS="1 2" LAB_DIR=$WORK/lnkb
     start_pair >"$WORK/dev"
     ublk=$(cat "$WORK/dev")
     for node in s c; do
@@ -128,7 +127,7 @@ if wants stall; then
     mkdir -p /mnt/bench
     mount "$SCRATCH" /mnt/bench
     truncate -s 1G /mnt/bench/shared.img
-    LAB=stlb LAB_NETS="1 2"
+    LAB=stlb LAB_NETS="1 2" LAB_DIR=$WORK/stlb
     lab_up a b c
     for node in a b; do
         lab_config "$node" false "[tails]
@@ -147,7 +146,9 @@ disk0 = \"/mnt/bench/shared.img\""
     # (fio's clat max, less a normal request's few ms, within noise).
     stat=/sys/block/$(basename "$ublk")/stat
     reads_done() { awk '{ print $1 }' "$stat"; }
-    stall_trial() { # event-command undo-command -> stall in ms
+    # Runs in this shell, not a subshell: the events kill and restart
+    # daemons, whose pids lab.sh keeps. Sets STALL_MS.
+    stall_trial() { # event-command undo-command
         local before
         before=$(reads_done)
         fio --name=stall --filename="$ublk" --ioengine=io_uring --direct=1 --rw=randread \
@@ -165,7 +166,7 @@ disk0 = \"/mnt/bench/shared.img\""
         wait "$fio_pid" || true
         sed -n '/^{/,$p' "$WORK/stall.json" >"$WORK/stall-report.json"
         [ "$(jq '.jobs[0].error' "$WORK/stall-report.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
-        jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall-report.json"
+        STALL_MS=$(jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall-report.json")
         eval "$2"
     }
     summary() { # name values...
@@ -178,9 +179,12 @@ disk0 = \"/mnt/bench/shared.img\""
     back_up() { lab_start a >/dev/null; lab_wait_reachable c vd a >/dev/null; sleep 0.5; }
     links_up() { lab_link a 1 up; lab_link a 2 up; lab_wait_reachable c vd a >/dev/null; sleep 0.5; }
     kills=() cuts=() both=()
-    for _ in $(seq "$TRIALS"); do kills+=("$(stall_trial "lab_kill a" back_up)"); done
-    for _ in $(seq "$TRIALS"); do cuts+=("$(stall_trial "lab_link a 1 down" links_up)"); done
-    for _ in $(seq "$TRIALS"); do both+=("$(stall_trial "lab_link a 1 down; lab_link a 2 down" links_up)"); done
+    for _ in $(seq "$TRIALS"); do stall_trial "lab_kill a" back_up; kills+=("$STALL_MS"); done
+    for _ in $(seq "$TRIALS"); do stall_trial "lab_link a 1 down" links_up; cuts+=("$STALL_MS"); done
+    for _ in $(seq "$TRIALS"); do
+        stall_trial "lab_link a 1 down; lab_link a 2 down" links_up
+        both+=("$STALL_MS")
+    done
     echo "## Failover stall (4k randread QD1; the longest completion latency around the event)"
     echo
     echo "| event | trials | min | median | max |"
