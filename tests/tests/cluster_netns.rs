@@ -25,7 +25,15 @@ const BLOCKS: u64 = 4096;
 struct Driver {
     child: Child,
     latest: Arc<Mutex<serde_json::Value>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Driver {
+    /// A failed test must not leave the driver running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Driver {
@@ -53,7 +61,7 @@ impl Driver {
         Driver {
             child,
             latest,
-            reader,
+            reader: Some(reader),
         }
     }
 
@@ -91,9 +99,10 @@ impl Driver {
     fn finish(mut self) -> serde_json::Value {
         drop(self.child.stdin.take());
         let status = self.child.wait().unwrap();
-        let latest = self.latest.clone();
-        self.reader.join().unwrap();
-        let report = latest.lock().unwrap().clone();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let report = self.report();
         assert!(status.success(), "vdisk-io failed: {report}");
         report
     }
