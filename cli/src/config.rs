@@ -162,11 +162,13 @@ impl NodeConfig {
     }
 }
 
+/// The hostname, when it is a valid node name; a machine without one
+/// (a bare VM says "(none)") is "localhost".
 fn default_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .ok()
-        .filter(|name| !name.is_empty())
+        .filter(|name| configdb::is_safe_name(name))
         .unwrap_or_else(|| "localhost".into())
 }
 
