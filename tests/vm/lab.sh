@@ -58,6 +58,9 @@ lab_up() { # node...
 lab_down() {
     local node
     for node in "${!LAB_PID[@]}"; do lab_kill "$node" TERM; done
+    for node in "${LAB_NODES[@]}"; do
+        grep -h "ERROR\|panicked" "$LAB_DIR/$node/daemon.log" 2>/dev/null | tail -3 | sed "s/^/$node: /"
+    done
     for node in "${LAB_NODES[@]}" sw; do ip netns del "$(lab_ns "$node")" 2>/dev/null; done
     return 0
 }
@@ -102,11 +105,21 @@ lab_start() { # node: starts its daemon and waits until it answers
     echo "daemon $node did not start:"; tail -20 "$LAB_DIR/$node/daemon.log"; return 1
 }
 
-lab_kill() { # node [signal]: kill -9 by default
-    local node=$1 sig=${2:-KILL}
-    [ -n "${LAB_PID[$node]:-}" ] || return 0
-    kill -"$sig" "${LAB_PID[$node]}" 2>/dev/null || true
-    wait "${LAB_PID[$node]}" 2>/dev/null || true
+lab_kill() { # node [signal]: kill -9 by default; a SIGTERM gets 10 s
+    local node=$1 sig=${2:-KILL} pid i
+    pid=${LAB_PID[$node]:-}
+    [ -n "$pid" ] || return 0
+    kill -"$sig" "$pid" 2>/dev/null || true
+    if [ "$sig" = TERM ]; then
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "daemon $node still running 10 s after SIGTERM; killing it. Its threads and last words:"
+            for i in /proc/"$pid"/task/*; do echo "  $(cat "$i/comm") $(cat "$i/wchan")"; done
+            tail -5 "$LAB_DIR/$node/daemon.log"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
     unset "LAB_PID[$node]"
 }
 
