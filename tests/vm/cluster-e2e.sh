@@ -123,8 +123,11 @@ test_ext4_on_the_vdisk_keeps_its_files_across_a_failover() {
     for i in 4 5; do head -c 4M /dev/urandom >"/mnt/vd/f$i"; done
     sync
     (cd /mnt/vd && md5sum f4 f5 >>"$WORK/sums")
-    lab_start a
+    # a restarts only after the umount: `ip netns exec` gives it a copy of
+    # the mount table, and a copy holding ext4 on the device would keep the
+    # device busy until a exits (c's SIGTERM could not delete it).
     umount /mnt/vd
+    lab_start a
     echo 3 >/proc/sys/vm/drop_caches
     mount "$DEV" /mnt/vd
     (cd /mnt/vd && md5sum -c --quiet "$WORK/sums")
