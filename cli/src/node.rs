@@ -61,11 +61,7 @@ impl Node {
             let state = match start(&spec, &node.cluster) {
                 Ok(state) => {
                     tracing::info!(vdisk = %spec.name, "vdisk restored");
-                    if let VdiskState::Served {
-                        device: Some(device),
-                        ..
-                    } = &state
-                    {
+                    if let Some(device) = state.device() {
                         node.remember_device_id(&spec, device);
                     }
                     state
@@ -120,13 +116,7 @@ impl Node {
             device_id: None,
         };
         let state = start(&spec, &self.cluster)?;
-        if let VdiskState::Served {
-            device: Some(device),
-            ..
-        } = &state
-        {
-            spec.device_id = Some(device.id());
-        }
+        spec.device_id = state.device().map(Device::id);
         // On error `state` drops here: the device leaves the kernel and the
         // tail is no longer exported.
         self.catalog.insert(&spec)?;
@@ -145,11 +135,7 @@ impl Node {
         let Some(vdisk) = self.vdisks.get(&name) else {
             bail!("no vdisk named {name}");
         };
-        if let VdiskState::Served {
-            device: Some(device),
-            ..
-        } = &vdisk.state
-        {
+        if let Some(device) = vdisk.state.device() {
             device.ensure_unused()?;
         }
         self.catalog.remove(&name)?;
@@ -203,6 +189,15 @@ impl Node {
         updated.device_id = Some(device.id());
         if let Err(e) = self.catalog.update(&updated) {
             tracing::warn!(vdisk = %spec.name, "cannot record the device number: {e}");
+        }
+    }
+}
+
+impl VdiskState {
+    fn device(&self) -> Option<&Device> {
+        match self {
+            VdiskState::Served { device, .. } => device.as_ref(),
+            VdiskState::Failed(_) => None,
         }
     }
 }

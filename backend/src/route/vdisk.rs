@@ -149,17 +149,22 @@ impl RoutedVdisk {
         len: u64,
         op: fn(u64, u32) -> Op,
     ) -> Result<(), IoError> {
-        let len32 = u32::try_from(len).map_err(|_| IoError::TooLong { len })?;
-        self.submit(op(offset, len32), None).await.map(drop)
+        self.submit(op(offset, wire_len(len)?), None)
+            .await
+            .map(drop)
     }
+}
+
+/// A request's length as a frame carries it.
+fn wire_len(len: u64) -> Result<u32, IoError> {
+    u32::try_from(len).map_err(|_| IoError::TooLong { len })
 }
 
 impl BlockBackend for RoutedVdisk {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let len = buf.len() as u64;
-        let len32 = u32::try_from(len).map_err(|_| IoError::TooLong { len })?;
+        let len = wire_len(buf.len() as u64)?;
         let data = self
-            .submit(Op::Read { offset, len: len32 }, None)
+            .submit(Op::Read { offset, len }, None)
             .await?
             .ok_or(IoError::ShortTransfer { offset })?;
         // The routing task has checked the length of every read's data.
@@ -168,13 +173,12 @@ impl BlockBackend for RoutedVdisk {
     }
 
     async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
-        let len = buf.len() as u64;
-        let len32 = u32::try_from(len).map_err(|_| IoError::TooLong { len })?;
+        let len = wire_len(buf.len() as u64)?;
         // The data is copied out of the caller's buffer once, and kept until
         // the request completes, so that any path can be sent it again.
         let mut data = AlignedBuf::new(buf.len())?;
         data.copy_from_slice(buf);
-        let op = Op::Write { offset, len: len32 };
+        let op = Op::Write { offset, len };
         self.submit(op, Some(Arc::new(data))).await.map(drop)
     }
 
