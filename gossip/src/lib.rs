@@ -1,4 +1,12 @@
-//! Cluster membership for ublkvd: SWIM gossip over UDP (foca) and the
-//! metadata each node announces.
-//!
-//! Empty until the membership issue lands: a single node needs no gossip.
+//! Cluster membership for ublkvd: SWIM gossip over UDP (foca), the metadata
+//! each node announces, and the numbered view the I/O paths follow.
+
+mod envelope;
+mod identity;
+mod timing;
+mod view;
+
+pub use envelope::{ClusterKey, OpenError, SecretError, OVERHEAD};
+pub use identity::{NodeId, NodeMeta};
+pub use timing::{Timing, TimingError};
+pub use view::{Change, View};
