@@ -21,8 +21,9 @@ pub struct NodeMeta {
 
 /// A member's identity: its name, where it gossips, and an incarnation.
 ///
-/// The name is the member's address in foca's sense: two identities with one
-/// name are one node, and the higher incarnation wins. A node starts with
+/// The gossip address is the member's address in foca's sense (seeds are
+/// known by address alone): two identities with one address are one node,
+/// and the higher incarnation wins. A node starts with
 /// the wall-clock time in milliseconds, so a restarted node always wins
 /// over its previous life, and renews with `incarnation + 1` when it learns
 /// it was declared down, so it rejoins by itself.
@@ -35,6 +36,22 @@ pub struct NodeId {
 }
 
 impl NodeId {
+    /// A seed as the config names it: an address, its name and metadata
+    /// still unknown. foca takes an announce to any identity with the
+    /// right address, and learns the real one from the answer.
+    pub fn seed(gossip: SocketAddr) -> NodeId {
+        NodeId {
+            name: String::new(),
+            gossip,
+            incarnation: 0,
+            meta: NodeMeta {
+                links: Vec::new(),
+                tails: Vec::new(),
+                version: String::new(),
+            },
+        }
+    }
+
     pub fn new(name: String, gossip: SocketAddr, meta: NodeMeta) -> NodeId {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -55,7 +72,7 @@ impl fmt::Debug for NodeId {
 }
 
 impl foca::Identity for NodeId {
-    type Addr = String;
+    type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
         Some(NodeId {
@@ -64,8 +81,8 @@ impl foca::Identity for NodeId {
         })
     }
 
-    fn addr(&self) -> String {
-        self.name.clone()
+    fn addr(&self) -> SocketAddr {
+        self.gossip
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {

@@ -1,11 +1,13 @@
 //! Cluster membership for ublkvd: SWIM gossip over UDP (foca), the metadata
 //! each node announces, and the numbered view the I/O paths follow.
 
+mod agent;
 mod envelope;
 mod identity;
 mod timing;
 mod view;
 
+pub use agent::{Gossip, GossipConfig, GossipCounters, GossipError, MemberState, MemberStatus};
 pub use envelope::{ClusterKey, OpenError, SecretError, OVERHEAD};
 pub use identity::{NodeId, NodeMeta};
 pub use timing::{Timing, TimingError};
