@@ -105,8 +105,14 @@ fn health() -> HealthConfig {
     }
 }
 
+fn member(name: &str, server: &Server) -> Arc<PeerLinks> {
+    let peer = PeerLinks::new(name, health());
+    peer.set_membership(Some(&[server.addr]));
+    Arc::new(peer)
+}
+
 fn peer(name: &str, server: &Server) -> TailPath {
-    TailPath::Peer(Arc::new(PeerLinks::spawn(name, &[server.addr], health())))
+    TailPath::Peer(member(name, server))
 }
 
 fn block(seed: u8) -> Vec<u8> {
@@ -176,6 +182,48 @@ fn requests_fail_over_to_the_secondary_and_return_to_the_primary() {
         }
         for i in 1..20 {
             assert_eq!(file_block(&tail.path, i), block(i as u8));
+        }
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_peer_declared_down_by_membership_gets_no_requests_though_its_links_are_up() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let primary_server = Server::start(&tail).await;
+        let secondary = Server::start(&tail).await;
+        let primary = member("a", &primary_server);
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![TailPath::Peer(primary.clone()), peer("b", &secondary)],
+            RouteConfig::default(),
+        );
+        write_and_check(&vdisk, 0, 1).await;
+        assert!(completed(&vdisk, 0) >= 1);
+
+        primary.set_membership(None);
+        assert!(!primary.is_up(), "down at once, not after a heartbeat");
+        assert!(primary.links().iter().all(|link| link.is_up()));
+        let before = completed(&vdisk, 0);
+        for i in 1..10 {
+            write_and_check(&vdisk, i, i as u8).await;
+        }
+        assert_eq!(completed(&vdisk, 0), before, "a down member is not used");
+        assert!(completed(&vdisk, 1) >= 18);
+
+        primary.set_membership(Some(&[primary_server.addr]));
+        assert!(primary.is_up(), "its links stayed up: usable at once");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while completed(&vdisk, 0) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "primary not used again"
+            );
+            write_and_check(&vdisk, 20, 5).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
     });

@@ -38,6 +38,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the cluster's members as this node sees them, and its
+    /// configuration number
+    Members {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,15 +1,18 @@
 //! What this node shares with its peers: its tails, served by the peer
-//! server, and its links to every other node.
+//! server, its membership (gossip), and its links to the other members.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use backend::link::{HealthConfig, PeerLinks};
 use backend::peer::{serve, Exports};
 use backend::route::RouteConfig;
 use backend::{Engine, EngineRing, LocalTail};
+use configdb::TailRef;
+use gossip::{ClusterKey, Gossip, GossipConfig, NodeMeta, View};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -32,35 +35,62 @@ pub struct Cluster {
     /// Whether vdisks get a `/dev/ublkbN` on this node.
     pub devices: bool,
     tails: BTreeMap<String, PathBuf>,
-    peers: BTreeMap<String, Arc<PeerLinks>>,
+    health: HealthConfig,
+    /// The peers some vdisk of this node goes to, by name; each follows
+    /// the membership view.
+    peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
+    gossip: Option<Arc<Gossip>>,
     exports: Arc<Exports>,
     engine: Engine,
 }
 
 impl Cluster {
-    /// Starts the I/O engine and a link task per peer address. Must run
-    /// inside the tokio runtime that will carry the links.
-    pub fn start(config: &NodeConfig) -> anyhow::Result<Cluster> {
+    /// Starts the I/O engine and, with a `[gossip]` section, joins the
+    /// cluster announcing `links` (the peer server's addresses): links to
+    /// other members follow what gossip says of them. Must run inside the
+    /// tokio runtime that will carry the links.
+    pub async fn start(config: &NodeConfig, links: Vec<SocketAddr>) -> anyhow::Result<Cluster> {
         let engine = Engine::start(ENGINE_ENTRIES).context("cannot start the io_uring engine")?;
-        let health: HealthConfig = config.health;
-        let peers = config
-            .peers
-            .iter()
-            .map(|peer| {
-                let links = PeerLinks::spawn(&peer.name, &peer.links, health);
-                (peer.name.clone(), Arc::new(links))
-            })
-            .collect();
+        let gossip = match &config.gossip {
+            Some(settings) => {
+                let key = ClusterKey::load(&settings.secret_file)?;
+                let gossip = Gossip::start(GossipConfig {
+                    name: config.node.clone(),
+                    bind: settings.bind,
+                    seeds: settings.seeds.clone(),
+                    timing: settings.timing,
+                    key,
+                    meta: NodeMeta {
+                        links,
+                        tails: config.tails.keys().cloned().collect(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                })
+                .await?;
+                Some(Arc::new(gossip))
+            }
+            None => None,
+        };
+        let peers = Arc::new(Mutex::new(BTreeMap::new()));
+        if let Some(gossip) = &gossip {
+            follow_membership(gossip.view(), peers.clone());
+        }
         Ok(Cluster {
             node: config.node.clone(),
             runtime: Handle::current(),
             route: config.route,
             devices: config.devices,
             tails: config.tails.clone(),
+            health: config.health,
             peers,
+            gossip,
             exports: Arc::new(Exports::new(EPOCH)),
             engine,
         })
+    }
+
+    pub fn gossip(&self) -> Option<&Arc<Gossip>> {
+        self.gossip.as_ref()
     }
 
     /// Binds every listen address: a node that cannot take its peers'
@@ -97,11 +127,70 @@ impl Cluster {
         servers
     }
 
+    /// The links to node `name`, reachable while gossip says it is a live
+    /// member and one of its links is up. A node not met yet may appear
+    /// later: its vdisks wait for it.
     pub fn peer(&self, name: &str) -> anyhow::Result<Arc<PeerLinks>> {
-        match self.peers.get(name) {
-            Some(peer) => Ok(peer.clone()),
+        let gossip = self.membership(name)?;
+        let mut peers = lock(&self.peers);
+        let peer = peers.entry(name.to_owned()).or_insert_with(|| {
+            let peer = PeerLinks::new(name, self.health);
+            let view = gossip.view();
+            let member = view
+                .borrow()
+                .alive
+                .get(name)
+                .map(|id| id.meta.links.clone());
+            // Entered on the runtime: links are tasks.
+            let _runtime = self.runtime.enter();
+            peer.set_membership(member.as_deref());
+            Arc::new(peer)
+        });
+        Ok(peer.clone())
+    }
+
+    /// Whether the path named `path` (a peer's name, or "local") can take
+    /// requests now.
+    pub fn is_reachable(&self, path: &str) -> bool {
+        lock(&self.peers).get(path).is_none_or(|peer| peer.is_up())
+    }
+
+    /// Refuses a tail of another node that is not there: the node must be
+    /// a live member announcing it. (This node's own tails are checked
+    /// when they are opened.)
+    pub fn check_remote_tail(&self, tail: &TailRef) -> anyhow::Result<()> {
+        if tail.node == self.node {
+            return Ok(());
+        }
+        let view = self.membership(&tail.node)?.view();
+        let view = view.borrow();
+        let Some(member) = view.alive.get(&tail.node) else {
+            bail!(
+                "node {} is not a live member of the cluster (see `ublkvd members`)",
+                tail.node
+            );
+        };
+        if !member.meta.tails.contains(&tail.tail) {
+            let announced = if member.meta.tails.is_empty() {
+                "none".to_owned()
+            } else {
+                member.meta.tails.join(", ")
+            };
+            bail!(
+                "node {} has no tail named {} (it announces: {announced})",
+                tail.node,
+                tail.tail
+            );
+        }
+        Ok(())
+    }
+
+    /// Gossip, which alone knows other nodes; asked about node `other`.
+    fn membership(&self, other: &str) -> anyhow::Result<&Arc<Gossip>> {
+        match &self.gossip {
+            Some(gossip) => Ok(gossip),
             None => bail!(
-                "unknown node {name}: neither this node ({}) nor a [[peer]] of its config",
+                "unknown node {other}: this node ({}) has no [gossip] section, so it knows no other node",
                 self.node
             ),
         }
@@ -142,4 +231,34 @@ impl Drop for Export {
     fn drop(&mut self) {
         self.exports.remove(self.vdisk);
     }
+}
+
+/// Keeps every peer's links in step with the membership view: a member
+/// that goes down is unreachable at once (its pending requests move to
+/// another path); one that comes up, or restarts with new link addresses,
+/// is reachable again as soon as a link connects.
+fn follow_membership(
+    mut view: watch::Receiver<View>,
+    peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let current = view.borrow_and_update().clone();
+            for (name, peer) in lock(&peers).iter() {
+                let member = current.alive.get(name).map(|id| id.meta.links.as_slice());
+                peer.set_membership(member);
+            }
+            if view.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The peer table stays usable after a panic elsewhere: every change to it
+/// is a single insert.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

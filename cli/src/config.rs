@@ -34,8 +34,9 @@ pub struct ConfigFile {
     /// This node's tails, by name: `disk0 = "/dev/vdb"`. Vdisks name them
     /// as `NODE:TAIL`.
     pub tails: Option<BTreeMap<String, PathBuf>>,
-    /// The other nodes and their link addresses, one per network.
-    pub peer: Option<Vec<PeerConfig>>,
+    /// Cluster membership. Without it the node is alone: it serves its own
+    /// vdisks and knows no other node.
+    pub gossip: Option<GossipFile>,
     /// How often an idle link is probed. Default 80.
     pub heartbeat_interval_ms: Option<u64>,
     /// Probes a link may miss before it is down. Default 3.
@@ -48,12 +49,64 @@ pub struct ConfigFile {
     pub io_timeout_ms: Option<u64>,
 }
 
-/// A peer node: its name and one address per link.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The `[gossip]` section: where this node gossips, whom it asks to join,
+/// the cluster secret, and timing.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    pub name: String,
-    pub links: Vec<SocketAddr>,
+pub struct GossipFile {
+    /// The UDP address this node gossips on (a specific address: others
+    /// reach it there).
+    pub bind: Option<SocketAddr>,
+    /// Gossip addresses of a few members; any live one lets this node in.
+    /// Other nodes, their links and tails are learnt from gossip.
+    pub seeds: Option<Vec<SocketAddr>>,
+    /// A file only root can read holding the cluster secret (16 bytes or
+    /// more); every gossip packet is authenticated with it.
+    pub secret_file: Option<PathBuf>,
+    /// How often each member probes another. Default 500.
+    pub probe_period_ms: Option<u64>,
+    /// How long a probe waits before others are asked to probe. Default 200.
+    pub probe_rtt_ms: Option<u64>,
+    /// How long a suspect member has to refute before it is down.
+    /// Default 2000.
+    pub suspect_to_down_ms: Option<u64>,
+    /// How often news is passed on besides probes. Default 200.
+    pub gossip_interval_ms: Option<u64>,
+}
+
+/// Membership settings the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipSettings {
+    pub bind: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub secret_file: PathBuf,
+    pub timing: gossip::Timing,
+}
+
+impl GossipFile {
+    fn resolve(self) -> anyhow::Result<GossipSettings> {
+        let Some(bind) = self.bind else {
+            bail!("[gossip] needs bind, the address this node gossips on");
+        };
+        let Some(secret_file) = self.secret_file else {
+            bail!("[gossip] needs secret_file: gossip is authenticated with the cluster secret");
+        };
+        let default = gossip::Timing::default();
+        let ms = Duration::from_millis;
+        let timing = gossip::Timing {
+            probe_period: self.probe_period_ms.map_or(default.probe_period, ms),
+            probe_rtt: self.probe_rtt_ms.map_or(default.probe_rtt, ms),
+            suspect_to_down: self.suspect_to_down_ms.map_or(default.suspect_to_down, ms),
+            gossip_interval: self.gossip_interval_ms.map_or(default.gossip_interval, ms),
+        };
+        timing.check()?;
+        Ok(GossipSettings {
+            bind,
+            seeds: self.seeds.unwrap_or_default(),
+            secret_file,
+            timing,
+        })
+    }
 }
 
 impl ConfigFile {
@@ -73,7 +126,7 @@ pub struct NodeConfig {
     pub listen: Vec<SocketAddr>,
     pub devices: bool,
     pub tails: BTreeMap<String, PathBuf>,
-    pub peers: Vec<PeerConfig>,
+    pub gossip: Option<GossipSettings>,
     pub health: HealthConfig,
     pub route: RouteConfig,
 }
@@ -100,7 +153,7 @@ impl NodeConfig {
             listen: file.listen.unwrap_or_default(),
             devices: file.devices.unwrap_or(true),
             tails: file.tails.unwrap_or_default(),
-            peers: file.peer.unwrap_or_default(),
+            gossip: file.gossip.map(GossipFile::resolve).transpose()?,
             health: HealthConfig {
                 interval: file
                     .heartbeat_interval_ms
@@ -134,22 +187,16 @@ impl NodeConfig {
                 bail!("tail name {tail:?} must be 1 to 64 letters, digits, '.', '_' or '-'");
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for peer in &self.peers {
-            if !name_ok(&peer.name) {
+        if let Some(gossip) = &self.gossip {
+            if gossip.bind.ip().is_unspecified() {
                 bail!(
-                    "peer name {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
-                    peer.name
+                    "[gossip] bind {} must be a specific address: other nodes reach this one there",
+                    gossip.bind
                 );
             }
-            if peer.name == self.node {
-                bail!("peer {} is this node's own name", peer.name);
-            }
-            if !seen.insert(&peer.name) {
-                bail!("peer {} is listed twice", peer.name);
-            }
-            if peer.links.is_empty() {
-                bail!("peer {} has no links", peer.name);
+            // The listen addresses are announced as this node's links.
+            if let Some(addr) = self.listen.iter().find(|a| a.ip().is_unspecified()) {
+                bail!("listen address {addr} must be a specific address: it is announced to the cluster as a link");
             }
         }
         if self.health.interval.is_zero() || self.health.allowed_misses == 0 {
@@ -181,7 +228,7 @@ mod tests {
         let config = NodeConfig::resolve(ConfigFile::default(), None, None).unwrap();
         assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
         assert!(config.devices);
-        assert!(config.listen.is_empty() && config.peers.is_empty());
+        assert!(config.listen.is_empty() && config.gossip.is_none());
         assert_eq!(config.route, RouteConfig::default());
         assert_eq!(config.control_socket, Path::new(DEFAULT_SOCKET));
         assert!(!config.node.is_empty());
@@ -200,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_config_names_listen_addresses_tails_and_peers() {
+    fn a_cluster_config_names_listen_addresses_tails_and_seeds() {
         let file: ConfigFile = toml::from_str(
             r#"
             node = "a"
@@ -209,17 +256,24 @@ mod tests {
             io_timeout_ms = 10000
             [tails]
             disk0 = "/dev/vdb"
-            [[peer]]
-            name = "b"
-            links = ["10.1.0.2:7100", "10.2.0.2:7100"]
+            [gossip]
+            bind = "10.1.0.1:7000"
+            seeds = ["10.1.0.2:7000"]
+            secret_file = "/etc/ublkvd/cluster.key"
+            suspect_to_down_ms = 3000
             "#,
         )
         .unwrap();
         let config = NodeConfig::resolve(file, None, None).unwrap();
         assert_eq!(config.listen.len(), 2);
         assert_eq!(config.tails["disk0"], Path::new("/dev/vdb"));
-        assert_eq!(config.peers[0].name, "b");
-        assert_eq!(config.peers[0].links[1].to_string(), "10.2.0.2:7100");
+        let gossip = config.gossip.unwrap();
+        assert_eq!(gossip.seeds[0].to_string(), "10.1.0.2:7000");
+        assert_eq!(gossip.timing.suspect_to_down, Duration::from_secs(3));
+        assert_eq!(
+            gossip.timing.probe_period,
+            gossip::Timing::default().probe_period
+        );
         assert_eq!(config.health.interval, Duration::from_millis(50));
         assert_eq!(config.health.allowed_misses, 3);
         assert_eq!(config.route.io_timeout, Duration::from_secs(10));
@@ -233,15 +287,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
+        let secret = "secret_file = \"/k\"\n";
+        assert!(refused("[gossip]\nbind = \"10.0.0.1:7000\"\n").contains("secret_file"));
+        assert!(refused(&format!("[gossip]\n{secret}")).contains("bind"));
         assert!(
-            refused("node = \"a\"\n[[peer]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]")
-                .contains("own name")
+            refused(&format!("[gossip]\nbind = \"0.0.0.0:7000\"\n{secret}")).contains("specific")
         );
-        assert!(refused("[[peer]]\nname = \"b\"\nlinks = []").contains("no links"));
+        assert!(refused(&format!(
+            "listen = [\"0.0.0.0:7100\"]\n[gossip]\nbind = \"10.0.0.1:7000\"\n{secret}"
+        ))
+        .contains("announced"));
+        assert!(refused(&format!(
+            "[gossip]\nbind = \"10.0.0.1:7000\"\n{secret}probe_rtt_ms = 400\n"
+        ))
+        .contains("probe_period"));
         assert!(refused("[tails]\n\"a/b\" = \"/x\"").contains("tail name"));
         assert!(refused("io_timeout_ms = 0").contains("positive"));
-        let dup = "[[peer]]\nname = \"b\"\nlinks = [\"127.0.0.1:1\"]\n";
-        assert!(refused(&format!("{dup}{dup}")).contains("twice"));
     }
 
     #[test]

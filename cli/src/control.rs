@@ -18,6 +18,7 @@ pub enum Request {
     Add(AddRequest),
     Del { name: String },
     List,
+    Members,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +43,19 @@ pub struct AddRequest {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Response {
     Ok { vdisks: Vec<VdiskInfo> },
+    Members(MembersInfo),
     Error { message: String },
+}
+
+/// The membership as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersInfo {
+    /// Grows by one on every change of the live members.
+    pub config_number: u64,
+    /// Gossip datagrams dropped because they failed authentication.
+    pub rejected_packets: u64,
+    /// This node first, then the others by name.
+    pub members: Vec<gossip::MemberStatus>,
 }
 
 /// A vdisk as `add` and `list` report it.
@@ -81,6 +94,22 @@ pub struct PathInfo {
 /// Sends one request to the daemon at `socket` and returns its vdisks, or
 /// the daemon's error.
 pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Vec<VdiskInfo>> {
+    match exchange(socket, request)? {
+        Response::Ok { vdisks } => Ok(vdisks),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// Asks the daemon at `socket` for the membership.
+pub fn members(socket: &Path) -> anyhow::Result<MembersInfo> {
+    match exchange(socket, &Request::Members)? {
+        Response::Members(members) => Ok(members),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// One request, one reply; the daemon's error becomes this call's.
+fn exchange(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the ublkvd daemon at {} (is `ublkvd serve` running?)",
@@ -100,8 +129,8 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Vec<VdiskInfo>> 
         bail!("the daemon closed the connection without replying");
     }
     match serde_json::from_str(&reply).context("malformed reply from the daemon")? {
-        Response::Ok { vdisks } => Ok(vdisks),
         Response::Error { message } => bail!(message),
+        response => Ok(response),
     }
 }
 
@@ -113,6 +142,7 @@ mod tests {
     fn requests_round_trip_through_json() {
         let requests = [
             Request::List,
+            Request::Members,
             Request::Del { name: "a".into() },
             Request::Add(AddRequest {
                 name: "b".into(),

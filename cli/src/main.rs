@@ -15,7 +15,7 @@ use clap::Parser;
 
 use args::{AddArgs, Cli, Command};
 use config::{ConfigFile, NodeConfig, DEFAULT_SOCKET};
-use control::{AddRequest, Request, VdiskInfo};
+use control::{AddRequest, MembersInfo, Request, VdiskInfo};
 use size::format_size;
 
 fn main() -> ExitCode {
@@ -62,6 +62,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Members { json } => {
+            let members = control::members(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&members)?);
+            } else {
+                print_members(&members);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -96,11 +105,62 @@ fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_members(info: &MembersInfo) {
+    let join = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    let rows: Vec<Vec<String>> = info
+        .members
+        .iter()
+        .map(|m| {
+            let name = if m.is_self {
+                format!("{} (this node)", m.name)
+            } else {
+                m.name.clone()
+            };
+            let state = serde_json::to_value(m.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            vec![
+                name,
+                state,
+                m.incarnation.to_string(),
+                m.gossip.to_string(),
+                join(m.links.iter().map(ToString::to_string).collect()),
+                join(m.tails.clone()),
+                m.version.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "STATE",
+        "INCARNATION",
+        "GOSSIP",
+        "LINKS",
+        "TAILS",
+        "VERSION",
+    ];
+    print_rows(&header, &rows);
+    println!("configuration number {}", info.config_number);
+    if info.rejected_packets > 0 {
+        println!(
+            "{} gossip packets rejected: sent without the cluster secret",
+            info.rejected_packets
+        );
+    }
+}
+
 fn print_table(vdisks: &[VdiskInfo]) {
-    let rows: Vec<[String; 5]> = vdisks
+    let rows: Vec<Vec<String>> = vdisks
         .iter()
         .map(|v| {
-            [
+            vec![
                 v.name.clone(),
                 format_size(v.size_bytes),
                 v.device
@@ -111,18 +171,23 @@ fn print_table(vdisks: &[VdiskInfo]) {
             ]
         })
         .collect();
-    let header = ["NAME", "SIZE", "DEVICE", "TAIL", "STATE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    print_rows(&["NAME", "SIZE", "DEVICE", "TAIL", "STATE"], &rows);
+}
+
+/// A table with columns as wide as their widest cell.
+fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(&widths)
+            .map(|(cell, &width)| format!("{cell:<width$}"))
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }

@@ -90,6 +90,9 @@ impl Node {
                 if secondary.as_ref().is_some_and(|s| s.node == primary.node) {
                     bail!("the primary and the secondary must be tails of different nodes");
                 }
+                for tail in std::iter::once(&primary).chain(&secondary) {
+                    self.cluster.check_remote_tail(tail)?;
+                }
                 Placement::Cluster { primary, secondary }
             }
             _ => bail!("give either --tail, or --primary with an optional --secondary"),
@@ -247,7 +250,7 @@ fn path_info(counters: &VdiskCounters, cluster: &Cluster) -> Vec<PathInfo> {
         .iter()
         .map(|(name, path)| PathInfo {
             name: name.clone(),
-            reachable: cluster.peer(name).map_or(true, |peer| peer.is_up()),
+            reachable: cluster.is_reachable(name),
             completed: path.completed.load(Ordering::Relaxed),
         })
         .collect()

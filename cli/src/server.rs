@@ -4,17 +4,19 @@
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
+use gossip::Gossip;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
-use crate::control::{Request, Response, MAX_LINE};
+use crate::control::{MembersInfo, Request, Response, MAX_LINE};
 use crate::node::Node;
 
 /// Runs the node daemon in the foreground.
@@ -32,7 +34,14 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
             );
         }
         let peer_listeners = Cluster::bind(&config.listen).await?;
-        let cluster = Cluster::start(config)?;
+        // Announced as this node's links: the addresses actually bound.
+        let links = peer_listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cannot read the peer listeners' addresses")?;
+        let cluster = Cluster::start(config, links).await?;
+        let gossip = cluster.gossip().cloned();
         let (stop_peers, peers_stopped) = watch::channel(false);
         let mut peer_servers = cluster.serve_peers(peer_listeners, &peers_stopped);
         let data_dir = config.data_dir.clone();
@@ -46,10 +55,15 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
             data_dir = %config.data_dir.display(),
             "ublkvd serving"
         );
-        let served = run(listener, node.clone(), shutdown_signal()?).await;
+        let served = run(listener, node.clone(), gossip.clone(), shutdown_signal()?).await;
         tracing::info!("shutting down: stopping devices");
         // Devices first: their last requests may still need the peers.
         let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown()).await;
+        // Then goodbye, so that peers route around this node at once,
+        // before its tails stop being served.
+        if let Some(gossip) = gossip {
+            gossip.leave().await;
+        }
         let _ = stop_peers.send(true);
         while peer_servers.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&config.control_socket);
@@ -62,6 +76,7 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
 pub async fn run(
     listener: UnixListener,
     node: Arc<Mutex<Node>>,
+    gossip: Option<Arc<Gossip>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -70,13 +85,13 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("accepting a control connection")?;
-                tokio::spawn(serve_connection(stream, node.clone()));
+                tokio::spawn(serve_connection(stream, node.clone(), gossip.clone()));
             }
         }
     }
 }
 
-async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>) {
+async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>, gossip: Option<Arc<Gossip>>) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -102,6 +117,7 @@ async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>) {
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Members) => members(gossip.as_deref()).await,
                 Ok(request) => execute(request, node.clone()).await,
                 Err(e) => Response::Error {
                     message: format!("malformed request: {e}"),
@@ -118,6 +134,26 @@ async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>) {
     }
 }
 
+/// The membership, straight from the gossip agent: it never waits on the
+/// node's lock, so it answers while a device starts.
+async fn members(gossip: Option<&Gossip>) -> Response {
+    let Some(gossip) = gossip else {
+        return Response::Error {
+            message: "this node has no [gossip] section: it is not part of a cluster".into(),
+        };
+    };
+    match gossip.members().await {
+        Ok(members) => Response::Members(MembersInfo {
+            config_number: gossip.view().borrow().config_number,
+            rejected_packets: gossip.counters().rejected.load(Ordering::Relaxed),
+            members,
+        }),
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
 /// Runs a request on a blocking thread: device start and stop wait on the
 /// kernel.
 async fn execute(request: Request, node: Arc<Mutex<Node>>) -> Response {
@@ -127,6 +163,7 @@ async fn execute(request: Request, node: Arc<Mutex<Node>>) -> Response {
             Request::Add(add) => node.add(add).map(|info| vec![info]),
             Request::Del { name } => node.del(&name).map(|()| Vec::new()),
             Request::List => Ok(node.list()),
+            Request::Members => Err(anyhow::anyhow!("members is answered by the gossip agent")),
         }
     })
     .await;

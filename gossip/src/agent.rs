@@ -169,7 +169,7 @@ impl Gossip {
 
     /// Tells a few members this node is leaving, so that the cluster sees
     /// it down at once instead of after the suspicion timeout, and stops.
-    pub async fn leave(self) {
+    pub async fn leave(&self) {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Leave(reply)).await.is_ok() {
             let _ = tokio::time::timeout(LEAVE_TIMEOUT, answer).await;

@@ -9,20 +9,33 @@ use std::fs::File;
 
 mod support;
 
-use support::{assert_one_line_error, Daemon, Outcome};
+use support::{
+    assert_one_line_error, gossip_section, members, wait_for_member, Daemon, Outcome,
+    CLUSTER_SECRET,
+};
 
-/// Storage-only node `a` with tail `disk0` (a 16 MiB file in the returned directory)
-/// and peer `b`.
-fn storage_node() -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tail = dir.path().join("disk0.img");
+/// A storage-only node `name` on loopback with tail `disk0` (a 16 MiB file
+/// in `dir`), joining the cluster through `seeds`.
+fn storage_daemon(name: &str, dir: &std::path::Path, seeds: &[String]) -> Daemon {
+    let tail = dir.join(format!("{name}-disk0.img"));
     File::create(&tail).unwrap().set_len(16 << 20).unwrap();
-    let daemon = Daemon::start_with_config(Some(&format!(
-        "node = \"a\"\nlisten = [\"127.0.0.1:0\"]\ndevices = false\n\
-         [tails]\ndisk0 = \"{}\"\n[[peer]]\nname = \"b\"\nlinks = [\"127.0.0.1:9\"]\n",
+    let gossip = gossip_section(dir, "127.0.0.1:0", seeds, CLUSTER_SECRET);
+    Daemon::start_with_config(Some(&format!(
+        "node = \"{name}\"\nlisten = [\"127.0.0.1:0\"]\ndevices = false\n\
+         [tails]\ndisk0 = \"{}\"\n{gossip}",
         tail.display()
-    )));
-    (daemon, dir)
+    )))
+}
+
+/// Storage-only node `a` and its peer `b`, which found `a` by gossip; both
+/// hold a tail `disk0`.
+fn storage_node() -> (Daemon, Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let a = storage_daemon("a", dir.path(), &[]);
+    let seed = members(&a)["members"][0]["gossip"].as_str().unwrap().to_owned();
+    let b = storage_daemon("b", dir.path(), &[seed]);
+    wait_for_member(&a, "b", "alive");
+    (a, b, dir)
 }
 
 fn add(daemon: &Daemon, args: &[&str]) -> std::process::Output {
@@ -32,14 +45,53 @@ fn add(daemon: &Daemon, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn a_tail_on_an_unknown_node_is_refused() {
-    let (daemon, _tails) = storage_node();
+fn a_tail_on_a_node_that_is_not_a_member_is_refused() {
+    let (daemon, _b, _tails) = storage_node();
+    assert_one_line_error(
+        add(&daemon, &["--primary", "a:disk0", "--secondary", "z:disk0"]),
+        "node z is not a live member",
+    );
+}
+
+#[test]
+fn a_tail_a_member_does_not_announce_is_refused() {
+    let (daemon, _b, _tails) = storage_node();
+    assert_one_line_error(
+        add(&daemon, &["--primary", "a:disk0", "--secondary", "b:nope"]),
+        "node b has no tail named nope (it announces: disk0)",
+    );
+}
+
+#[test]
+fn a_node_without_gossip_knows_no_other_node() {
+    let daemon = Daemon::start();
     assert_one_line_error(add(&daemon, &["--primary", "z:disk0"]), "unknown node z");
+    assert_one_line_error(daemon.client(&["members"]), "no [gossip] section");
+}
+
+#[test]
+fn members_shows_both_nodes_alive_with_what_they_announce() {
+    let (a, _b, _tails) = storage_node();
+    let view = members(&a);
+    let members = view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{view}");
+    assert_eq!(members[0]["name"], "a");
+    assert_eq!(members[0]["is_self"], true);
+    assert_eq!(members[1]["name"], "b");
+    assert_eq!(members[1]["state"], "alive");
+    assert_eq!(members[1]["tails"][0], "disk0");
+    // b announces the address its peer server actually bound.
+    let link = members[1]["links"][0].as_str().unwrap();
+    assert!(!link.ends_with(":0"), "{link}");
+    assert!(view["config_number"].as_u64().unwrap() >= 1);
+    let table = Outcome::from(a.client(&["members"]));
+    assert!(table.stdout.contains("a (this node)"), "{}", table.stdout);
+    assert!(table.stdout.contains("configuration number"), "{}", table.stdout);
 }
 
 #[test]
 fn an_unknown_tail_of_this_node_is_refused() {
-    let (daemon, _tails) = storage_node();
+    let (daemon, _b, _tails) = storage_node();
     assert_one_line_error(
         add(&daemon, &["--primary", "a:nope", "--secondary", "b:disk0"]),
         "node a has no tail named nope",
@@ -48,7 +100,7 @@ fn an_unknown_tail_of_this_node_is_refused() {
 
 #[test]
 fn primary_and_secondary_on_one_node_are_refused() {
-    let (daemon, _tails) = storage_node();
+    let (daemon, _b, _tails) = storage_node();
     assert_one_line_error(
         add(&daemon, &["--primary", "a:disk0", "--secondary", "a:disk1"]),
         "different nodes",
@@ -57,7 +109,7 @@ fn primary_and_secondary_on_one_node_are_refused() {
 
 #[test]
 fn a_storage_only_node_refuses_a_vdisk_it_holds_no_tail_of() {
-    let (daemon, _tails) = storage_node();
+    let (daemon, _b, _tails) = storage_node();
     assert_one_line_error(
         add(&daemon, &["--primary", "b:disk0"]),
         "has nothing to serve",
@@ -68,14 +120,14 @@ fn a_storage_only_node_refuses_a_vdisk_it_holds_no_tail_of() {
 
 #[test]
 fn a_vdisk_larger_than_this_nodes_tail_is_refused() {
-    let (daemon, _tails) = storage_node();
+    let (daemon, _b, _tails) = storage_node();
     let output = daemon.client(&["add", "vd", "--size", "32M", "--primary", "a:disk0"]);
     assert_one_line_error(output, "is larger than tail a:disk0");
 }
 
 #[test]
 fn a_storage_only_node_exports_its_tail_once_and_keeps_it_across_restarts() {
-    let (mut daemon, _tails) = storage_node();
+    let (mut daemon, _b, _tails) = storage_node();
     let added = add(&daemon, &["--primary", "a:disk0", "--secondary", "b:disk0"]);
     assert!(added.status.success(), "{added:?}");
     assert_one_line_error(

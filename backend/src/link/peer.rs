@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::watch;
 
@@ -12,72 +12,93 @@ use crate::AlignedBuf;
 /// CTI paths). Calls are striped across the links that are up; a call whose
 /// link fails under it moves to the next link that is up, so the loss of one
 /// link costs a resend, never a failed call, while another remains.
+///
+/// Membership has the last word (seed 003's CMM): a peer the cluster
+/// declared down is unreachable at once, whatever its links say, and its
+/// link addresses are whatever it last announced.
 pub struct PeerLinks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     name: String,
-    links: Vec<Link>,
+    config: HealthConfig,
+    links: RwLock<Arc<[Link]>>,
+    member: AtomicBool,
     next: AtomicUsize,
-    up: watch::Receiver<bool>,
+    up: watch::Sender<bool>,
 }
 
 impl PeerLinks {
-    /// Starts a link to each of `addrs` on the current tokio runtime.
-    pub fn spawn(name: &str, addrs: &[SocketAddr], config: HealthConfig) -> PeerLinks {
-        let links: Vec<Link> = addrs.iter().map(|&a| Link::spawn(a, config)).collect();
-        let (up_tx, up) = watch::channel(false);
-        let up_tx = Arc::new(up_tx);
-        let states: Vec<watch::Receiver<bool>> = links.iter().map(Link::watch).collect();
-        // One forwarder per link keeps "any link up" current; they end when
-        // their link's task does.
-        for mut state in states.iter().cloned() {
-            let up_tx = up_tx.clone();
-            let states = states.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                while state.changed().await.is_ok() {
-                    let any_up = states.iter().any(|s| *s.borrow());
-                    let changed =
-                        up_tx.send_if_modified(|up| std::mem::replace(up, any_up) != any_up);
-                    if changed {
-                        if any_up {
-                            tracing::info!(peer = %name, "peer reachable");
-                        } else {
-                            tracing::warn!(peer = %name, "peer unreachable: every link is down");
-                        }
-                    }
-                }
-            });
-        }
+    /// A peer not known to be a live member yet: no links, unreachable
+    /// until [`PeerLinks::set_membership`] says otherwise.
+    pub fn new(name: &str, config: HealthConfig) -> PeerLinks {
+        let (up, _) = watch::channel(false);
         PeerLinks {
-            name: name.to_owned(),
-            links,
-            next: AtomicUsize::new(0),
-            up,
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                config,
+                links: RwLock::new(Arc::from(Vec::new())),
+                member: AtomicBool::new(false),
+                next: AtomicUsize::new(0),
+                up,
+            }),
         }
+    }
+
+    /// Follows the peer's membership: `Some(addrs)` while it is a live
+    /// member announcing those link addresses (links start, or are
+    /// replaced if the addresses changed, on the current tokio runtime);
+    /// `None` once it is down, which makes it unreachable at once so that
+    /// its requests move to another path.
+    pub fn set_membership(&self, links: Option<&[SocketAddr]>) {
+        let inner = &self.inner;
+        match links {
+            Some(addrs) => {
+                let current: Vec<SocketAddr> = inner.links().iter().map(Link::addr).collect();
+                if current != addrs {
+                    let links: Vec<Link> = addrs
+                        .iter()
+                        .map(|&addr| Link::spawn(addr, inner.config))
+                        .collect();
+                    for link in &links {
+                        follow(Arc::downgrade(inner), link.watch());
+                    }
+                    tracing::info!(peer = %inner.name, links = ?addrs, "peer links");
+                    *inner.links.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(links);
+                }
+                inner.member.store(true, Ordering::Relaxed);
+            }
+            None => inner.member.store(false, Ordering::Relaxed),
+        }
+        inner.refresh();
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
-    pub fn links(&self) -> &[Link] {
-        &self.links
+    /// The current links, one per announced address.
+    pub fn links(&self) -> Arc<[Link]> {
+        self.inner.links()
     }
 
-    /// Whether any link to the peer is up.
+    /// Whether the peer is a live member with any link up.
     pub fn is_up(&self) -> bool {
-        *self.up.borrow()
+        *self.inner.up.borrow()
     }
 
-    /// Follows whether any link is up.
+    /// Follows whether the peer is reachable.
     pub fn watch(&self) -> watch::Receiver<bool> {
-        self.up.clone()
+        self.inner.up.subscribe()
     }
 
     /// Sends one request on the next link that is up, and on the others in
     /// turn if a link fails under it, as long as they were heard lately (a
     /// cut that took one link often took its twins too, and waiting for
     /// each to be declared down would hold the request back from the next
-    /// path). Fails with [`LinkError::Down`] when no link could carry it.
+    /// path). Fails with [`LinkError::Down`] when no link could carry it,
+    /// or at once if the peer is not a live member.
     ///
     /// A request resent on another link may have reached the peer on the
     /// first one too: requests are idempotent while pending (a write carries
@@ -89,11 +110,15 @@ impl PeerLinks {
         op: Op,
         payload: Option<Arc<AlignedBuf>>,
     ) -> Result<Reply, LinkError> {
-        let count = self.links.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.member.load(Ordering::Relaxed) {
+            return Err(LinkError::Down);
+        }
+        let links = self.inner.links();
+        let count = links.len();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut failed = false;
         for i in 0..count {
-            let link = &self.links[(first + i) % count];
+            let link = &links[(first + i) % count];
             let usable = if failed {
                 link.is_fresh()
             } else {
@@ -109,4 +134,43 @@ impl PeerLinks {
         }
         Err(LinkError::Down)
     }
+}
+
+impl Inner {
+    fn links(&self) -> Arc<[Link]> {
+        self.links.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Recomputes reachability: a live member with any link up. Logs
+    /// changes.
+    fn refresh(&self) {
+        let member = self.member.load(Ordering::Relaxed);
+        let reachable = member && self.links().iter().any(Link::is_up);
+        let changed = self
+            .up
+            .send_if_modified(|up| std::mem::replace(up, reachable) != reachable);
+        if !changed {
+            return;
+        }
+        if reachable {
+            tracing::info!(peer = %self.name, "peer reachable");
+        } else if member {
+            tracing::warn!(peer = %self.name, "peer unreachable: every link is down");
+        } else {
+            tracing::warn!(peer = %self.name, "peer unreachable: not a live member");
+        }
+    }
+}
+
+/// Recomputes the peer's reachability whenever one of its links changes
+/// state; ends with the link's task, or with the peer.
+fn follow(peer: Weak<Inner>, mut link: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        while link.changed().await.is_ok() {
+            match peer.upgrade() {
+                Some(peer) => peer.refresh(),
+                None => return,
+            }
+        }
+    });
 }

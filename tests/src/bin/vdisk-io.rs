@@ -82,9 +82,9 @@ fn parse_peer(text: &str, health: HealthConfig) -> anyhow::Result<TailPath> {
         .split(',')
         .map(|a| a.parse().with_context(|| format!("bad address {a:?}")))
         .collect::<anyhow::Result<_>>()?;
-    Ok(TailPath::Peer(Arc::new(PeerLinks::spawn(
-        name, &addrs, health,
-    ))))
+    let peer = PeerLinks::new(name, health);
+    peer.set_membership(Some(&addrs));
+    Ok(TailPath::Peer(Arc::new(peer)))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

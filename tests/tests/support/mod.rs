@@ -154,3 +154,49 @@ pub fn assert_one_line_error(output: Output, needle: &str) {
         outcome.stderr
     );
 }
+
+/// The secret every test cluster shares.
+pub const CLUSTER_SECRET: &str = "ublkvd test cluster secret, 0600";
+
+/// A `[gossip]` section gossiping on `bind` and joining through `seeds`,
+/// with the cluster secret in a private file in `dir` (`secret` to give a
+/// node another cluster's secret) and fast timing, so that a test waits
+/// seconds for a verdict.
+pub fn gossip_section(dir: &Path, bind: &str, seeds: &[String], secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, secret).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[gossip]\nbind = \"{bind}\"\nseeds = [{}]\nsecret_file = \"{}\"\n\
+         probe_period_ms = 200\nprobe_rtt_ms = 80\nsuspect_to_down_ms = 600\ngossip_interval_ms = 100\n",
+        seeds.join(", "),
+        key.display()
+    )
+}
+
+/// A daemon's view of the membership (`members --json`).
+pub fn members(daemon: &Daemon) -> serde_json::Value {
+    let output = daemon.client(&["members", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until `daemon` sees `name` in state `state`.
+pub fn wait_for_member(daemon: &Daemon, name: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = members(daemon);
+        let found = view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == name && m["state"] == state);
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never {state}: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
