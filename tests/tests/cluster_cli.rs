@@ -32,7 +32,10 @@ fn storage_daemon(name: &str, dir: &std::path::Path, seeds: &[String]) -> Daemon
 fn storage_node() -> (Daemon, Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let a = storage_daemon("a", dir.path(), &[]);
-    let seed = members(&a)["members"][0]["gossip"].as_str().unwrap().to_owned();
+    let seed = members(&a)["members"][0]["gossip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let b = storage_daemon("b", dir.path(), &[seed]);
     wait_for_member(&a, "b", "alive");
     (a, b, dir)
@@ -86,7 +89,11 @@ fn members_shows_both_nodes_alive_with_what_they_announce() {
     assert!(view["config_number"].as_u64().unwrap() >= 1);
     let table = Outcome::from(a.client(&["members"]));
     assert!(table.stdout.contains("a (this node)"), "{}", table.stdout);
-    assert!(table.stdout.contains("configuration number"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("configuration number"),
+        "{}",
+        table.stdout
+    );
 }
 
 #[test]

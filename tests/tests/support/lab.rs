@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::ublkvd_bin;
+use super::{gossip_section, ublkvd_bin};
 
 /// The port every node's peer server listens on, on both networks.
 pub const PEER_PORT: u16 = 7100;
+/// The port every node gossips on, on network 1.
+pub const GOSSIP_PORT: u16 = 7000;
 
 pub struct Lab {
     prefix: String,
@@ -101,9 +103,21 @@ impl Lab {
         sh(&["ip", "-n", &self.ns("sw"), "link", "set", &port, state]);
     }
 
-    /// A node config: listens on both networks, knows every other node as
-    /// a peer, and has the given tails.
-    pub fn config(&self, node: &str, devices: bool, tails: &[(&str, &Path)]) -> PathBuf {
+    /// `node`'s gossip address.
+    pub fn gossip(&self, node: &str) -> String {
+        format!("10.1.0.{}:{GOSSIP_PORT}", self.index(node))
+    }
+
+    /// A node config: listens on both networks, gossips on network 1 with
+    /// `secret` and the lab's first two nodes as seeds, and has the given
+    /// tails.
+    pub fn config(
+        &self,
+        node: &str,
+        devices: bool,
+        tails: &[(&str, &Path)],
+        secret: &str,
+    ) -> PathBuf {
         let dir = self.dir.path().join(node);
         std::fs::create_dir_all(&dir).unwrap();
         let [l1, l2] = self.links(node);
@@ -116,10 +130,8 @@ impl Lab {
         for (name, path) in tails {
             text += &format!("{name} = \"{}\"\n", path.display());
         }
-        for peer in self.nodes.iter().filter(|p| *p != node) {
-            let [p1, p2] = self.links(peer);
-            text += &format!("[[peer]]\nname = \"{peer}\"\nlinks = [\"{p1}\", \"{p2}\"]\n");
-        }
+        let seeds: Vec<String> = self.nodes.iter().take(2).map(|n| self.gossip(n)).collect();
+        text += &gossip_section(&dir, &self.gossip(node), &seeds, secret);
         let path = dir.join("ublkvd.toml");
         std::fs::write(&path, text).unwrap();
         path
@@ -201,6 +213,38 @@ impl NodeDaemon {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// SIGTERM: the daemon stops its devices, says goodbye to the cluster
+    /// and exits; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap().success()
+    }
+
+    /// Its view of the membership (`members --json`).
+    pub fn members(&self) -> serde_json::Value {
+        let output = self.client(&["members", "--json"]);
+        assert!(output.status.success(), "{}: {output:?}", self.node);
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// The state it sees `member` in ("alive", "suspect", "down"), with
+    /// that member's incarnation.
+    pub fn member_state(&self, member: &str) -> Option<(String, u64)> {
+        let view = self.members();
+        view["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == member)
+            .map(|m| {
+                (
+                    m["state"].as_str().unwrap_or_default().to_owned(),
+                    m["incarnation"].as_u64().unwrap_or(0),
+                )
+            })
     }
 
     /// `kill -9`: the process dies at once; its sockets are reset.
