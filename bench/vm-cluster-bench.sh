@@ -38,6 +38,7 @@ disk0 = \"$SCRATCH\""
     lab_config c true
     lab_start s >&2
     lab_start c >&2
+    lab_wait_member c s alive >&2
     lab_cli s add vd --size "${SIZE_MB}M" --primary s:disk0 >/dev/null
     lab_cli c add vd --size "${SIZE_MB}M" --primary s:disk0
 }
@@ -135,6 +136,8 @@ disk0 = \"/mnt/bench/shared.img\""
     done
     lab_config c true
     for node in a b c; do lab_start "$node"; done
+    lab_wait_member a b alive && lab_wait_member b a alive
+    lab_wait_member c a alive && lab_wait_member c b alive
     for node in a b; do lab_cli "$node" add vd --size 256M --primary a:disk0 --secondary b:disk0 >/dev/null; done
     ublk=$(lab_cli c add vd --size 256M --primary a:disk0 --secondary b:disk0)
     dd if=/dev/urandom of="$ublk" bs=1M count=256 oflag=direct status=none

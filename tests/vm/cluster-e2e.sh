@@ -34,6 +34,10 @@ lab_config b false "[tails]
 disk0 = \"$MNT/shared.img\""
 lab_config c true
 for node in a b c; do lab_start "$node" || exit 1; done
+# Peers are found by gossip alone: each node checks the tails it is given
+# against what their holders announce.
+lab_wait_member a b alive && lab_wait_member b a alive || exit 1
+lab_wait_member c a alive && lab_wait_member c b alive || exit 1
 for node in a b; do
     lab_cli "$node" add vd --size 512M --primary a:disk0 --secondary b:disk0 || exit 1
 done
@@ -75,16 +79,35 @@ test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c() {
     dd if="$MNT/shared.img" bs=1M skip=400 count=1 iflag=direct status=none | cmp - "$WORK/mib"
 }
 
+test_c_finds_its_peers_and_their_tails_by_gossip() {
+    lab_cli c members
+    [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "a") | .tails[0]')" = disk0 ]
+    [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "b") | .links | length')" = 2 ]
+    [ "$(lab_cli c members --json | jq '.config_number')" -ge 2 ]
+}
+
+incarnation() { # node member
+    lab_cli "$1" members --json | jq -r --arg m "$2" '.members[] | select(.name == $m) | .incarnation'
+}
+
 test_fio_verify_runs_through_a_kill_of_the_primary() {
-    local b_before a_before
+    local b_before a_before first_life
     b_before=$(lab_completed c vd b)
+    first_life=$(incarnation c a)
     fio_verify kill 0
     sleep 3
     echo "kill -9 a"
     lab_kill a
-    sleep 4
+    # Membership sees a down (default timing: about 3 s), and c's path to
+    # it is unusable meanwhile.
+    lab_wait_member c a down 300
+    lab_wait_member b a down 300
+    [ "$(lab_cli c list --json | jq -r '.[0].paths[] | select(.name == "a") | .reachable')" = false ]
     echo "restart a"
     lab_start a
+    lab_wait_member c a alive
+    echo "a's incarnation as c sees it: $first_life -> $(incarnation c a)"
+    [ "$(incarnation c a)" -gt "$first_life" ]
     fio_ok kill
     no_kernel_io_errors
     echo "completed on b: $b_before -> $(lab_completed c vd b)"
@@ -138,6 +161,7 @@ test_ext4_on_the_vdisk_keeps_its_files_across_a_failover() {
 
 TESTS=(
     test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c
+    test_c_finds_its_peers_and_their_tails_by_gossip
     test_fio_verify_runs_through_a_kill_of_the_primary
     test_fio_verify_runs_through_link_cuts
     test_ext4_on_the_vdisk_keeps_its_files_across_a_failover

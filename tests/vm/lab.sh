@@ -3,7 +3,8 @@
 # tests/tests/support/lab.rs). Namespace "$LAB-sw" holds two bridges, one
 # per network; node number i (from 1) of lab_up's list has 10.1.0.i on
 # network 1 and 10.2.0.i on network 2, and its ublkvd daemon listens on
-# port 7100 of both.
+# port 7100 of both and gossips on port 7000 of network 1, with the lab's
+# first two nodes as seeds.
 #
 # Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN.
 # LAB_NETS (default "1 2"): the networks lab_config puts in a config.
@@ -69,11 +70,16 @@ lab_down() {
 # so a cut loses packets silently, as a pulled cable does.
 lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
 
-# lab_config NODE DEVICES [EXTRA_TOML]: a config naming every other node as
-# a peer; EXTRA_TOML (tails and settings) goes before the peers.
+lab_gossip() { echo "$(lab_addr "$1" 1):7000"; } # node -> its gossip address
+
+# lab_config NODE DEVICES [EXTRA_TOML]: a config that gossips with the
+# cluster secret; EXTRA_TOML (tails and settings) goes before [gossip].
 lab_config() {
-    local node=$1 devices=$2 extra=${3:-} peer dir=$LAB_DIR/$1
+    local node=$1 devices=$2 extra=${3:-} dir=$LAB_DIR/$1
     mkdir -p "$dir"
+    if [ ! -f "$LAB_DIR/cluster.key" ]; then
+        (umask 077; head -c 32 /dev/urandom | base64 >"$LAB_DIR/cluster.key")
+    fi
     {
         echo "node = \"$node\""
         echo "data_dir = \"$dir/data\""
@@ -81,13 +87,28 @@ lab_config() {
         echo "listen = $(lab_addrs "$node")"
         echo "devices = $devices"
         printf '%s\n' "$extra"
-        for peer in "${LAB_NODES[@]}"; do
-            [ "$peer" = "$node" ] && continue
-            echo "[[peer]]"
-            echo "name = \"$peer\""
-            echo "links = $(lab_addrs "$peer")"
-        done
+        echo "[gossip]"
+        echo "bind = \"$(lab_gossip "$node")\""
+        echo "seeds = [\"$(lab_gossip "${LAB_NODES[0]}")\", \"$(lab_gossip "${LAB_NODES[1]:-${LAB_NODES[0]}}")\"]"
+        echo "secret_file = \"$LAB_DIR/cluster.key\""
     } >"$dir/ublkvd.toml"
+}
+
+# lab_member NODE MEMBER: the state NODE sees MEMBER in (alive, suspect,
+# down), or nothing.
+lab_member() {
+    lab_cli "$1" members --json | jq -r --arg m "$2" '.members[] | select(.name == $m) | .state'
+}
+
+# lab_wait_member NODE MEMBER STATE [TRIES]: until NODE sees MEMBER in STATE
+# (polled every 50 ms, 600 times by default).
+lab_wait_member() {
+    local i
+    for i in $(seq "${4:-600}"); do
+        [ "$(lab_member "$1" "$2")" = "$3" ] && return 0
+        sleep 0.05
+    done
+    echo "$1 never saw $2 $3:"; lab_cli "$1" members; return 1
 }
 
 lab_cli() { local node=$1; shift; "$BIN" --socket "$LAB_DIR/$node/ublkvd.sock" "$@"; }
