@@ -22,10 +22,10 @@ fn timing() -> Timing {
     }
 }
 
-async fn agent(name: &str, seeds: &[SocketAddr], secret: &[u8]) -> Gossip {
-    let config = GossipConfig {
+fn config(name: &str, bind: &str, seeds: &[SocketAddr], secret: &[u8]) -> GossipConfig {
+    GossipConfig {
         name: name.into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
+        bind: bind.parse().unwrap(),
         seeds: seeds.to_vec(),
         timing: timing(),
         key: ClusterKey::from_secret(secret),
@@ -34,8 +34,22 @@ async fn agent(name: &str, seeds: &[SocketAddr], secret: &[u8]) -> Gossip {
             tails: vec![format!("{name}-disk")],
             version: "test".into(),
         },
-    };
-    Gossip::start(config).await.unwrap()
+    }
+}
+
+async fn agent(name: &str, seeds: &[SocketAddr], secret: &[u8]) -> Gossip {
+    Gossip::start(config(name, "127.0.0.1:0", seeds, secret))
+        .await
+        .unwrap()
+}
+
+/// a, then b and c seeded with a.
+async fn trio() -> (Gossip, Gossip, Gossip) {
+    let a = agent("a", &[], SECRET).await;
+    let seed = [a.local_addr()];
+    let b = agent("b", &seed, SECRET).await;
+    let c = agent("c", &seed, SECRET).await;
+    (a, b, c)
 }
 
 /// Waits until `agent` sees exactly `names` alive besides itself.
@@ -59,10 +73,7 @@ async fn wait_for_alive(agent: &Gossip, names: &[&str], within: Duration) -> Dur
 
 #[tokio::test]
 async fn members_meet_through_one_seed_and_learn_each_others_metadata() {
-    let a = agent("a", &[], SECRET).await;
-    let seed = [a.local_addr()];
-    let b = agent("b", &seed, SECRET).await;
-    let c = agent("c", &seed, SECRET).await;
+    let (a, b, c) = trio().await;
     let within = Duration::from_secs(10);
     wait_for_alive(&a, &["b", "c"], within).await;
     wait_for_alive(&b, &["a", "c"], within).await;
@@ -79,10 +90,8 @@ async fn members_meet_through_one_seed_and_learn_each_others_metadata() {
 
 #[tokio::test]
 async fn a_stopped_member_is_seen_down_and_a_restarted_one_rejoins_newer() {
-    let a = agent("a", &[], SECRET).await;
+    let (a, b, c) = trio().await;
     let seed = [a.local_addr()];
-    let b = agent("b", &seed, SECRET).await;
-    let c = agent("c", &seed, SECRET).await;
     wait_for_alive(&a, &["b", "c"], Duration::from_secs(10)).await;
     let c_addr = c.local_addr();
     let first_life = a.view().borrow().alive["c"].incarnation;
@@ -99,27 +108,14 @@ async fn a_stopped_member_is_seen_down_and_a_restarted_one_rejoins_newer() {
         .any(|m| m.name == "c" && m.state == MemberState::Down));
     // The same node on the same address comes back under a new incarnation.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let c = restart("c", c_addr, &seed).await;
+    let bind = c_addr.to_string();
+    let c = Gossip::start(config("c", &bind, &seed, SECRET))
+        .await
+        .unwrap();
     wait_for_alive(&a, &["b", "c"], Duration::from_secs(10)).await;
     let second_life = a.view().borrow().alive["c"].incarnation;
     assert!(second_life > first_life);
     drop(c);
-}
-
-async fn restart(name: &str, addr: SocketAddr, seeds: &[SocketAddr]) -> Gossip {
-    let config = GossipConfig {
-        name: name.into(),
-        bind: addr,
-        seeds: seeds.to_vec(),
-        timing: timing(),
-        key: ClusterKey::from_secret(SECRET),
-        meta: NodeMeta {
-            links: Vec::new(),
-            tails: Vec::new(),
-            version: "test".into(),
-        },
-    };
-    Gossip::start(config).await.unwrap()
 }
 
 #[tokio::test]
@@ -162,18 +158,7 @@ async fn a_node_without_the_secret_never_joins_and_its_packets_are_counted() {
 
 #[tokio::test]
 async fn an_unspecified_bind_address_is_refused() {
-    let config = GossipConfig {
-        name: "a".into(),
-        bind: "0.0.0.0:7000".parse().unwrap(),
-        seeds: Vec::new(),
-        timing: timing(),
-        key: ClusterKey::from_secret(SECRET),
-        meta: NodeMeta {
-            links: Vec::new(),
-            tails: Vec::new(),
-            version: "test".into(),
-        },
-    };
+    let config = config("a", "0.0.0.0:7000", &[], SECRET);
     let error = Gossip::start(config).await.err().unwrap();
     assert!(error.to_string().contains("unspecified"), "{error}");
 }
