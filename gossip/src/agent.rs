@@ -367,6 +367,10 @@ impl Agent {
         };
         let number = self.view.config_number;
         match change {
+            Change::Up(id) if id.name == self.config.name => tracing::error!(
+                gossip = %id.gossip,
+                "another node gossips under this node's name: node names must be unique"
+            ),
             Change::Up(id) => {
                 tracing::info!(member = %id.name, incarnation = id.incarnation, config_number = number, "member up")
             }
