@@ -4,6 +4,9 @@
 mod agent;
 mod envelope;
 mod identity;
+/// A deterministic simulated cluster, to measure detection times, message
+/// rates and false verdicts at scale.
+pub mod sim;
 mod timing;
 mod view;
 
