@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// Where the node keeps its vdisk catalog [default: /var/lib/ublkvd]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// On SIGTERM, leave every device in place with its I/O held, for the
+    /// next `ublkvd serve` to take over (restarts and upgrades under a
+    /// mounted filesystem). Without it, SIGTERM removes the devices.
+    #[arg(long)]
+    pub keep_devices: bool,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => ConfigFile::default(),
             };
             let config = NodeConfig::resolve(file, args.data_dir, cli.socket)?;
-            server::serve(&config)
+            server::serve(&config, args.keep_devices)
         }
         Command::Add(args) => add(&socket, args),
         Command::Del { name } => control::call(&socket, &Request::Del { name }).map(drop),

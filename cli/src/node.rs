@@ -60,7 +60,14 @@ impl Node {
         for spec in node.catalog.list()? {
             let state = match start(&spec, &node.cluster) {
                 Ok(state) => {
-                    tracing::info!(vdisk = %spec.name, "vdisk restored");
+                    match state.device() {
+                        Some(device) if device.recovered() => tracing::info!(
+                            vdisk = %spec.name,
+                            device = %device.path().display(),
+                            "vdisk restored: device taken over with its held I/O"
+                        ),
+                        _ => tracing::info!(vdisk = %spec.name, "vdisk restored"),
+                    }
                     if let Some(device) = state.device() {
                         node.remember_device_id(&spec, device);
                     }
@@ -167,13 +174,18 @@ impl Node {
     }
 
     /// Stops every device; the catalog keeps them for the next start.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&mut self, keep_devices: bool) {
         for (name, vdisk) in std::mem::take(&mut self.vdisks) {
             if let VdiskState::Served {
                 device: Some(device),
                 ..
             } = vdisk.state
             {
+                if keep_devices {
+                    tracing::info!(vdisk = %name, device = %device.path().display(), "device kept for the next daemon: its I/O waits");
+                    device.keep();
+                    continue;
+                }
                 match device.stop() {
                     Ok(()) => tracing::info!(vdisk = %name, "device stopped"),
                     Err(e) => tracing::error!(vdisk = %name, "stopping device: {e:#}"),

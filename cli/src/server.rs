@@ -19,8 +19,9 @@ use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
 use crate::node::Node;
 
-/// Runs the node daemon in the foreground.
-pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
+/// Runs the node daemon in the foreground. With `keep_devices`, SIGTERM
+/// leaves the devices to the next daemon instead of removing them.
+pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,9 +57,14 @@ pub fn serve(config: &NodeConfig) -> anyhow::Result<()> {
             "ublkvd serving"
         );
         let served = run(listener, node.clone(), gossip.clone(), shutdown_signal()?).await;
-        tracing::info!("shutting down: stopping devices");
+        if keep_devices {
+            tracing::info!("shutting down: keeping devices for the next daemon");
+        } else {
+            tracing::info!("shutting down: stopping devices");
+        }
         // Devices first: their last requests may still need the peers.
-        let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown()).await;
+        let stopped =
+            tokio::task::spawn_blocking(move || lock(&node).shutdown(keep_devices)).await;
         // Then goodbye, so that peers route around this node at once,
         // before its tails stop being served.
         if let Some(gossip) = gossip {

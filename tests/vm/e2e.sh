@@ -20,8 +20,8 @@ modprobe -a ext4
 
 ublkvd() { "$BIN" --socket "$SOCK" "$@"; }
 
-start_daemon() {
-    "$BIN" serve --data-dir "$DATA" --socket "$SOCK" 2>>"$WORK/daemon.log" &
+start_daemon() { # [serve flags...]
+    "$BIN" serve --data-dir "$DATA" --socket "$SOCK" "$@" 2>>"$WORK/daemon.log" &
     DAEMON_PID=$!
     for _ in $(seq 200); do
         ublkvd list >/dev/null 2>&1 && return 0
@@ -245,6 +245,56 @@ test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted() {
     ublkvd add fs --size 512M --tail "$MNT/fs.img" >/dev/null
 }
 
+# restart_under_fio HOW: fio --verify runs on ext4 on the fs vdisk while the
+# daemon goes away (HOW: "kill -9", or "SIGTERM" of a daemon started with
+# --keep-devices) and a new one takes the device over; fio must see no
+# error, and the longest write completion is the stall.
+restart_under_fio() {
+    local how=$1 dev fio_pid stall
+    dev=$(device_of fs)
+    mount "$dev" /mnt/vdisk
+    fio --name=restart --directory=/mnt/vdisk --size=64M --rw=randwrite --bs=4k \
+        --ioengine=io_uring --direct=1 --iodepth=16 --verify=crc32c --do_verify=1 \
+        --verify_fatal=1 --verify_state_save=0 --output-format=json --output="$WORK/restart.json" &
+    fio_pid=$!
+    sleep 5 # fio takes seconds to start under TCG
+    case $how in
+        "kill -9") kill -KILL "$DAEMON_PID" ;;
+        SIGTERM) kill -TERM "$DAEMON_PID" ;;
+    esac
+    wait "$DAEMON_PID" 2>/dev/null || true # killed: its status says so
+    DAEMON_PID=
+    # The device stayed, its I/O held by the kernel.
+    [ -b "$dev" ] || { echo "$dev is gone"; return 1; }
+    start_daemon --keep-devices || return 1
+    [ "$(device_of fs)" = "$dev" ]
+    grep -q "taken over with its held I/O" "$WORK/daemon.log" || { echo "no takeover logged"; return 1; }
+    wait "$fio_pid" || { echo "fio failed:"; cat "$WORK/restart.json"; return 1; }
+    [ "$(jq '.jobs[0].error' "$WORK/restart.json")" = 0 ]
+    stall=$(jq '.jobs[0].write.clat_ns.max / 1000000 | floor' "$WORK/restart.json")
+    echo "fio: $(jq '.jobs[0].write.total_ios' "$WORK/restart.json") writes verified, 0 errors; $how stall (longest write): $stall ms"
+    rm -f /mnt/vdisk/restart.*
+    (cd /mnt/vdisk && sha256sum -c --quiet "$WORK/sums")
+    umount /mnt/vdisk
+    if dmesg | grep -i "I/O error.*ublkb\|ublkb.*error"; then echo "the kernel saw I/O errors"; return 1; fi
+}
+
+test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io() {
+    stop_daemon
+    start_daemon --keep-devices
+    restart_under_fio "kill -9"
+}
+
+test_a_planned_restart_keeps_the_devices_and_fails_no_io() {
+    restart_under_fio SIGTERM || return 1
+    # A daemon without --keep-devices takes them over too, idle this time.
+    local dev
+    dev=$(device_of fs)
+    stop_daemon
+    start_daemon
+    [ "$(device_of fs)" = "$dev" ]
+}
+
 test_sigterm_removes_every_device_from_the_kernel() {
     ublkvd add second --size 64M --tail "$MNT/small.img" >/dev/null
     [ "$(ublk_devices_in_kernel)" = 2 ]
@@ -272,6 +322,8 @@ TESTS=(
     test_512_byte_blocks_work_with_fio_verify
     test_restart_brings_the_same_devices_back
     test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
+    test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io
+    test_a_planned_restart_keeps_the_devices_and_fails_no_io
     test_sigterm_removes_every_device_from_the_kernel
 )
 

@@ -14,6 +14,15 @@ use crate::FrontendError;
 const CONTROL_PATH: &str = "/dev/ublk-control";
 /// How long the block node may take to show up after START_DEV.
 const NODE_WAIT: Duration = Duration::from_secs(10);
+/// How long a device left by a dead server may take to settle (the kernel
+/// quiesces it once its requests in flight are requeued).
+const QUIESCE_WAIT: Duration = Duration::from_secs(10);
+/// Every device is created recoverable: when its server dies or leaves it,
+/// the kernel keeps it and holds its I/O, and requeues what the server had
+/// taken (REISSUE) for the next server. Backend requests are idempotent
+/// while pending (the same data to the same offset), so a request run
+/// twice is harmless.
+const RECOVERY_FLAGS: u64 = (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
 
 /// How a vdisk's block device looks to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,15 +122,22 @@ impl DeviceOptions {
 }
 
 /// A live `/dev/ublkbN`. Stopping it (or dropping it) removes the device
-/// from the kernel; the data stays in the backend.
+/// from the kernel; the data stays in the backend. [`Device::keep`] leaves
+/// it to the next server instead.
 pub struct Device {
     ctrl: Arc<UblkCtrl>,
     id: u32,
+    /// Taken over from a previous server rather than created.
+    recovered: bool,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Device {
-    /// Creates and starts the device; returns once its block node exists.
+    /// Starts the device; returns once its block node exists. If
+    /// `options.device_id` names a device a previous server left (killed,
+    /// or exited with [`Device::keep`]) with the same geometry, this one
+    /// takes it over: its block node never went away, and the I/O the
+    /// kernel held meanwhile now runs. Otherwise a new device is created.
     pub fn start<B>(options: &DeviceOptions, backend: B) -> Result<Self, FrontendError>
     where
         B: BlockBackend + Send + Sync + 'static,
@@ -139,7 +155,7 @@ impl Device {
             .name("ublk-device".into())
             .spawn(move || run_device(&options_for_thread, backend, started_tx))
             .map_err(FrontendError::Spawn)?;
-        let (ctrl, id) = match started_rx.recv() {
+        let (ctrl, id, recovered) = match started_rx.recv() {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -153,6 +169,7 @@ impl Device {
         let device = Device {
             ctrl,
             id,
+            recovered,
             thread: Some(thread),
         };
         device.wait_for_node()?;
@@ -162,6 +179,21 @@ impl Device {
     /// The N of `/dev/ublkbN`.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Whether this device was taken over from a previous server.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// Leaves the device in the kernel for the next server: when this
+    /// process exits, the kernel quiesces the device and holds its I/O
+    /// (applications wait, and see no error) until a server recovers it.
+    /// The device thread stays blocked until then.
+    pub fn keep(self) {
+        self.ctrl.disown();
+        // Neither stop the queues nor delete the device, as dropping does.
+        std::mem::forget(self);
     }
 
     pub fn path(&self) -> PathBuf {
@@ -202,12 +234,19 @@ impl Device {
         if thread.join().is_err() {
             tracing::error!(id = self.id, "ublk device thread panicked");
         }
-        killed.map(drop).map_err(|error| FrontendError::Driver {
+        killed.map_err(|error| FrontendError::Driver {
             action: "stop the device",
             error,
-        })
-        // The device is deleted when the last `ctrl` handle drops, which is
-        // ours: the device thread has ended.
+        })?;
+        if self.recovered {
+            // A created device is deleted when the last `ctrl` handle drops
+            // (ours: the device thread has ended); a recovered one is not.
+            self.ctrl.del_dev().map_err(|error| FrontendError::Driver {
+                action: "delete the device",
+                error,
+            })?;
+        }
+        Ok(())
     }
 
     fn wait_for_node(&self) -> Result<(), FrontendError> {
@@ -246,15 +285,28 @@ fn init_control_ring() -> Result<(), FrontendError> {
     })
 }
 
-type Started = Result<(Arc<UblkCtrl>, u32), FrontendError>;
+type Started = Result<(Arc<UblkCtrl>, u32, bool), FrontendError>;
 
-/// The device thread: adds the device, serves it until it is stopped, and
-/// reports the outcome of the start through `started`.
+/// The device thread: recovers or adds the device, serves it until it is
+/// stopped, and reports the outcome of the start through `started`.
 fn run_device<B>(options: &DeviceOptions, backend: Arc<B>, started: mpsc::SyncSender<Started>)
 where
     B: BlockBackend + Send + Sync + 'static,
 {
-    let ctrl = match add_device(options) {
+    let recovering = match options.device_id.map(|id| recoverable(id, options)) {
+        Some(Ok(recovering)) => recovering,
+        Some(Err(e)) => {
+            let _ = started.send(Err(e));
+            return;
+        }
+        None => false,
+    };
+    let ctrl = if recovering {
+        recover_device(options)
+    } else {
+        add_device(options)
+    };
+    let ctrl = match ctrl {
         Ok(ctrl) => Arc::new(ctrl),
         Err(e) => {
             let _ = started.send(Err(e));
@@ -270,7 +322,7 @@ where
     };
     let serve = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &*backend);
     let on_started = move |ctrl: &UblkCtrl| {
-        let _ = started_ok.send(Ok((handle, ctrl.dev_info().dev_id)));
+        let _ = started_ok.send(Ok((handle, ctrl.dev_info().dev_id, recovering)));
     };
     if let Err(error) = ctrl.run_target(init, serve, on_started) {
         let _ = started.send(Err(FrontendError::Driver {
@@ -288,6 +340,7 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
             .nr_queues(options.queues)
             .depth(options.queue_depth)
             .io_buf_bytes(options.io_buf_bytes)
+            .ctrl_flags(RECOVERY_FLAGS)
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
     };
@@ -306,6 +359,87 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
         action: "add a device",
         error,
     })
+}
+
+/// Whether device `id` is one a previous server left for us to take
+/// over, and if so starts the takeover (START_USER_RECOVERY). A device
+/// that cannot be ours (no such device, not recoverable, served by a live
+/// process) is left alone: a new device is created instead. One left by a
+/// dead server but with another geometry could never be served again and
+/// would hold its I/O forever: it is deleted, which fails that I/O.
+fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, FrontendError> {
+    init_control_ring()?;
+    let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
+        return Ok(false);
+    };
+    let info = ctrl.dev_info();
+    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
+        return Ok(false);
+    }
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    let server_alive = info.ublksrv_pid > 0 && unsafe { libc::kill(info.ublksrv_pid, 0) } == 0;
+    if server_alive && info.ublksrv_pid != std::process::id() as i32 {
+        return Ok(false);
+    }
+    let deadline = Instant::now() + QUIESCE_WAIT;
+    while ctrl.dev_info().state != sys::UBLK_S_DEV_QUIESCED as u16 {
+        if Instant::now() > deadline {
+            tracing::warn!(
+                id,
+                state = ctrl.dev_info().state,
+                "ublk device left by a dead server never quiesced"
+            );
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = ctrl.read_dev_info();
+    }
+    let mut params = sys::ublk_params::default();
+    let size = match ctrl.get_params(&mut params) {
+        Ok(_) => params.basic.dev_sectors << 9,
+        Err(_) => 0,
+    };
+    let info = ctrl.dev_info();
+    if info.nr_hw_queues != options.queues
+        || info.queue_depth != options.queue_depth
+        || size != options.size_bytes
+    {
+        tracing::warn!(
+            id,
+            "ublk device left by a previous server has another geometry: deleting it, which fails its held I/O"
+        );
+        let _ = ctrl.kill_dev();
+        let _ = ctrl.del_dev();
+        return Ok(false);
+    }
+    match ctrl.start_user_recover() {
+        Ok(result) if result >= 0 => Ok(true),
+        Ok(errno) => Err(FrontendError::Driver {
+            action: "start recovering the device",
+            error: libublk::UblkError::OtherError(errno),
+        }),
+        Err(error) => Err(FrontendError::Driver {
+            action: "start recovering the device",
+            error,
+        }),
+    }
+}
+
+/// The control of a device being recovered: its geometry is the kernel's;
+/// starting it ends the recovery instead of adding a device.
+fn recover_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
+    UblkCtrlBuilder::default()
+        .name("ublkvd")
+        .id(options.device_id.map_or(-1, |id| id as i32))
+        .nr_queues(options.queues)
+        .depth(options.queue_depth)
+        .io_buf_bytes(options.io_buf_bytes)
+        .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+        .build()
+        .map_err(|error| FrontendError::Driver {
+            action: "recover the device",
+            error,
+        })
 }
 
 #[cfg(test)]
