@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use backend::link::HealthConfig;
 use backend::route::RouteConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
 pub const DEFAULT_SOCKET: &str = "/run/ublkvd/ublkvd.sock";
 
 /// The config file as written. Every field is optional: what is missing
 /// keeps its default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// This node's name in the cluster.
@@ -51,7 +51,7 @@ pub struct ConfigFile {
 
 /// The `[gossip]` section: where this node gossips, whom it asks to join,
 /// the cluster secret, and timing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GossipFile {
     /// The UDP address this node gossips on (a specific address: others
@@ -70,7 +70,7 @@ pub struct GossipFile {
     /// How long a suspect member has to refute before it is down.
     /// Default 2000.
     pub suspect_to_down_ms: Option<u64>,
-    /// How often news is passed on besides probes. Default 200.
+    /// How often news is passed on besides probes. Default 100.
     pub gossip_interval_ms: Option<u64>,
 }
 
@@ -303,6 +303,27 @@ mod tests {
         .contains("probe_period"));
         assert!(refused("[tails]\n\"a/b\" = \"/x\"").contains("tail name"));
         assert!(refused("io_timeout_ms = 0").contains("positive"));
+    }
+
+    /// The README's config reference is a valid config that sets every
+    /// key: a key added, renamed or removed here fails until it is
+    /// documented.
+    #[test]
+    fn the_readme_config_reference_sets_every_key() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## The config file").unwrap()..];
+        let block = &section[section.find("```toml\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let file: ConfigFile = toml::from_str(block).unwrap();
+        let json = serde_json::to_value(&file).unwrap();
+        let gossip = json["gossip"].as_object().unwrap().clone();
+        let keys = json.as_object().unwrap().iter().chain(gossip.iter());
+        for (key, value) in keys {
+            assert!(
+                !value.is_null(),
+                "the README's config reference lacks {key}"
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Members { json } => {
             let members = control::members(&socket)?;
             if json {

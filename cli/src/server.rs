@@ -56,6 +56,11 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             data_dir = %config.data_dir.display(),
             "ublkvd serving"
         );
+        // systemd (Type=notify) starts what depends on the devices only now:
+        // every recorded vdisk is back and the control socket answers.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("cannot tell systemd the daemon is ready: {e}");
+        }
         let served = run(listener, node.clone(), gossip.clone(), shutdown_signal()?).await;
         if keep_devices {
             tracing::info!("shutting down: keeping devices for the next daemon");

@@ -29,7 +29,7 @@ impl Default for Timing {
             probe_period: Duration::from_millis(500),
             probe_rtt: Duration::from_millis(200),
             suspect_to_down: Duration::from_millis(2000),
-            gossip_interval: Duration::from_millis(200),
+            gossip_interval: Duration::from_millis(100),
         }
     }
 }
