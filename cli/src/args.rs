@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One screen on this node's health: members, each vdisk's active
+    /// path and links, and anything degraded
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. `ublkvd completions bash >
     /// /etc/bash_completion.d/ublkvd`)
     Completions {

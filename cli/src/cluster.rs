@@ -155,6 +155,14 @@ impl Cluster {
         lock(&self.peers).get(path).is_none_or(|peer| peer.is_up())
     }
 
+    /// The links of the peer path `path`, each with whether it is up; none
+    /// for the local path.
+    pub fn links(&self, path: &str) -> Vec<(SocketAddr, bool)> {
+        lock(&self.peers).get(path).map_or_else(Vec::new, |peer| {
+            peer.links().iter().map(|l| (l.addr(), l.is_up())).collect()
+        })
+    }
+
     /// Refuses a tail of another node that is not there: the node must be
     /// a live member announcing it. (This node's own tails are checked
     /// when they are opened.)

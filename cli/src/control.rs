@@ -89,6 +89,17 @@ pub struct PathInfo {
     pub reachable: bool,
     /// Requests it has completed since the daemon started.
     pub completed: u64,
+    /// A peer's links, one per network; none for a local tail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkInfo>,
+}
+
+/// One link to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub addr: std::net::SocketAddr,
+    /// Connected and answering heartbeats.
+    pub up: bool,
 }
 
 /// Sends one request to the daemon at `socket` and returns its vdisks, or

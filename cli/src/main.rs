@@ -7,6 +7,7 @@ mod control;
 mod node;
 mod server;
 mod size;
+mod status;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&vdisks)?);
             } else {
                 print_table(&vdisks);
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let vdisks = control::call(&socket, &Request::List)?;
+            // A node without gossip answers members with an error: alone.
+            let members = control::members(&socket).ok();
+            let status = status::summarize(&vdisks, members.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status::render(&status));
             }
             Ok(())
         }

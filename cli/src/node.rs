@@ -12,7 +12,7 @@ use configdb::{Catalog, Placement, TailRef, VdiskName, VdiskSpec};
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
 use crate::cluster::{Cluster, Export, EPOCH};
-use crate::control::{AddRequest, PathInfo, VdiskInfo};
+use crate::control::{AddRequest, LinkInfo, PathInfo, VdiskInfo};
 use crate::size::format_size;
 
 /// The catalog's file inside the data dir.
@@ -264,6 +264,11 @@ fn path_info(counters: &VdiskCounters, cluster: &Cluster) -> Vec<PathInfo> {
             name: name.clone(),
             reachable: cluster.is_reachable(name),
             completed: path.completed.load(Ordering::Relaxed),
+            links: cluster
+                .links(name)
+                .into_iter()
+                .map(|(addr, up)| LinkInfo { addr, up })
+                .collect(),
         })
         .collect()
 }

@@ -87,6 +87,13 @@ fn members_shows_both_nodes_alive_with_what_they_announce() {
     let link = members[1]["links"][0].as_str().unwrap();
     assert!(!link.ends_with(":0"), "{link}");
     assert!(view["config_number"].as_u64().unwrap() >= 1);
+    let status = Outcome::from(a.client(&["status"]));
+    assert!(
+        status.stdout.starts_with("node a: 2 members alive, 0 suspect, 0 down"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.ends_with("healthy\n"), "{}", status.stdout);
     let table = Outcome::from(a.client(&["members"]));
     assert!(table.stdout.contains("a (this node)"), "{}", table.stdout);
     assert!(

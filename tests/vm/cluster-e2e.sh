@@ -103,6 +103,11 @@ test_fio_verify_runs_through_a_kill_of_the_primary() {
     lab_wait_member c a down 300
     lab_wait_member b a down 300
     [ "$(lab_cli c list --json | jq -r '.[0].paths[] | select(.name == "a") | .reachable')" = false ]
+    # The admin's first screen says it in plain words.
+    lab_cli c status | tee "$WORK/status"
+    grep -q "via secondary b" "$WORK/status"
+    grep -q "member a is down" "$WORK/status"
+    grep -q "primary a is unreachable" "$WORK/status"
     echo "restart a"
     lab_start a
     lab_wait_member c a alive

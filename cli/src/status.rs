@@ -1,0 +1,263 @@
+//! `ublkvd status`: the one screen an admin reads first. Built by the
+//! client from `list` and `members`: which path each vdisk uses now, link
+//! health, and everything degraded, in plain words.
+
+use serde::Serialize;
+
+use crate::control::{MembersInfo, VdiskInfo};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// This node's name, when it is part of a cluster.
+    pub node: Option<String>,
+    pub config_number: Option<u64>,
+    pub members_alive: usize,
+    pub members_suspect: usize,
+    pub members_down: usize,
+    pub vdisks: Vec<VdiskStatus>,
+    /// What is not as it should be, one sentence each; empty when healthy.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VdiskStatus {
+    pub name: String,
+    pub state: String,
+    pub device: Option<String>,
+    /// Where new requests go: "local", "primary NODE" or "secondary NODE";
+    /// none while no path is reachable.
+    pub active_path: Option<String>,
+    /// Links up over links, per peer path: "b 2/2".
+    pub links: Vec<String>,
+}
+
+/// Composes the status; `members` is `None` on a node without gossip.
+pub fn summarize(vdisks: &[VdiskInfo], members: Option<&MembersInfo>) -> Status {
+    let mut problems = Vec::new();
+    let count = |state: gossip::MemberState| {
+        members.map_or(0, |m| m.members.iter().filter(|x| x.state == state).count())
+    };
+    if let Some(members) = members {
+        for member in members.members.iter().filter(|m| !m.is_self) {
+            match member.state {
+                gossip::MemberState::Alive => {}
+                gossip::MemberState::Suspect => {
+                    problems.push(format!("member {} is suspected down", member.name))
+                }
+                gossip::MemberState::Down => {
+                    problems.push(format!("member {} is down", member.name))
+                }
+            }
+        }
+        if members.rejected_packets > 0 {
+            problems.push(format!(
+                "{} gossip packets rejected: something without the cluster secret is sending",
+                members.rejected_packets
+            ));
+        }
+    }
+    let vdisks = vdisks
+        .iter()
+        .map(|v| vdisk_status(v, &mut problems))
+        .collect();
+    Status {
+        node: members.and_then(|m| m.members.iter().find(|x| x.is_self).map(|x| x.name.clone())),
+        config_number: members.map(|m| m.config_number),
+        members_alive: count(gossip::MemberState::Alive),
+        members_suspect: count(gossip::MemberState::Suspect),
+        members_down: count(gossip::MemberState::Down),
+        vdisks,
+        problems,
+    }
+}
+
+fn vdisk_status(v: &VdiskInfo, problems: &mut Vec<String>) -> VdiskStatus {
+    if v.state.starts_with("failed") {
+        problems.push(format!("vdisk {} is {}", v.name, v.state));
+    }
+    let role = |path: &str| {
+        if path == "local" {
+            "local".to_owned()
+        } else if v.primary.as_ref().is_some_and(|p| p.node == path) {
+            format!("primary {path}")
+        } else {
+            format!("secondary {path}")
+        }
+    };
+    let active = v.paths.iter().find(|p| p.reachable).map(|p| role(&p.name));
+    for path in v.paths.iter().filter(|p| !p.reachable) {
+        problems.push(format!(
+            "vdisk {}: {} is unreachable",
+            v.name,
+            role(&path.name)
+        ));
+    }
+    if !v.paths.is_empty() && active.is_none() {
+        problems.push(format!(
+            "vdisk {}: no path can take requests: its I/O waits",
+            v.name
+        ));
+    }
+    let mut links = Vec::new();
+    for path in v.paths.iter().filter(|p| !p.links.is_empty()) {
+        let up = path.links.iter().filter(|l| l.up).count();
+        links.push(format!("{} {up}/{}", path.name, path.links.len()));
+        if path.reachable && up < path.links.len() {
+            problems.push(format!(
+                "vdisk {}: {} has {} of {} links down",
+                v.name,
+                role(&path.name),
+                path.links.len() - up,
+                path.links.len()
+            ));
+        }
+    }
+    VdiskStatus {
+        name: v.name.clone(),
+        state: v.state.clone(),
+        device: v.device.as_ref().map(|d| d.display().to_string()),
+        active_path: active.or_else(|| v.tail.as_ref().map(|_| "local".to_owned())),
+        links,
+    }
+}
+
+/// The screen.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    match (&status.node, status.config_number) {
+        (Some(node), Some(number)) => {
+            out += &format!(
+            "node {node}: {} members alive, {} suspect, {} down (configuration number {number})\n",
+            status.members_alive, status.members_suspect, status.members_down
+        )
+        }
+        _ => out += "a single node (no [gossip] section)\n",
+    }
+    for v in &status.vdisks {
+        let device = v.device.as_deref().unwrap_or("-");
+        let path = v.active_path.as_deref().unwrap_or("no path");
+        out += &format!("  {:<16} {:<10} {device:<14} via {path}", v.name, v.state);
+        if !v.links.is_empty() {
+            out += &format!("  links {}", v.links.join(", "));
+        }
+        out += "\n";
+    }
+    if status.problems.is_empty() {
+        out += "healthy\n";
+    } else {
+        out += &format!("{} problem(s):\n", status.problems.len());
+        for problem in &status.problems {
+            out += &format!("  - {problem}\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{LinkInfo, PathInfo};
+
+    fn path(name: &str, reachable: bool, links_up: &[bool]) -> PathInfo {
+        PathInfo {
+            name: name.into(),
+            reachable,
+            completed: 0,
+            links: links_up
+                .iter()
+                .enumerate()
+                .map(|(i, &up)| LinkInfo {
+                    addr: std::net::SocketAddr::from(([10, i as u8 + 1, 0, 1], 7100)),
+                    up,
+                })
+                .collect(),
+        }
+    }
+
+    fn vdisk(paths: Vec<PathInfo>) -> VdiskInfo {
+        VdiskInfo {
+            name: "vd".into(),
+            size_bytes: 1 << 30,
+            device: Some("/dev/ublkb0".into()),
+            tail: None,
+            primary: Some("a:disk0".parse().unwrap()),
+            secondary: Some("b:disk0".parse().unwrap()),
+            block_size: 4096,
+            read_only: false,
+            state: "running".into(),
+            paths,
+        }
+    }
+
+    #[test]
+    fn a_healthy_vdisk_uses_its_primary_and_reports_nothing() {
+        let status = summarize(
+            &[vdisk(vec![
+                path("a", true, &[true, true]),
+                path("b", true, &[true, true]),
+            ])],
+            None,
+        );
+        assert_eq!(status.vdisks[0].active_path.as_deref(), Some("primary a"));
+        assert_eq!(status.vdisks[0].links, vec!["a 2/2", "b 2/2"]);
+        assert!(status.problems.is_empty(), "{:?}", status.problems);
+        assert!(render(&status).ends_with("healthy\n"));
+    }
+
+    #[test]
+    fn a_failover_says_which_path_serves_and_what_is_missing() {
+        let status = summarize(
+            &[vdisk(vec![
+                path("a", false, &[false, false]),
+                path("b", true, &[true, false]),
+            ])],
+            None,
+        );
+        assert_eq!(status.vdisks[0].active_path.as_deref(), Some("secondary b"));
+        assert_eq!(
+            status.problems,
+            vec![
+                "vdisk vd: primary a is unreachable".to_owned(),
+                "vdisk vd: secondary b has 1 of 2 links down".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn no_path_at_all_is_said_plainly() {
+        let status = summarize(
+            &[vdisk(vec![path("a", false, &[]), path("b", false, &[])])],
+            None,
+        );
+        assert_eq!(status.vdisks[0].active_path, None);
+        assert!(status.problems.iter().any(|p| p.contains("its I/O waits")));
+    }
+
+    #[test]
+    fn down_members_and_rejected_packets_are_problems() {
+        let member = |name: &str, state, is_self| gossip::MemberStatus {
+            name: name.into(),
+            gossip: "10.1.0.1:7000".parse().unwrap(),
+            links: Vec::new(),
+            tails: Vec::new(),
+            version: "0.1.0".into(),
+            state,
+            incarnation: 1,
+            is_self,
+        };
+        let members = MembersInfo {
+            config_number: 4,
+            rejected_packets: 3,
+            members: vec![
+                member("a", gossip::MemberState::Alive, true),
+                member("b", gossip::MemberState::Down, false),
+            ],
+        };
+        let status = summarize(&[], Some(&members));
+        assert_eq!(status.node.as_deref(), Some("a"));
+        assert_eq!((status.members_alive, status.members_down), (1, 1));
+        assert_eq!(status.problems.len(), 2);
+        assert!(render(&status)
+            .starts_with("node a: 1 members alive, 0 suspect, 1 down (configuration number 4)"));
+    }
+}
