@@ -5,7 +5,7 @@
 # table that BENCHMARKS.md records. The runs go in parallel, one per core at
 # most. Env: BENCH_SEED (1), BENCH_KILLS (members killed one after another,
 # 5), BENCH_SECONDS (long run after the kills, 300), BENCH_SECONDS_1000 (the
-# same for 1000 members, 120: their bootstrap alone takes ~10 min of CPU).
+# same for 1000 members, 120: their bootstrap alone takes minutes of CPU).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

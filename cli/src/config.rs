@@ -34,6 +34,9 @@ pub struct ConfigFile {
     /// This node's tails, by name: `disk0 = "/dev/vdb"`. Vdisks name them
     /// as `NODE:TAIL`.
     pub tails: Option<BTreeMap<String, PathBuf>>,
+    /// Where Prometheus scrapes `/metrics` (e.g. "127.0.0.1:9477"). Default:
+    /// no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
     /// Cluster membership. Without it the node is alone: it serves its own
     /// vdisks and knows no other node.
     pub gossip: Option<GossipFile>,
@@ -127,6 +130,7 @@ pub struct NodeConfig {
     pub devices: bool,
     pub tails: BTreeMap<String, PathBuf>,
     pub gossip: Option<GossipSettings>,
+    pub metrics_listen: Option<SocketAddr>,
     pub health: HealthConfig,
     pub route: RouteConfig,
 }
@@ -154,6 +158,7 @@ impl NodeConfig {
             devices: file.devices.unwrap_or(true),
             tails: file.tails.unwrap_or_default(),
             gossip: file.gossip.map(GossipFile::resolve).transpose()?,
+            metrics_listen: file.metrics_listen,
             health: HealthConfig {
                 interval: file
                     .heartbeat_interval_ms

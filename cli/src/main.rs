@@ -4,6 +4,7 @@ mod args;
 mod cluster;
 mod config;
 mod control;
+mod metrics;
 mod node;
 mod server;
 mod size;

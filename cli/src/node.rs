@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
-use backend::LocalTail;
+use backend::{IoMetrics, LocalTail, Metered};
 use configdb::{Catalog, Placement, TailRef, VdiskName, VdiskSpec};
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
@@ -29,11 +29,20 @@ struct Vdisk {
     state: VdiskState,
 }
 
+/// A served vdisk as the metrics endpoint sees it.
+pub struct VdiskMetrics {
+    pub info: VdiskInfo,
+    pub io: IoMetrics,
+    pub routing: Option<Arc<VdiskCounters>>,
+}
+
 enum VdiskState {
     /// Served on this node: through a device, to peers, or both. Fields
     /// drop in order: the device (and its I/O) goes before the export.
     Served {
         device: Option<Device>,
+        /// What the device's I/O does (idle without a device).
+        io: IoMetrics,
         routing: Option<Arc<VdiskCounters>>,
         /// Held, not read: dropping it stops serving the tail to peers.
         _export: Option<Export>,
@@ -192,6 +201,21 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Each served vdisk's metrics and paths, for the metrics endpoint.
+    pub fn metrics(&self) -> Vec<VdiskMetrics> {
+        self.vdisks
+            .values()
+            .filter_map(|vdisk| match &vdisk.state {
+                VdiskState::Served { io, routing, .. } => Some(VdiskMetrics {
+                    info: vdisk.info(&self.cluster),
+                    io: io.clone(),
+                    routing: routing.clone(),
+                }),
+                VdiskState::Failed(_) => None,
+            })
+            .collect()
     }
 
     /// A restored device may have been given another number than before:
@@ -355,8 +379,10 @@ fn start(spec: &VdiskSpec, cluster: &Cluster) -> anyhow::Result<VdiskState> {
                 &tail.display().to_string(),
                 local.geometry().size_bytes,
             )?;
+            let io = IoMetrics::default();
             Ok(VdiskState::Served {
-                device: Some(Device::start(&options, local)?),
+                device: Some(Device::start(&options, Metered::new(local, io.clone()))?),
+                io,
                 routing: None,
                 _export: None,
             })
@@ -401,15 +427,18 @@ fn start_cluster_vdisk(
         }
         return Ok(VdiskState::Served {
             device: None,
+            io: IoMetrics::default(),
             routing: None,
             _export: export,
         });
     }
     let routed = RoutedVdisk::spawn(&cluster.runtime, id, EPOCH, paths, cluster.route);
     let routing = Some(routed.counters().clone());
-    let device = Device::start(options, routed)?;
+    let io = IoMetrics::default();
+    let device = Device::start(options, Metered::new(routed, io.clone()))?;
     Ok(VdiskState::Served {
         device: Some(device),
+        io,
         routing,
         _export: export,
     })

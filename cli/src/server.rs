@@ -50,6 +50,9 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             .await
             .context("node start-up panicked")??;
         let node = Arc::new(Mutex::new(node));
+        if let Some(addr) = config.metrics_listen {
+            crate::metrics::serve(addr, node.clone(), gossip.clone())?;
+        }
         tracing::info!(
             node = %config.node,
             socket = %config.control_socket.display(),

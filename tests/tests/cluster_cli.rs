@@ -17,11 +17,16 @@ use support::{
 /// A storage-only node `name` on loopback with tail `disk0` (a 16 MiB file
 /// in `dir`), joining the cluster through `seeds`.
 fn storage_daemon(name: &str, dir: &std::path::Path, seeds: &[String]) -> Daemon {
+    storage_daemon_with(name, dir, seeds, "")
+}
+
+/// The same, with `extra` top-level settings.
+fn storage_daemon_with(name: &str, dir: &std::path::Path, seeds: &[String], extra: &str) -> Daemon {
     let tail = dir.join(format!("{name}-disk0.img"));
     File::create(&tail).unwrap().set_len(16 << 20).unwrap();
     let gossip = gossip_section(dir, "127.0.0.1:0", seeds, CLUSTER_SECRET);
     Daemon::start_with_config(Some(&format!(
-        "node = \"{name}\"\nlisten = [\"127.0.0.1:0\"]\ndevices = false\n\
+        "node = \"{name}\"\nlisten = [\"127.0.0.1:0\"]\ndevices = false\n{extra}\n\
          [tails]\ndisk0 = \"{}\"\n{gossip}",
         tail.display()
     )))
@@ -89,7 +94,9 @@ fn members_shows_both_nodes_alive_with_what_they_announce() {
     assert!(view["config_number"].as_u64().unwrap() >= 1);
     let status = Outcome::from(a.client(&["status"]));
     assert!(
-        status.stdout.starts_with("node a: 2 members alive, 0 suspect, 0 down"),
+        status
+            .stdout
+            .starts_with("node a: 2 members alive, 0 suspect, 0 down"),
         "{}",
         status.stdout
     );
@@ -194,4 +201,76 @@ fn a_listen_address_already_taken_stops_the_daemon_at_start_with_the_reason() {
         stderr.contains(&format!("cannot listen for peers on {addr}")),
         "{stderr}"
     );
+}
+
+/// GET `path` from `addr`; returns the status line and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample whose name and labels start with `prefix`.
+fn sample(body: &str, prefix: &str) -> f64 {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_metrics_endpoint_serves_prometheus_text_whose_counters_move() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let a = storage_daemon_with(
+        "a",
+        dir.path(),
+        &[],
+        &format!("metrics_listen = \"{addr}\""),
+    );
+    let seed = members(&a)["members"][0]["gossip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _b = storage_daemon("b", dir.path(), &[seed]);
+    wait_for_member(&a, "b", "alive");
+    assert!(add(&a, &["--primary", "a:disk0", "--secondary", "b:disk0"])
+        .status
+        .success());
+
+    let (status, body) = http_get(addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    // OpenMetrics text: HELP/TYPE/UNIT comments, samples, and the end mark.
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("ublkvd_"), "{line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+    }
+    assert_eq!(sample(&body, "ublkvd_members_alive "), 2.0);
+    assert!(sample(&body, "ublkvd_membership_config_number ") >= 1.0);
+    assert_eq!(
+        sample(
+            &body,
+            "ublkvd_vdisk_requests_total{vdisk=\"vd\",op=\"write\"}"
+        ),
+        0.0
+    );
+    let sent = sample(&body, "ublkvd_gossip_datagrams_total{direction=\"sent\"}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, later) = http_get(addr, "/metrics");
+    assert!(sample(&later, "ublkvd_gossip_datagrams_total{direction=\"sent\"}") > sent);
+    assert!(http_get(addr, "/other").0.contains("404"));
 }

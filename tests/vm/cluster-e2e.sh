@@ -32,7 +32,7 @@ lab_config a false "[tails]
 disk0 = \"$MNT/shared.img\""
 lab_config b false "[tails]
 disk0 = \"$MNT/shared.img\""
-lab_config c true
+lab_config c true 'metrics_listen = "127.0.0.1:9477"'
 for node in a b c; do lab_start "$node" || exit 1; done
 # Peers are found by gossip alone: each node checks the tails it is given
 # against what their holders announce.
@@ -124,6 +124,25 @@ test_fio_verify_runs_through_a_kill_of_the_primary() {
     [ "$(lab_completed c vd a)" -gt "$a_before" ]
 }
 
+# metric NAME_AND_LABELS: its value in c's /metrics, as an integer.
+metric() {
+    ip netns exec "$(lab_ns c)" curl -sf http://127.0.0.1:9477/metrics |
+        awk -v s="$1" 'index($0, s " ") == 1 { printf "%d\n", $NF }'
+}
+
+test_metrics_count_the_io_and_the_failover() {
+    local writes failovers stalls
+    writes=$(metric 'ublkvd_vdisk_requests_total{vdisk="vd",op="write"}')
+    failovers=$(metric 'ublkvd_vdisk_failovers_total{vdisk="vd"}')
+    stalls=$(metric 'ublkvd_vdisk_failover_stall_seconds_count{vdisk="vd"}')
+    echo "writes $writes, failovers $failovers, stall samples $stalls"
+    [ "$writes" -ge 12288 ]   # the kill test's fio alone wrote that many
+    [ "$failovers" -ge 1 ] && [ "$stalls" = "$failovers" ]
+    dd if="$DEV" of=/dev/null bs=4k count=100 iflag=direct status=none
+    [ "$(metric 'ublkvd_vdisk_requests_total{vdisk="vd",op="read"}')" -ge 100 ]
+    [ "$(metric 'ublkvd_members_alive')" = 3 ]
+}
+
 test_fio_verify_runs_through_link_cuts() {
     local b_before
     b_before=$(lab_completed c vd b)
@@ -168,6 +187,7 @@ TESTS=(
     test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c
     test_c_finds_its_peers_and_their_tails_by_gossip
     test_fio_verify_runs_through_a_kill_of_the_primary
+    test_metrics_count_the_io_and_the_failover
     test_fio_verify_runs_through_link_cuts
     test_ext4_on_the_vdisk_keeps_its_files_across_a_failover
 )

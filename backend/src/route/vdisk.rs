@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +63,12 @@ pub struct VdiskCounters {
     pub paths: Vec<(String, PathCounters)>,
     /// Attempts that resent a request after another attempt failed.
     pub resends: AtomicU64,
+    /// Requests that completed only after being resent: each lived through
+    /// a failover (or a refusal) and the application saw a delay.
+    pub failovers: AtomicU64,
+    /// Seconds from submission to completion of those requests: what a
+    /// failover costs the application.
+    pub failover_stall: Histogram,
     /// Requests that failed on every path for the I/O timeout.
     pub errors: AtomicU64,
 }
@@ -113,6 +120,8 @@ impl RoutedVdisk {
                 .map(|p| (p.name().to_owned(), PathCounters::default()))
                 .collect(),
             resends: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            failover_stall: crate::IoMetrics::latency_histogram(),
             errors: AtomicU64::new(0),
         });
         let (submissions, inbox) = mpsc::unbounded_channel();
@@ -210,6 +219,7 @@ struct RoutingTask {
 struct Pending {
     submission: Submission,
     attempts: u32,
+    since: Instant,
 }
 
 impl RoutingTask {
@@ -231,7 +241,7 @@ impl RoutingTask {
                 submission = inbox.recv() => {
                     let Some(submission) = submission else { break };
                     next_id += 1;
-                    pending.insert(next_id, Pending { submission, attempts: 0 });
+                    pending.insert(next_id, Pending { submission, attempts: 0, since: Instant::now() });
                     (router.submit(next_id, Instant::now()), None)
                 }
                 Some(event) = events.recv() => match event {
@@ -357,6 +367,11 @@ impl RoutingTask {
             }
             Action::Complete { id } => {
                 if let Some(request) = pending.remove(&id) {
+                    if request.attempts > 1 {
+                        self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                        let stall = request.since.elapsed().as_secs_f64();
+                        self.counters.failover_stall.observe(stall);
+                    }
                     let _ = request.submission.done.send(Ok(data.take()));
                 }
             }

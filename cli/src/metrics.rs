@@ -1,0 +1,285 @@
+//! The Prometheus endpoint (`metrics_listen`, off by default): every value
+//! is read from the node when scraped, so nothing is registered or forgotten
+//! as vdisks come and go.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use anyhow::anyhow;
+use gossip::Gossip;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Reads the node's vdisks and the membership at each scrape.
+struct NodeCollector {
+    node: Arc<Mutex<Node>>,
+    gossip: Option<Arc<Gossip>>,
+}
+
+/// The registry wants its collectors printable.
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+/// One metric family: its samples, each with its labels.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let Some(metric_type) = samples.first().map(|(_, m)| m.metric_type()) else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, sample) in &samples {
+        sample.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn vdisk(name: &str) -> Labels {
+    vec![("vdisk", name.to_owned())]
+}
+
+fn with(mut labels: Labels, key: &'static str, value: &str) -> Labels {
+    labels.push((key, value.to_owned()));
+    labels
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let vdisks = self
+            .node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .metrics();
+        let e = &mut encoder;
+        let count = |c: &prometheus_client::metrics::counter::Counter| ConstCounter::new(c.get());
+        let mut requests = Vec::new();
+        let mut bytes = Vec::new();
+        for v in &vdisks {
+            let (name, io) = (&v.info.name, &v.io);
+            for (op, counter) in [
+                ("read", &io.reads),
+                ("write", &io.writes),
+                ("flush", &io.flushes),
+                ("discard", &io.discards),
+            ] {
+                requests.push((with(vdisk(name), "op", op), count(counter)));
+            }
+            bytes.push((
+                with(vdisk(name), "direction", "read"),
+                count(&io.read_bytes),
+            ));
+            bytes.push((
+                with(vdisk(name), "direction", "write"),
+                count(&io.written_bytes),
+            ));
+        }
+        family(
+            e,
+            "ublkvd_vdisk_requests",
+            "Requests completed, by operation",
+            requests,
+        )?;
+        family(e, "ublkvd_vdisk_bytes", "Bytes read and written", bytes)?;
+        let per_vdisk = |f: &dyn Fn(&crate::node::VdiskMetrics) -> u64| {
+            vdisks
+                .iter()
+                .map(|v| (vdisk(&v.info.name), ConstCounter::new(f(v))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "ublkvd_vdisk_errors",
+            "Requests that completed with an error",
+            per_vdisk(&|v| v.io.errors.get()),
+        )?;
+        let in_flight = vdisks
+            .iter()
+            .map(|v| (vdisk(&v.info.name), ConstGauge::new(v.io.in_flight.get())))
+            .collect();
+        family(e, "ublkvd_vdisk_in_flight", "Requests in flight", in_flight)?;
+        let latency = vdisks
+            .iter()
+            .map(|v| (vdisk(&v.info.name), v.io.latency.clone()))
+            .collect();
+        family(
+            e,
+            "ublkvd_vdisk_request_duration_seconds",
+            "Time from request to completion",
+            latency,
+        )?;
+
+        let routed: Vec<_> = vdisks
+            .iter()
+            .filter_map(|v| Some((v, v.routing.as_ref()?)))
+            .collect();
+        let routing_counter = |f: &dyn Fn(&backend::route::VdiskCounters) -> u64| {
+            routed
+                .iter()
+                .map(|(v, r)| (vdisk(&v.info.name), ConstCounter::new(f(r))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "ublkvd_vdisk_resends",
+            "Attempts that resent a request on another path",
+            routing_counter(&|r| r.resends.load(Ordering::Relaxed)),
+        )?;
+        family(
+            e,
+            "ublkvd_vdisk_failovers",
+            "Requests that completed only after a resend",
+            routing_counter(&|r| r.failovers.load(Ordering::Relaxed)),
+        )?;
+        family(
+            e,
+            "ublkvd_vdisk_io_timeouts",
+            "Requests failed after no path answered for the I/O timeout",
+            routing_counter(&|r| r.errors.load(Ordering::Relaxed)),
+        )?;
+        let stalls = routed
+            .iter()
+            .map(|(v, r)| (vdisk(&v.info.name), r.failover_stall.clone()))
+            .collect();
+        family(
+            e,
+            "ublkvd_vdisk_failover_stall_seconds",
+            "Submission to completion of requests that failed over",
+            stalls,
+        )?;
+
+        let mut reachable = Vec::new();
+        let mut completed = Vec::new();
+        let mut links = BTreeMap::new();
+        for v in &vdisks {
+            for path in &v.info.paths {
+                let labels = with(vdisk(&v.info.name), "path", &path.name);
+                reachable.push((labels.clone(), ConstGauge::new(i64::from(path.reachable))));
+                completed.push((labels, ConstCounter::new(path.completed)));
+                for link in &path.links {
+                    links.insert((path.name.clone(), link.addr), link.up);
+                }
+            }
+        }
+        family(
+            e,
+            "ublkvd_path_reachable",
+            "1 while the path can take requests",
+            reachable,
+        )?;
+        family(
+            e,
+            "ublkvd_path_completed",
+            "Requests the path completed",
+            completed,
+        )?;
+        let links = links
+            .into_iter()
+            .map(|((peer, addr), up): ((String, SocketAddr), bool)| {
+                let labels = vec![("peer", peer), ("addr", addr.to_string())];
+                (labels, ConstGauge::new(i64::from(up)))
+            })
+            .collect();
+        family(
+            e,
+            "ublkvd_link_up",
+            "1 while the link is connected and answers heartbeats",
+            links,
+        )?;
+
+        if let Some(gossip) = &self.gossip {
+            let view = gossip.view().borrow().clone();
+            let one = |value: i64| vec![(Labels::new(), ConstGauge::new(value))];
+            family(
+                e,
+                "ublkvd_members_alive",
+                "Live members, this node included",
+                one(view.alive.len() as i64 + 1),
+            )?;
+            family(
+                e,
+                "ublkvd_membership_config_number",
+                "Grows on every change of the live members",
+                one(view.config_number as i64),
+            )?;
+            let counters = gossip.counters();
+            let datagrams = vec![
+                (
+                    vec![("direction", "sent".to_owned())],
+                    ConstCounter::new(counters.sent.load(Ordering::Relaxed)),
+                ),
+                (
+                    vec![("direction", "received".to_owned())],
+                    ConstCounter::new(counters.received.load(Ordering::Relaxed)),
+                ),
+            ];
+            family(e, "ublkvd_gossip_datagrams", "Gossip datagrams", datagrams)?;
+            let rejected = vec![(
+                Labels::new(),
+                ConstCounter::new(counters.rejected.load(Ordering::Relaxed)),
+            )];
+            family(
+                e,
+                "ublkvd_gossip_rejected",
+                "Gossip datagrams dropped: not authenticated with the cluster secret",
+                rejected,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own until the
+/// process exits.
+pub fn serve(
+    addr: SocketAddr,
+    node: Arc<Mutex<Node>>,
+    gossip: Option<Arc<Gossip>>,
+) -> anyhow::Result<()> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NodeCollector { node, gossip }));
+    tracing::info!(%addr, "serving metrics at /metrics");
+    let content_type = tiny_http::Header::from_bytes(
+        &b"Content-Type"[..],
+        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+    )
+    .map_err(|()| anyhow!("bad content type header"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = if request.url() == "/metrics" {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => {
+                            tiny_http::Response::from_string(body).with_header(content_type.clone())
+                        }
+                        Err(_) => tiny_http::Response::from_string("cannot encode metrics\n")
+                            .with_status_code(500),
+                    }
+                } else {
+                    tiny_http::Response::from_string("try /metrics\n").with_status_code(404)
+                };
+                if let Err(e) = request.respond(response) {
+                    tracing::debug!("metrics response: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
