@@ -114,7 +114,13 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
             .unwrap();
         assert_eq!(read.status, Status::Ok);
         assert_eq!(&read.data.unwrap()[..], &block(0x3c)[..]);
-        assert_eq!(link.counters().ups.load(Ordering::Relaxed), 1);
+        let counters = link.counters();
+        assert_eq!(counters.ups.load(Ordering::Relaxed), 1);
+        // The write's data went out, the read's came back, with headers.
+        assert!(counters.sent_bytes.load(Ordering::Relaxed) >= 4096 + 2 * 56);
+        assert!(counters.received_bytes.load(Ordering::Relaxed) >= 4096 + 2 * 56);
+        // The link came up on a heartbeat's answer: its round trip is known.
+        assert!(counters.heartbeat_rtt_us.load(Ordering::Relaxed) > 0);
     });
 }
 

@@ -155,6 +155,29 @@ impl Cluster {
         lock(&self.peers).get(path).is_none_or(|peer| peer.is_up())
     }
 
+    /// Every link to every peer some vdisk uses, with its counters.
+    pub fn link_metrics(&self) -> Vec<LinkMetrics> {
+        let mut all = Vec::new();
+        for (peer, links) in lock(&self.peers).iter() {
+            for link in links.links().iter() {
+                let c = link.counters();
+                let get =
+                    |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+                all.push(LinkMetrics {
+                    peer: peer.clone(),
+                    addr: link.addr(),
+                    up: link.is_up(),
+                    ups: get(&c.ups),
+                    downs: get(&c.downs),
+                    sent_bytes: get(&c.sent_bytes),
+                    received_bytes: get(&c.received_bytes),
+                    heartbeat_rtt_us: get(&c.heartbeat_rtt_us),
+                });
+            }
+        }
+        all
+    }
+
     /// The links of the peer path `path`, each with whether it is up; none
     /// for the local path.
     pub fn links(&self, path: &str) -> Vec<(SocketAddr, bool)> {
@@ -227,6 +250,18 @@ impl Cluster {
             vdisk,
         }
     }
+}
+
+/// One link as the metrics endpoint sees it.
+pub struct LinkMetrics {
+    pub peer: String,
+    pub addr: SocketAddr,
+    pub up: bool,
+    pub ups: u64,
+    pub downs: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub heartbeat_rtt_us: u64,
 }
 
 /// A vdisk's tail served to peers; dropping it stops serving it.

@@ -2,7 +2,6 @@
 //! is read from the node when scraped, so nothing is registered or forgotten
 //! as vdisks come and go.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::LinkMetrics;
 use crate::node::Node;
 
 type Labels = Vec<(&'static str, String)>;
@@ -60,11 +60,13 @@ fn with(mut labels: Labels, key: &'static str, value: &str) -> Labels {
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let vdisks = self
-            .node
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .metrics();
+        let (vdisks, links) = {
+            let node = self
+                .node
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (node.metrics(), node.link_metrics())
+        };
         let e = &mut encoder;
         let count = |c: &prometheus_client::metrics::counter::Counter| ConstCounter::new(c.get());
         let mut requests = Vec::new();
@@ -164,15 +166,11 @@ impl Collector for NodeCollector {
 
         let mut reachable = Vec::new();
         let mut completed = Vec::new();
-        let mut links = BTreeMap::new();
         for v in &vdisks {
             for path in &v.info.paths {
                 let labels = with(vdisk(&v.info.name), "path", &path.name);
                 reachable.push((labels.clone(), ConstGauge::new(i64::from(path.reachable))));
                 completed.push((labels, ConstCounter::new(path.completed)));
-                for link in &path.links {
-                    links.insert((path.name.clone(), link.addr), link.up);
-                }
             }
         }
         family(
@@ -187,18 +185,54 @@ impl Collector for NodeCollector {
             "Requests the path completed",
             completed,
         )?;
-        let links = links
-            .into_iter()
-            .map(|((peer, addr), up): ((String, SocketAddr), bool)| {
-                let labels = vec![("peer", peer), ("addr", addr.to_string())];
-                (labels, ConstGauge::new(i64::from(up)))
-            })
-            .collect();
+        let link = |l: &LinkMetrics| vec![("peer", l.peer.clone()), ("addr", l.addr.to_string())];
+        let gauges = |f: &dyn Fn(&LinkMetrics) -> i64| {
+            links
+                .iter()
+                .map(|l| (link(l), ConstGauge::new(f(l))))
+                .collect::<Vec<_>>()
+        };
+        let counters = |f: &dyn Fn(&LinkMetrics) -> u64| {
+            links
+                .iter()
+                .map(|l| (link(l), ConstCounter::new(f(l))))
+                .collect::<Vec<_>>()
+        };
         family(
             e,
             "ublkvd_link_up",
             "1 while the link is connected and answers heartbeats",
-            links,
+            gauges(&|l| i64::from(l.up)),
+        )?;
+        family(
+            e,
+            "ublkvd_link_ups",
+            "Times the link came up",
+            counters(&|l| l.ups),
+        )?;
+        family(
+            e,
+            "ublkvd_link_downs",
+            "Times the link went down",
+            counters(&|l| l.downs),
+        )?;
+        family(
+            e,
+            "ublkvd_link_sent_bytes",
+            "Frame bytes sent on the link",
+            counters(&|l| l.sent_bytes),
+        )?;
+        family(
+            e,
+            "ublkvd_link_received_bytes",
+            "Frame bytes received on the link",
+            counters(&|l| l.received_bytes),
+        )?;
+        family(
+            e,
+            "ublkvd_link_heartbeat_rtt_microseconds",
+            "Round trip of the latest heartbeat",
+            gauges(&|l| l.heartbeat_rtt_us as i64),
         )?;
 
         if let Some(gossip) = &self.gossip {

@@ -11,7 +11,7 @@ use backend::{IoMetrics, LocalTail, Metered};
 use configdb::{Catalog, Placement, TailRef, VdiskName, VdiskSpec};
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
-use crate::cluster::{Cluster, Export, EPOCH};
+use crate::cluster::{Cluster, Export, LinkMetrics, EPOCH};
 use crate::control::{AddRequest, LinkInfo, PathInfo, VdiskInfo};
 use crate::size::format_size;
 
@@ -216,6 +216,11 @@ impl Node {
                 VdiskState::Failed(_) => None,
             })
             .collect()
+    }
+
+    /// Every link this node's vdisks use, for the metrics endpoint.
+    pub fn link_metrics(&self) -> Vec<LinkMetrics> {
+        self.cluster.link_metrics()
     }
 
     /// A restored device may have been given another number than before:

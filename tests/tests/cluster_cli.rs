@@ -272,5 +272,17 @@ fn the_metrics_endpoint_serves_prometheus_text_whose_counters_move() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (_, later) = http_get(addr, "/metrics");
     assert!(sample(&later, "ublkvd_gossip_datagrams_total{direction=\"sent\"}") > sent);
+    // a's links to b (its vdisk's secondary) come up and answer heartbeats.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, now) = http_get(addr, "/metrics");
+        let up = sample(&now, "ublkvd_link_up{peer=\"b\"") == 1.0;
+        if up && sample(&now, "ublkvd_link_heartbeat_rtt_microseconds{peer=\"b\"") > 0.0 {
+            assert!(sample(&now, "ublkvd_link_sent_bytes_total{peer=\"b\"") > 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "link to b never up:\n{now}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(http_get(addr, "/other").0.contains("404"));
 }

@@ -45,11 +45,16 @@ pub enum LinkError {
     Closed,
 }
 
-/// How often a link came up and went down, for logs and metrics.
+/// What a link has done, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
     pub ups: AtomicU64,
     pub downs: AtomicU64,
+    /// Frame bytes (headers and data) sent and received.
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Round trip of the latest heartbeat, in microseconds.
+    pub heartbeat_rtt_us: AtomicU64,
     /// When the peer was last heard on this link: milliseconds since the
     /// link was spawned.
     heard_at_ms: AtomicU64,
@@ -241,8 +246,7 @@ async fn session(
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     let (replies_tx, mut replies) = mpsc::channel(1024);
     let reader = tokio::spawn(read_replies(reader, replies_tx));
-    let mut pending: HashMap<u64, Option<oneshot::Sender<Result<Reply, LinkError>>>> =
-        HashMap::new();
+    let mut pending: HashMap<u64, Waiter> = HashMap::new();
     let mut next_id = 0u64;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,9 +261,14 @@ async fn session(
                 for _ in 0..BATCH {
                     let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
                     next_id += 1;
-                    sent = buffer_call(&mut writer, next_id, call, &mut pending).await;
-                    if sent.is_err() {
-                        break;
+                    match buffer_call(&mut writer, next_id, call, &mut pending).await {
+                        Ok(bytes) => {
+                            counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            sent = Err(e);
+                            break;
+                        }
                     }
                 }
                 if let Err(e) = sent.and(writer.flush().await) {
@@ -280,9 +289,14 @@ async fn session(
                     let _ = up.send(true);
                     tracing::info!(%addr, "link up");
                 }
+                let bytes = HEADER_LEN + reply.data.as_ref().map_or(0, |d| d.len());
+                counters.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 match pending.remove(&id) {
-                    Some(Some(caller)) => { let _ = caller.send(Ok(reply)); }
-                    Some(None) => {} // a heartbeat's answer
+                    Some(Waiter::Call(caller)) => { let _ = caller.send(Ok(reply)); }
+                    Some(Waiter::Heartbeat { sent }) => {
+                        let rtt = now.duration_since(sent).as_micros() as u64;
+                        counters.heartbeat_rtt_us.store(rtt, Ordering::Relaxed);
+                    }
                     None => break format!("reply to unknown request {id}"),
                 }
             }
@@ -295,7 +309,8 @@ async fn session(
                     next_id += 1;
                     let frame = Frame::Request { id: next_id, vdisk: 0, epoch: 0, op: Op::Heartbeat };
                     if let Ok(head) = frame.encode(&[]) {
-                        pending.insert(next_id, None);
+                        pending.insert(next_id, Waiter::Heartbeat { sent: now });
+                        counters.sent_bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
                         if let Err(e) = writer.write_all(&head).await.and(writer.flush().await) {
                             break format!("heartbeat send failed: {e}");
                         }
@@ -305,20 +320,29 @@ async fn session(
         }
     };
     reader.abort();
-    for caller in pending.into_values().flatten() {
-        let _ = caller.send(Err(LinkError::Down));
+    for waiter in pending.into_values() {
+        if let Waiter::Call(caller) = waiter {
+            let _ = caller.send(Err(LinkError::Down));
+        }
     }
     reason
 }
 
-/// Puts one call in the send buffer as request `id`. It is pending from
-/// now on, so that a failed send fails it with the rest.
+/// What waits for a reply: a caller, or a heartbeat sent at `sent`.
+enum Waiter {
+    Call(oneshot::Sender<Result<Reply, LinkError>>),
+    Heartbeat { sent: Instant },
+}
+
+/// Puts one call in the send buffer as request `id`; returns the bytes
+/// buffered. It is pending from now on, so that a failed send fails it
+/// with the rest.
 async fn buffer_call(
     writer: &mut BufWriter<OwnedWriteHalf>,
     id: u64,
     call: Call,
-    pending: &mut HashMap<u64, Option<oneshot::Sender<Result<Reply, LinkError>>>>,
-) -> io::Result<()> {
+    pending: &mut HashMap<u64, Waiter>,
+) -> io::Result<u64> {
     let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
     let frame = Frame::Request {
         id,
@@ -331,12 +355,13 @@ async fn buffer_call(
         Err(e) => {
             tracing::error!("cannot encode {frame:?}: {e}");
             let _ = call.reply.send(Err(LinkError::Down));
-            return Ok(());
+            return Ok(0);
         }
     };
-    pending.insert(id, Some(call.reply));
+    pending.insert(id, Waiter::Call(call.reply));
     writer.write_all(&head).await?;
-    writer.write_all(payload).await
+    writer.write_all(payload).await?;
+    Ok((head.len() + payload.len()) as u64)
 }
 
 /// Reads replies until the connection fails; a malformed one ends it.
