@@ -3,8 +3,12 @@
 //! Today one redb file per node; the replicated store of a later issue keeps
 //! the same [`Catalog`] interface, so the daemon has one place that knows the
 //! mapping.
+//!
+//! [`raft`] is the first step of that store: openraft over redb, with the
+//! Raft log and the state machine each in their own file.
 
 mod catalog;
+pub mod raft;
 mod vdisk;
 
 pub use catalog::{Catalog, CatalogError};
