@@ -59,6 +59,29 @@ fn open_stores(dir: &Path) -> (LogStore, StateMachine) {
     )
 }
 
+/// Opens a stopped node's stores once its last tasks let go of them:
+/// `Raft::shutdown` returns before every task holding a store has ended
+/// (a peer's RPC may still be running on the node's handle), and redb
+/// refuses a second opener of a file.
+async fn open_stores_when_released(dir: &Path) -> (LogStore, StateMachine) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let log = LogStore::open(&dir.join("log.redb"));
+        let sm = StateMachine::open(&dir.join("state.redb"));
+        match (log, sm) {
+            (Ok(log), Ok(sm)) => return (log, sm),
+            (log, sm) => {
+                let why = format!("{:?} / {:?}", log.err(), sm.err());
+                assert!(
+                    why.contains("already open") && tokio::time::Instant::now() < deadline,
+                    "{why}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// Fresh stores in a temporary directory, kept alive by the returned guard.
 struct TempStores;
 
@@ -261,7 +284,7 @@ impl Cluster {
 
     /// Starts node `id` from whatever its directory holds.
     async fn boot(&mut self, id: u64) {
-        let (log, sm) = open_stores(self.dirs[&id].path());
+        let (log, sm) = open_stores_when_released(self.dirs[&id].path()).await;
         self.machines.insert(id, sm.clone());
         let raft = Raft::new(id, Self::config(), self.router.clone(), log, sm)
             .await
@@ -354,7 +377,7 @@ async fn a_node_restarted_from_its_files_keeps_its_log_and_state_and_catches_up(
 
     // What the stopped node has on disk, read without Raft.
     {
-        let (mut log, mut sm) = open_stores(cluster.dirs[&down].path());
+        let (mut log, mut sm) = open_stores_when_released(cluster.dirs[&down].path()).await;
         let state = log.get_log_state().await.unwrap();
         assert!(state.last_log_id.is_some_and(|id| id.index >= first));
         assert!(log.read_vote().await.unwrap().is_some());

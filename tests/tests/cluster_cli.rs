@@ -281,7 +281,10 @@ fn the_metrics_endpoint_serves_prometheus_text_whose_counters_move() {
             assert!(sample(&now, "ublkvd_link_sent_bytes_total{peer=\"b\"") > 0.0);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "link to b never up:\n{now}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "link to b never up:\n{now}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(http_get(addr, "/other").0.contains("404"));
