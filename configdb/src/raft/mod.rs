@@ -7,9 +7,11 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+pub mod network;
 mod state_machine;
 mod types;
 
 pub use log_store::{LogReader, LogStore};
+pub use network::{serve, RaftRpc, TcpConnection, TcpNetwork, MAX_FRAME};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{Command, Raft, Response, TypeConfig};
