@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use configdb::raft::{Command, LogStore, Raft, StateMachine, TypeConfig};
-use configdb::{Placement, VdiskSpec};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -19,27 +18,13 @@ use openraft::raft::{
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
-    BasicNode, CommittedLeaderId, Config, Entry, EntryPayload, LogId, RaftLogReader, StorageError,
-    Vote,
+    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, StorageError, Vote,
 };
 use tempfile::TempDir;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+mod support;
 
-fn spec(name: &str, size_bytes: u64) -> VdiskSpec {
-    VdiskSpec {
-        name: name.parse().unwrap(),
-        size_bytes,
-        placement: Placement::Local {
-            tail: format!("/srv/{name}.img").into(),
-        },
-        block_size: 4096,
-        queues: 1,
-        queue_depth: 64,
-        read_only: false,
-        device_id: None,
-    }
-}
+use support::{leader, raft_config, spec, TIMEOUT};
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -254,16 +239,6 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn config() -> Arc<Config> {
-        let config = Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..Default::default()
-        };
-        Arc::new(config.validate().unwrap())
-    }
-
     /// Starts nodes 1, 2 and 3 and makes them one cluster.
     async fn start() -> Cluster {
         let mut cluster = Cluster {
@@ -286,7 +261,7 @@ impl Cluster {
     async fn boot(&mut self, id: u64) {
         let (log, sm) = open_stores_when_released(self.dirs[&id].path()).await;
         self.machines.insert(id, sm.clone());
-        let raft = Raft::new(id, Self::config(), self.router.clone(), log, sm)
+        let raft = Raft::new(id, raft_config(), self.router.clone(), log, sm)
             .await
             .unwrap();
         self.router.nodes.lock().unwrap().insert(id, raft);
@@ -305,13 +280,7 @@ impl Cluster {
     }
 
     async fn leader(&self) -> u64 {
-        let metrics = self
-            .raft(1)
-            .wait(Some(TIMEOUT))
-            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .unwrap();
-        metrics.current_leader.unwrap()
+        leader(&self.raft(1)).await
     }
 
     async fn write(&self, command: Command) -> u64 {

@@ -3,39 +3,25 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use configdb::raft::network::{read_frame, write_frame};
 use configdb::raft::{
     serve, Command, LogStore, Raft, RaftRpc, StateMachine, TcpNetwork, MAX_FRAME,
 };
-use configdb::{Placement, VdiskSpec};
+use configdb::VdiskSpec;
 use openraft::error::RaftError;
 use openraft::raft::{VoteRequest, VoteResponse};
-use openraft::{BasicNode, Config, Vote};
+use openraft::{BasicNode, Vote};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+mod support;
 
-fn spec(name: &str, size_bytes: u64) -> VdiskSpec {
-    VdiskSpec {
-        name: name.parse().unwrap(),
-        size_bytes,
-        placement: Placement::Local {
-            tail: format!("/srv/{name}.img").into(),
-        },
-        block_size: 4096,
-        queues: 1,
-        queue_depth: 64,
-        read_only: false,
-        device_id: None,
-    }
-}
+use support::{leader, raft_config, spec, TIMEOUT};
 
 struct Node {
     raft: Raft,
@@ -62,13 +48,7 @@ impl Cluster {
             .iter()
             .map(|(&id, l)| (id, BasicNode::new(l.local_addr().unwrap().to_string())))
             .collect();
-        let config = Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
+        let config = raft_config();
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             let dir = tempfile::tempdir().unwrap();
@@ -105,13 +85,7 @@ impl Cluster {
     }
 
     async fn leader(&self) -> u64 {
-        let metrics = self.nodes[&1]
-            .raft
-            .wait(Some(TIMEOUT))
-            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .unwrap();
-        metrics.current_leader.unwrap()
+        leader(&self.nodes[&1].raft).await
     }
 
     /// Writes `command` on the leader and waits until every state machine
