@@ -16,24 +16,8 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::lab::{Lab, NodeDaemon};
+use support::lab::{wait_all, Lab, NodeDaemon};
 use support::CLUSTER_SECRET;
-
-fn wait_until_alive(daemon: &NodeDaemon, member: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while daemon
-        .member_state(member)
-        .is_none_or(|(state, _)| state != "alive")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} never saw {member}: {}",
-            daemon.node,
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 const VDISK: &str = "vd";
 const BLOCKS: u64 = 4096;
@@ -141,8 +125,9 @@ fn io_from_a_tailless_node_survives_link_cuts_and_a_primary_kill_without_error()
         })
         .collect();
     // Each checks the other's tail against what it announces.
-    wait_until_alive(&daemons[0], "b");
-    wait_until_alive(&daemons[1], "a");
+    let within = Duration::from_secs(15);
+    wait_all(&[&daemons[0]], "b", "alive", within);
+    wait_all(&[&daemons[1]], "a", "alive", within);
     for daemon in &daemons {
         let add = daemon.client(&[
             "add",

@@ -7,11 +7,11 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
 
-use support::lab::{Lab, NodeDaemon};
+use support::lab::{wait_all, Lab, NodeDaemon};
 use support::CLUSTER_SECRET;
 
 const NODES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -22,28 +22,6 @@ const NODES: [&str; 5] = ["a", "b", "c", "d", "e"];
 /// down after the suspicion, and the verdict spreads in a few gossip
 /// rounds; the slack covers a loaded CI machine.
 const DETECTION_BOUND: Duration = Duration::from_millis(4 * 200 + 600 + 2000);
-
-/// Waits until every daemon in `observers` sees `member` in `state`;
-/// returns how long the slowest took.
-fn wait_all(observers: &[&NodeDaemon], member: &str, state: &str, within: Duration) -> Duration {
-    let start = Instant::now();
-    for observer in observers {
-        while observer
-            .member_state(member)
-            .is_none_or(|(seen, _)| seen != state)
-        {
-            assert!(
-                start.elapsed() < within,
-                "{} does not see {member} {state} after {:?}: {}",
-                observer.node,
-                start.elapsed(),
-                observer.members()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    start.elapsed()
-}
 
 #[test]
 fn five_daemons_detect_a_kill_a_rejoin_and_a_leave_and_keep_out_a_stranger() {

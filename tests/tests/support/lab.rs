@@ -267,3 +267,30 @@ impl Drop for NodeDaemon {
         }
     }
 }
+
+/// Waits until every daemon in `observers` sees `member` in `state`;
+/// returns how long the slowest took.
+pub fn wait_all(
+    observers: &[&NodeDaemon],
+    member: &str,
+    state: &str,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    for observer in observers {
+        while observer
+            .member_state(member)
+            .is_none_or(|(seen, _)| seen != state)
+        {
+            assert!(
+                start.elapsed() < within,
+                "{} does not see {member} {state} after {:?}: {}",
+                observer.node,
+                start.elapsed(),
+                observer.members()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    start.elapsed()
+}
