@@ -31,9 +31,10 @@ impl Peer {
         let path = dir.path().join("tail");
         File::create(&path).unwrap().set_len(4 << 20).unwrap();
         let engine = Engine::start(64).unwrap();
-        let exports = Exports::new(1);
+        let exports = Exports::new();
         exports.insert(
             VDISK,
+            1,
             Arc::new(LocalTail::open(&path, 4096, false, engine.ring()).unwrap()),
         );
         Peer {
@@ -212,5 +213,30 @@ fn a_peer_that_stops_answering_is_declared_down_and_its_calls_fail() {
             "{:?}",
             started.elapsed()
         );
+    });
+}
+
+#[test]
+fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_admitted() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, _served) = peer.serve(listener);
+        let health = HealthConfig {
+            interval: Duration::from_millis(20),
+            allowed_misses: 3,
+        };
+        let link = Link::spawn(addr, health);
+        wait_until(&link, true).await;
+
+        let elsewhere = "192.0.2.1".parse().unwrap();
+        peer.exports
+            .admit_only(Some(std::collections::HashSet::from([elsewhere])));
+        // Its heartbeats are refused: as good as unanswered.
+        wait_until(&link, false).await;
+
+        peer.exports.admit_only(None);
+        wait_until(&link, true).await;
     });
 }

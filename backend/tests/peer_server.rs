@@ -22,6 +22,7 @@ const TAIL_SIZE: u64 = 8 << 20;
 
 struct Server {
     addr: SocketAddr,
+    exports: Arc<Exports>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -36,11 +37,13 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, addr) = std::sync::mpsc::channel();
         let tail_path = tail.clone();
+        let exports = Arc::new(Exports::new());
+        let served = exports.clone();
         let thread = std::thread::spawn(move || {
             let engine = Engine::start(64)?;
-            let exports = Exports::new(EPOCH);
-            exports.insert(
+            served.insert(
                 VDISK,
+                EPOCH,
                 Arc::new(LocalTail::open(&tail_path, 4096, false, engine.ring()).unwrap()),
             );
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -49,7 +52,7 @@ impl Server {
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 ready.send(listener.local_addr()?).unwrap();
-                serve(listener, Arc::new(exports), async {
+                serve(listener, served, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -57,6 +60,7 @@ impl Server {
         });
         Server {
             addr: addr.recv().unwrap(),
+            exports,
             stop: Some(stop),
             thread: Some(thread),
             _dir: dir,
@@ -364,5 +368,80 @@ fn a_reply_sent_to_the_server_closes_the_connection() {
     .unwrap();
     client.stream.write_all(&head).unwrap();
     assert!(client.closed_by_server());
+    server.stop().unwrap();
+}
+
+fn write_block(offset: u64) -> Op {
+    Op::Write { offset, len: 4096 }
+}
+
+#[test]
+fn a_stale_epoch_write_is_refused_and_never_reaches_the_tail() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let (status, _) = client.call(VDISK, EPOCH - 1, write_block(0), &pattern(4096, 1));
+    assert_eq!(status, Status::Nack(Nack::StaleEpoch { current: EPOCH }));
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_newer_epoch_is_served_and_refuses_the_older_one_from_then_on() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let (status, _) = client.call(VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 1));
+    assert_eq!(server.exports.get(VDISK).unwrap().1, EPOCH + 1);
+
+    let (status, _) = client.call(VDISK, EPOCH, write_block(4096), &pattern(4096, 2));
+    assert_eq!(
+        status,
+        Status::Nack(Nack::StaleEpoch { current: EPOCH + 1 })
+    );
+    assert_eq!(file_bytes(&server.tail, 4096, 4096), vec![0; 4096]);
+    server.stop().unwrap();
+}
+
+#[test]
+fn set_epoch_only_ever_raises_the_export_epoch() {
+    let server = Server::start();
+    assert_eq!(server.exports.set_epoch(VDISK, EPOCH + 3), Some(EPOCH + 3));
+    assert_eq!(server.exports.set_epoch(VDISK, EPOCH), Some(EPOCH + 3));
+    assert_eq!(server.exports.set_epoch(99, EPOCH), None);
+    let mut client = server.connect();
+    let (status, _) = client.call(VDISK, EPOCH + 2, Op::Flush, &[]);
+    assert_eq!(
+        status,
+        Status::Nack(Nack::StaleEpoch { current: EPOCH + 3 })
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_peer_that_is_not_admitted_is_refused_everything_until_admitted_again() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let elsewhere: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    server
+        .exports
+        .admit_only(Some(std::collections::HashSet::from([elsewhere])));
+    let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 3));
+    assert_eq!(status, Status::Nack(Nack::NotAMember));
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    let (status, _) = client.call(VDISK, EPOCH, Op::Heartbeat, &[]);
+    assert_eq!(status, Status::Nack(Nack::NotAMember));
+
+    // Admitted again on the same connection: membership is checked per
+    // request.
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    server
+        .exports
+        .admit_only(Some(std::collections::HashSet::from([elsewhere, loopback])));
+    let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 3));
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 3));
+    server.exports.admit_only(None);
+    assert_eq!(client.call(VDISK, EPOCH, Op::Heartbeat, &[]).0, Status::Ok);
     server.stop().unwrap();
 }

@@ -57,8 +57,8 @@ struct Server {
 
 impl Server {
     async fn start(tail: &Tail) -> Server {
-        let exports = Arc::new(Exports::new(EPOCH));
-        exports.insert(VDISK, tail.open());
+        let exports = Arc::new(Exports::new());
+        exports.insert(VDISK, EPOCH, tail.open());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut server = Server {

@@ -84,7 +84,7 @@ impl Cluster {
             health: config.health,
             peers,
             gossip,
-            exports: Arc::new(Exports::new(EPOCH)),
+            exports: Arc::new(Exports::new()),
             engine,
         })
     }
@@ -244,7 +244,7 @@ impl Cluster {
     /// Serves `tail` to peers as vdisk `vdisk` until the returned handle
     /// drops.
     pub fn export(&self, vdisk: u64, tail: Arc<LocalTail<EngineRing>>) -> Export {
-        self.exports.insert(vdisk, tail);
+        self.exports.insert(vdisk, EPOCH, tail);
         Export {
             exports: self.exports.clone(),
             vdisk,

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Health, HealthConfig, Transition};
-use crate::wire::{Frame, Header, Op, Status, HEADER_LEN};
+use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
 use crate::AlignedBuf;
 
 /// How often a session checks its heartbeats: finer than the heartbeat
@@ -282,12 +282,17 @@ async fn session(
                     Err(e) => break e,
                 };
                 let now = Instant::now();
-                let heard_at = now.duration_since(spawned).as_millis() as u64;
-                counters.heard_at_ms.store(heard_at, Ordering::Relaxed);
-                if health.heard(now) == Some(Transition::Up) {
-                    counters.ups.fetch_add(1, Ordering::Relaxed);
-                    let _ = up.send(true);
-                    tracing::info!(%addr, "link up");
+                // A peer that refuses us as a non-member serves us nothing:
+                // its answers do not keep the link up, so that requests
+                // route elsewhere.
+                if reply.status != Status::Nack(Nack::NotAMember) {
+                    let heard_at = now.duration_since(spawned).as_millis() as u64;
+                    counters.heard_at_ms.store(heard_at, Ordering::Relaxed);
+                    if health.heard(now) == Some(Transition::Up) {
+                        counters.ups.fetch_add(1, Ordering::Relaxed);
+                        let _ = up.send(true);
+                        tracing::info!(%addr, "link up");
+                    }
                 }
                 let bytes = HEADER_LEN + reply.data.as_ref().map_or(0, |d| d.len());
                 counters.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);

@@ -1,46 +1,133 @@
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::wire::Nack;
 use crate::{EngineRing, LocalTail};
 
-/// The tails this node serves to peers, by vdisk id, and the configuration
-/// epoch they are served under. Shared by the peer server and whoever adds
-/// and removes vdisks while it runs.
-pub struct Exports {
+/// One exported tail and the configuration epoch it is served under.
+struct Export {
+    tail: Arc<LocalTail<EngineRing>>,
     epoch: u64,
-    tails: RwLock<HashMap<u64, Arc<LocalTail<EngineRing>>>>,
+}
+
+/// The tails this node serves to peers, by vdisk id, each under its own
+/// configuration epoch, and the peers it serves at all. Shared by the peer
+/// server and whoever adds, removes and reconfigures vdisks while it runs.
+pub struct Exports {
+    tails: RwLock<HashMap<u64, Export>>,
+    /// `None`: every peer is served.
+    admitted: RwLock<Option<HashSet<IpAddr>>>,
+}
+
+impl Default for Exports {
+    fn default() -> Self {
+        Exports::new()
+    }
 }
 
 impl Exports {
-    pub fn new(epoch: u64) -> Self {
+    /// No tails, every peer admitted.
+    pub fn new() -> Self {
         Exports {
-            epoch,
             tails: RwLock::new(HashMap::new()),
+            admitted: RwLock::new(None),
         }
     }
 
-    /// Serves `tail` for `vdisk` from now on, in place of any earlier one.
-    pub fn insert(&self, vdisk: u64, tail: Arc<LocalTail<EngineRing>>) {
-        self.write().insert(vdisk, tail);
+    /// Serves `tail` for `vdisk` under `epoch` from now on, in place of any
+    /// earlier one.
+    pub fn insert(&self, vdisk: u64, epoch: u64, tail: Arc<LocalTail<EngineRing>>) {
+        write(&self.tails).insert(vdisk, Export { tail, epoch });
+    }
+
+    /// Raises the epoch `vdisk` is served under to `epoch`: requests of
+    /// older epochs are refused from now on. Never lowers it: a peer that
+    /// has seen a newer mapping may already have raised it. Returns the
+    /// epoch now in force, `None` if `vdisk` is not exported.
+    pub fn set_epoch(&self, vdisk: u64, epoch: u64) -> Option<u64> {
+        let mut tails = write(&self.tails);
+        let export = tails.get_mut(&vdisk)?;
+        export.epoch = export.epoch.max(epoch);
+        Some(export.epoch)
     }
 
     /// Stops serving `vdisk`: later requests for it are refused. Requests
     /// already running keep their tail until they finish.
     pub fn remove(&self, vdisk: u64) {
-        self.write().remove(&vdisk);
+        write(&self.tails).remove(&vdisk);
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch
+    /// The tail served for `vdisk` and its epoch.
+    pub fn get(&self, vdisk: u64) -> Option<(Arc<LocalTail<EngineRing>>, u64)> {
+        let tails = read(&self.tails);
+        tails.get(&vdisk).map(|e| (e.tail.clone(), e.epoch))
     }
 
-    pub fn get(&self, vdisk: u64) -> Option<Arc<LocalTail<EngineRing>>> {
-        // The map is never left half-changed: a poisoned lock is still sound.
-        let tails = self.tails.read().unwrap_or_else(PoisonError::into_inner);
-        tails.get(&vdisk).cloned()
+    /// Serves only peers whose address is in `members` from now on (`None`:
+    /// everyone). Checked on every request, so a peer that leaves is
+    /// refused at once on the connections it already has.
+    pub fn admit_only(&self, members: Option<HashSet<IpAddr>>) {
+        let members = members.map(|m| m.into_iter().map(|ip| ip.to_canonical()).collect());
+        *write(&self.admitted) = members;
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Arc<LocalTail<EngineRing>>>> {
-        self.tails.write().unwrap_or_else(PoisonError::into_inner)
+    /// Whether a peer at `ip` is served.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let admitted = read(&self.admitted);
+        admitted
+            .as_ref()
+            .is_none_or(|members| members.contains(&ip.to_canonical()))
     }
+
+    /// The tail a request of `epoch` for `vdisk` may run on, or why not. A
+    /// newer epoch than the export's raises it: the sender has seen a
+    /// committed mapping this node has not applied yet, and from now on
+    /// requests under the older one are refused.
+    pub(crate) fn for_request(
+        &self,
+        vdisk: u64,
+        epoch: u64,
+    ) -> Result<Arc<LocalTail<EngineRing>>, Nack> {
+        {
+            let tails = read(&self.tails);
+            let export = tails.get(&vdisk).ok_or(Nack::NoSuchTail)?;
+            if epoch < export.epoch {
+                return Err(Nack::StaleEpoch {
+                    current: export.epoch,
+                });
+            }
+            if epoch == export.epoch {
+                return Ok(export.tail.clone());
+            }
+        }
+        // Checked again under the write lock: the export may have been
+        // replaced or raised further meanwhile.
+        let mut tails = write(&self.tails);
+        let export = tails.get_mut(&vdisk).ok_or(Nack::NoSuchTail)?;
+        if epoch < export.epoch {
+            return Err(Nack::StaleEpoch {
+                current: export.epoch,
+            });
+        }
+        if epoch > export.epoch {
+            tracing::info!(
+                vdisk,
+                from = export.epoch,
+                to = epoch,
+                "a peer's request raised the export's epoch"
+            );
+            export.epoch = epoch;
+        }
+        Ok(export.tail.clone())
+    }
+}
+
+// The maps are never left half-changed: a poisoned lock is still sound.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

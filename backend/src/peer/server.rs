@@ -110,7 +110,7 @@ async fn serve_connection(
         let exports = exports.clone();
         let replies = replies.clone();
         requests.spawn(async move {
-            let (status, data) = execute(&exports, vdisk, epoch, op, payload).await;
+            let (status, data) = execute(&exports, peer, vdisk, epoch, op, payload).await;
             let frame = Frame::Reply { id, status };
             let head = frame.encode(data.as_deref().unwrap_or_default());
             match head {
@@ -167,25 +167,26 @@ async fn write_replies(writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outg
     }
 }
 
-/// Runs one request for a peer: refuses a stale epoch or an unknown vdisk,
-/// else runs it on the exported tail.
+/// Runs one request for `peer`: refuses a peer that is not a member (its
+/// heartbeats too, so that its links go down and it routes elsewhere), an
+/// unknown vdisk or a stale epoch, else runs it on the exported tail.
 async fn execute(
     exports: &Exports,
+    peer: SocketAddr,
     vdisk: u64,
     epoch: u64,
     op: Op,
     payload: AlignedBuf,
 ) -> (Status, Option<AlignedBuf>) {
+    if !exports.admits(peer.ip()) {
+        return (Status::Nack(Nack::NotAMember), None);
+    }
     if op == Op::Heartbeat {
         return (Status::Ok, None);
     }
-    if epoch < exports.epoch() {
-        let current = exports.epoch();
-        return (Status::Nack(Nack::StaleEpoch { current }), None);
-    }
-    match exports.get(vdisk) {
-        Some(tail) => run_on_tail(&tail, op, &payload).await,
-        None => (Status::Nack(Nack::NoSuchTail), None),
+    match exports.for_request(vdisk, epoch) {
+        Ok(tail) => run_on_tail(&tail, op, &payload).await,
+        Err(nack) => (Status::Nack(nack), None),
     }
 }
 

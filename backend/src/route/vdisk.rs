@@ -402,5 +402,6 @@ fn describe(nack: Nack) -> String {
         ),
         Nack::StaleEpoch { current } => format!("refused: stale epoch (peer has {current})"),
         Nack::ShuttingDown => "refused: the peer is shutting down".into(),
+        Nack::NotAMember => "refused: the peer does not count this node as a member".into(),
     }
 }

@@ -47,6 +47,10 @@ pub enum Nack {
     StaleEpoch { current: u64 },
     /// The peer is shutting down and takes no new requests.
     ShuttingDown,
+    /// The peer does not count the sender among the cluster's members and
+    /// serves it nothing, heartbeats included: a node cut off from the
+    /// configuration store is fenced from shared storage.
+    NotAMember,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +161,7 @@ impl Frame {
                     Status::Nack(Nack::Io { errno }) => (2, 0, errno),
                     Status::Nack(Nack::StaleEpoch { current }) => (3, current, 0),
                     Status::Nack(Nack::ShuttingDown) => (4, 0, 0),
+                    Status::Nack(Nack::NotAMember) => (5, 0, 0),
                 };
                 Raw {
                     kind: KIND_REPLY,
@@ -331,6 +336,7 @@ impl Frame {
                     2 => Status::Nack(Nack::Io { errno: raw.length }),
                     3 => Status::Nack(Nack::StaleEpoch { current: raw.epoch }),
                     4 => Status::Nack(Nack::ShuttingDown),
+                    5 => Status::Nack(Nack::NotAMember),
                     code => {
                         return Err(WireError::UnknownCode {
                             kind: "reply",
@@ -433,6 +439,13 @@ mod tests {
                 },
                 vec![],
             ),
+            (
+                Frame::Reply {
+                    id: 8,
+                    status: Status::Nack(Nack::NotAMember),
+                },
+                vec![],
+            ),
         ]
     }
 
@@ -513,6 +526,25 @@ mod tests {
             reseal(&mut bytes);
             assert!(Header::decode(&bytes).is_err(), "byte {index} = {value}");
         }
+    }
+
+    #[test]
+    fn reply_codes_past_not_a_member_are_unknown() {
+        let nack = Frame::Reply {
+            id: 1,
+            status: Status::Nack(Nack::NotAMember),
+        };
+        let mut bytes = nack.encode(&[]).unwrap();
+        assert_eq!(bytes[6], 5);
+        bytes[6] = 6;
+        reseal(&mut bytes);
+        assert_eq!(
+            Header::decode(&bytes),
+            Err(WireError::UnknownCode {
+                kind: "reply",
+                code: 6
+            })
+        );
     }
 
     #[test]
