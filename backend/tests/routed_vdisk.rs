@@ -130,7 +130,7 @@ async fn write_and_check(vdisk: &RoutedVdisk, index: u64, seed: u8) {
 }
 
 fn completed(vdisk: &RoutedVdisk, path: usize) -> u64 {
-    vdisk.counters().paths[path]
+    vdisk.counters().paths()[path]
         .1
         .completed
         .load(Ordering::Relaxed)

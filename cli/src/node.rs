@@ -287,7 +287,7 @@ impl Vdisk {
 
 fn path_info(counters: &VdiskCounters, cluster: &Cluster) -> Vec<PathInfo> {
     counters
-        .paths
+        .paths()
         .iter()
         .map(|(name, path)| PathInfo {
             name: name.clone(),

@@ -2,10 +2,13 @@
 //! request takes, and what happens to it when a path fails. Pure state: the
 //! caller feeds events with the current time and carries out the actions.
 //! [`RoutedVdisk`] is that caller: a tokio task around one router per vdisk,
-//! running each attempt on a local tail or a peer.
+//! running each attempt on a local tail or a peer. A [`Gate`] in front of
+//! the router holds requests while the vdisk's mapping changes.
 
+mod gate;
 mod router;
 mod vdisk;
 
+pub use gate::Gate;
 pub use router::{Action, RouteConfig, Router};
-pub use vdisk::{PathCounters, RoutedVdisk, TailPath, VdiskCounters};
+pub use vdisk::{PathCounters, PathsCounters, RoutedVdisk, TailPath, VdiskCounters};

@@ -84,6 +84,38 @@ impl<P: Copy + Eq + Hash> Router<P> {
         self.pending.len()
     }
 
+    /// The path request `id` is out on, if it is pending and sent.
+    pub fn path_of(&self, id: u64) -> Option<P> {
+        self.pending.get(&id).and_then(|p| p.path)
+    }
+
+    /// Forgets request `id` without completing it: its owner holds it back
+    /// or takes it elsewhere. A reply to an attempt already out is ignored
+    /// from now on. Returns whether it was pending.
+    pub fn withdraw(&mut self, id: u64) -> bool {
+        self.pending.remove(&id).is_some()
+    }
+
+    /// Forgets the requests waiting for a path and returns their ids, in
+    /// order; the requests out on a path stay.
+    pub fn withdraw_unsent(&mut self) -> Vec<u64> {
+        let unsent: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.path.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &unsent {
+            self.pending.remove(id);
+        }
+        unsent
+    }
+
+    /// Forgets every pending request and returns their ids, in order.
+    pub fn withdraw_all(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.pending).into_keys().collect()
+    }
+
     /// A new request to route.
     pub fn submit(&mut self, id: u64, now: Instant) -> Vec<Action<P>> {
         self.pending.insert(
@@ -383,6 +415,28 @@ mod tests {
         }
         assert!(now >= t + 10_000 * MS, "failed at {:?}", now - t);
         assert!(sends <= 2 * 100 + 2, "{sends} sends in 10 s");
+    }
+
+    #[test]
+    fn withdrawn_requests_are_forgotten_and_their_late_replies_ignored() {
+        let (mut r, t) = router();
+        r.path_down(Secondary, t);
+        r.submit(1, t);
+        r.submit(2, t);
+        assert_eq!(r.path_of(1), Some(Primary));
+        // Refused twice by the only path up: it waits for the next round.
+        assert_eq!(r.failed(2, Primary, t), [send(2, Primary)]);
+        assert_eq!(r.failed(2, Primary, t), []);
+        assert_eq!(r.path_of(2), None);
+        assert_eq!(r.withdraw_unsent(), [2]);
+        assert_eq!(r.in_flight(), 1);
+        assert!(r.withdraw(1));
+        assert!(!r.withdraw(1));
+        assert_eq!(r.succeeded(1, Primary), []);
+        r.submit(3, t);
+        r.submit(4, t);
+        assert_eq!(r.withdraw_all(), [3, 4]);
+        assert_eq!(r.next_deadline(), None);
     }
 
     #[test]

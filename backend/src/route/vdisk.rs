@@ -1,13 +1,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Action, RouteConfig, Router};
+use super::{Action, Gate, RouteConfig};
 use crate::link::{LinkError, PeerLinks, Reply};
 use crate::peer::run_on_tail;
 use crate::wire::{Nack, Op, Status};
@@ -57,20 +57,50 @@ pub struct PathCounters {
     pub failed: AtomicU64,
 }
 
-/// A vdisk's routing counters: one entry per path, in preference order.
+/// The counters of a vdisk's current paths: one entry per path, in
+/// preference order.
+pub type PathsCounters = Arc<[(String, PathCounters)]>;
+
+/// A vdisk's routing counters. They live as long as the vdisk, across
+/// reconfigurations: a new mapping replaces the per-path counters, the
+/// vdisk-wide ones keep counting.
 #[derive(Debug)]
 pub struct VdiskCounters {
-    pub paths: Vec<(String, PathCounters)>,
-    /// Attempts that resent a request after another attempt failed.
+    paths: RwLock<PathsCounters>,
+    /// Attempts that resent a request after another attempt failed, or
+    /// after it was held for a new mapping.
     pub resends: AtomicU64,
     /// Requests that completed only after being resent: each lived through
-    /// a failover (or a refusal) and the application saw a delay.
+    /// a failover, a refusal or a reconfiguration, and the application saw
+    /// a delay.
     pub failovers: AtomicU64,
     /// Seconds from submission to completion of those requests: what a
     /// failover costs the application.
     pub failover_stall: Histogram,
-    /// Requests that failed on every path for the I/O timeout.
+    /// Requests that failed on every path, or were held, for the I/O
+    /// timeout.
     pub errors: AtomicU64,
+}
+
+impl VdiskCounters {
+    /// The counters of the current mapping's paths.
+    pub fn paths(&self) -> PathsCounters {
+        self.paths
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_paths(&self, paths: PathsCounters) {
+        *self.paths.write().unwrap_or_else(PoisonError::into_inner) = paths;
+    }
+}
+
+fn path_counters(paths: &[TailPath]) -> PathsCounters {
+    paths
+        .iter()
+        .map(|p| (p.name().to_owned(), PathCounters::default()))
+        .collect()
 }
 
 type Completion = Result<Option<AlignedBuf>, IoError>;
@@ -81,32 +111,53 @@ struct Submission {
     done: oneshot::Sender<Completion>,
 }
 
+/// What the routing task is asked, in the order it was asked: a request
+/// submitted after a suspension began is held by it.
+enum Input {
+    Submit(Submission),
+    /// Hold new requests; answer once none is in flight.
+    Suspend(oneshot::Sender<()>),
+    /// Release the held requests, under a new epoch and paths if given.
+    Resume(Option<(u64, Vec<TailPath>)>),
+}
+
+/// A path of one mapping: its index among that mapping's paths. A new
+/// mapping is a new generation, so that replies and path states of the
+/// old paths are told apart from the new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PathKey {
+    generation: u64,
+    index: usize,
+}
+
 enum Event {
     /// An attempt of request `id` on path `path` ended.
     Attempt {
         id: u64,
-        path: usize,
+        path: PathKey,
         result: Result<Reply, LinkError>,
     },
     /// A path became reachable or unreachable.
-    PathState { path: usize, up: bool },
+    PathState { path: PathKey, up: bool },
 }
 
 /// A vdisk whose requests go to whichever of its tails can take them: the
-/// routing task owns a [`Router`] (the pending-request table) and carries
-/// out its actions on [`TailPath`]s. Requests come from any thread or
-/// executor, a ublk queue's among them.
+/// routing task owns a [`Gate`] (a [`Router`](super::Router), the pending-request table,
+/// behind a gate for reconfigurations) and carries out its actions on
+/// [`TailPath`]s. Requests come from any thread or executor, a ublk
+/// queue's among them.
 ///
 /// Dropping it ends the routing task once the requests in flight are done.
 pub struct RoutedVdisk {
-    submissions: mpsc::UnboundedSender<Submission>,
+    inputs: mpsc::UnboundedSender<Input>,
     counters: Arc<VdiskCounters>,
+    stale: watch::Receiver<u64>,
 }
 
 impl RoutedVdisk {
-    /// Starts the routing task of vdisk `vdisk` on `runtime`. `paths` are in
-    /// order of preference: the local tail first if this node has one, then
-    /// the primary, then the secondary.
+    /// Starts the routing task of vdisk `vdisk` on `runtime`, sending under
+    /// `epoch`. `paths` are in order of preference: the local tail first if
+    /// this node has one, then the primary, then the secondary.
     pub fn spawn(
         runtime: &Handle,
         vdisk: u64,
@@ -115,39 +166,86 @@ impl RoutedVdisk {
         config: RouteConfig,
     ) -> RoutedVdisk {
         let counters = Arc::new(VdiskCounters {
-            paths: paths
-                .iter()
-                .map(|p| (p.name().to_owned(), PathCounters::default()))
-                .collect(),
+            paths: RwLock::new(path_counters(&paths)),
             resends: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             failover_stall: crate::IoMetrics::latency_histogram(),
             errors: AtomicU64::new(0),
         });
-        let (submissions, inbox) = mpsc::unbounded_channel();
+        let (inputs, inbox) = mpsc::unbounded_channel();
+        let (learned, stale) = watch::channel(epoch);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (retire, _) = watch::channel(());
+        let keys = (0..paths.len())
+            .map(|index| PathKey {
+                generation: 0,
+                index,
+            })
+            .collect();
         let task = RoutingTask {
             vdisk,
-            epoch,
-            paths: paths.into_iter().map(Arc::new).collect(),
             config,
+            gate: Gate::new(keys, epoch, config),
+            generation: 0,
+            paths: paths.into_iter().map(Arc::new).collect(),
+            path_counters: counters.paths(),
+            retire,
             counters: counters.clone(),
+            learned,
+            events,
+            pending: HashMap::new(),
+            drained: Vec::new(),
         };
-        runtime.spawn(task.run(inbox));
+        runtime.spawn(task.run(inbox, events_rx));
         RoutedVdisk {
-            submissions,
+            inputs,
             counters,
+            stale,
         }
     }
 
+    /// The vdisk's counters, for as long as it lives.
     pub fn counters(&self) -> &Arc<VdiskCounters> {
         &self.counters
+    }
+
+    /// Holds new requests from now on (they wait, unsent, for
+    /// [`RoutedVdisk::resume`]) and resolves once none is in flight: every
+    /// request sent has completed or failed, or been held too. Suspensions
+    /// may overlap; one resume ends them all, and resolves any still
+    /// waiting for the drain.
+    pub async fn suspend(&self) {
+        let (drained, done) = oneshot::channel();
+        // A routing task that is gone has nothing in flight.
+        if self.inputs.send(Input::Suspend(drained)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Sends the held requests, and new ones from now on. With a `mapping`,
+    /// under its epoch on its paths (in order of preference, as for
+    /// [`RoutedVdisk::spawn`]); any request still in flight on the old
+    /// paths is sent again on the new ones. Requests a tail refused as of
+    /// a stale epoch are held until this is called.
+    pub fn resume(&self, mapping: Option<(u64, Vec<TailPath>)>) {
+        // A routing task that is gone holds nothing to release.
+        let _ = self.inputs.send(Input::Resume(mapping));
+    }
+
+    /// The highest epoch known to the vdisk: its own until a tail refuses a
+    /// request as of an older epoch than the tail's. Once it exceeds the
+    /// epoch the vdisk sends under, the vdisk holds every request until
+    /// [`RoutedVdisk::resume`] gives it the new mapping, or the I/O timeout
+    /// fails them.
+    pub fn stale(&self) -> watch::Receiver<u64> {
+        self.stale.clone()
     }
 
     async fn submit(&self, op: Op, payload: Option<Arc<AlignedBuf>>) -> Completion {
         let (done, completion) = oneshot::channel();
         let submission = Submission { op, payload, done };
-        self.submissions
-            .send(submission)
+        self.inputs
+            .send(Input::Submit(submission))
             .map_err(|_| IoError::ShuttingDown)?;
         completion.await.map_err(|_| IoError::ShuttingDown)?
     }
@@ -206,14 +304,24 @@ impl BlockBackend for RoutedVdisk {
     }
 }
 
-/// The thin shell around a [`Router`]: feeds it submissions, attempt
-/// outcomes, path states and time, and carries out what it says.
+/// The thin shell around a [`Gate`]: feeds it submissions, suspensions,
+/// attempt outcomes, path states and time, and carries out what it says.
 struct RoutingTask {
     vdisk: u64,
-    epoch: u64,
-    paths: Vec<Arc<TailPath>>,
     config: RouteConfig,
+    gate: Gate<PathKey>,
+    /// The current mapping: its generation, paths and their counters.
+    generation: u64,
+    paths: Vec<Arc<TailPath>>,
+    path_counters: PathsCounters,
+    /// Dropped when the mapping is replaced: stops following its paths.
+    retire: watch::Sender<()>,
     counters: Arc<VdiskCounters>,
+    learned: watch::Sender<u64>,
+    events: mpsc::UnboundedSender<Event>,
+    pending: HashMap<u64, Pending>,
+    /// Suspensions waiting for the vdisk to drain.
+    drained: Vec<oneshot::Sender<()>>,
 }
 
 struct Pending {
@@ -223,60 +331,129 @@ struct Pending {
 }
 
 impl RoutingTask {
-    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Submission>) {
-        let mut router = Router::new((0..self.paths.len()).collect(), self.config);
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        self.follow_path_states(&events_tx);
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Input>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        self.follow_path_states();
         let mut next_id = 0u64;
         loop {
-            let deadline = router.next_deadline();
+            let deadline = self.gate.next_deadline();
             let timer = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
+            let now = Instant::now();
             let (actions, mut data) = tokio::select! {
-                submission = inbox.recv() => {
-                    let Some(submission) = submission else { break };
-                    next_id += 1;
-                    pending.insert(next_id, Pending { submission, attempts: 0, since: Instant::now() });
-                    (router.submit(next_id, Instant::now()), None)
-                }
-                Some(event) = events.recv() => match event {
-                    Event::Attempt { id, path, result } => {
-                        let op = pending.get(&id).map(|p| p.submission.op);
-                        self.attempt_ended(&mut router, id, path, op, result)
+                input = inbox.recv() => match input {
+                    None => break,
+                    Some(Input::Submit(submission)) => {
+                        next_id += 1;
+                        self.pending.insert(next_id, Pending { submission, attempts: 0, since: now });
+                        (self.gate.submit(next_id, now), None)
                     }
+                    Some(Input::Suspend(drained)) => {
+                        self.gate.suspend(now);
+                        self.drained.push(drained);
+                        (Vec::new(), None)
+                    }
+                    Some(Input::Resume(mapping)) => (self.resume(mapping, now), None),
+                },
+                Some(event) = events.recv() => match event {
+                    Event::Attempt { path, .. } | Event::PathState { path, .. }
+                        if path.generation != self.generation =>
+                    {
+                        // The old mapping's: its requests moved on.
+                        (Vec::new(), None)
+                    }
+                    Event::Attempt { id, path, result } => self.attempt_ended(id, path, result, now),
                     Event::PathState { path, up } => {
-                        let name = self.paths[path].name();
-                        let now = Instant::now();
+                        let name = self.paths[path.index].name();
                         if up {
                             tracing::info!(vdisk = self.vdisk, path = name, "path usable again");
-                            (router.path_up(path, now), None)
+                            (self.gate.path_up(path, now), None)
                         } else {
                             tracing::warn!(vdisk = self.vdisk, path = name, "path down: its requests move to the next path");
-                            (router.path_down(path, now), None)
+                            (self.gate.path_down(path, now), None)
                         }
                     }
                 },
-                () = timer => (router.tick(Instant::now()), None),
+                () = timer => (self.gate.tick(Instant::now()), None),
             };
             for action in actions {
-                self.carry_out(action, &mut pending, &mut data, &events_tx);
+                self.carry_out(action, &mut data);
+            }
+            let learned = self.gate.learned();
+            self.learned.send_if_modified(|known| {
+                let raised = learned > *known;
+                if raised {
+                    tracing::warn!(
+                        vdisk = self.vdisk,
+                        epoch = self.gate.epoch(),
+                        learned,
+                        "a tail serves a newer epoch: requests wait for the new mapping"
+                    );
+                    *known = learned;
+                }
+                raised
+            });
+            if self.gate.is_drained() {
+                for drained in self.drained.drain(..) {
+                    let _ = drained.send(());
+                }
             }
         }
     }
 
-    /// Reports each peer path's reachability as events, until the task ends.
-    fn follow_path_states(&self, events: &mpsc::UnboundedSender<Event>) {
-        for (path, tail_path) in self.paths.iter().enumerate() {
+    /// Opens the gate, on a new mapping if given, and ends the suspensions.
+    fn resume(
+        &mut self,
+        mapping: Option<(u64, Vec<TailPath>)>,
+        now: Instant,
+    ) -> Vec<Action<PathKey>> {
+        let mapping = mapping.map(|(epoch, paths)| {
+            self.generation += 1;
+            let generation = self.generation;
+            tracing::info!(
+                vdisk = self.vdisk,
+                epoch,
+                paths = ?paths.iter().map(TailPath::name).collect::<Vec<_>>(),
+                "new mapping"
+            );
+            self.path_counters = path_counters(&paths);
+            self.counters.set_paths(self.path_counters.clone());
+            let keys = (0..paths.len())
+                .map(|index| PathKey { generation, index })
+                .collect();
+            self.paths = paths.into_iter().map(Arc::new).collect();
+            self.retire = watch::channel(()).0;
+            self.follow_path_states();
+            (epoch, keys)
+        });
+        let actions = self.gate.resume(mapping, now);
+        for drained in self.drained.drain(..) {
+            let _ = drained.send(());
+        }
+        actions
+    }
+
+    /// Reports each peer path's reachability as events, until the mapping
+    /// is replaced or the task ends.
+    fn follow_path_states(&self) {
+        for (index, tail_path) in self.paths.iter().enumerate() {
             let TailPath::Peer(peer) = &**tail_path else {
                 continue;
             };
+            let path = PathKey {
+                generation: self.generation,
+                index,
+            };
             let mut state = peer.watch();
-            let events = events.clone();
+            let mut retired = self.retire.subscribe();
+            let events = self.events.clone();
             tokio::spawn(async move {
                 loop {
                     let up = *state.borrow_and_update();
@@ -285,6 +462,7 @@ impl RoutingTask {
                     }
                     tokio::select! {
                         () = events.closed() => return,
+                        _ = retired.changed() => return,
                         changed = state.changed() => if changed.is_err() { return },
                     }
                 }
@@ -292,36 +470,49 @@ impl RoutingTask {
         }
     }
 
-    /// Feeds an attempt's outcome to the router. Returns its actions and,
-    /// for a successful read, the data to complete it with.
+    /// Feeds an attempt's outcome to the gate. Returns its actions and, for
+    /// a successful read, the data to complete it with.
     fn attempt_ended(
-        &self,
-        router: &mut Router<usize>,
+        &mut self,
         id: u64,
-        path: usize,
-        op: Option<Op>,
+        path: PathKey,
         result: Result<Reply, LinkError>,
-    ) -> (Vec<Action<usize>>, Option<AlignedBuf>) {
-        let name = self.paths[path].name();
+        now: Instant,
+    ) -> (Vec<Action<PathKey>>, Option<AlignedBuf>) {
+        let name = self.paths[path.index].name();
+        let counters = &self.path_counters[path.index].1;
         let why = match result {
             Ok(Reply {
                 status: Status::Ok,
                 data,
             }) => {
-                let wanted = match op {
+                let wanted = match self.pending.get(&id).map(|p| p.submission.op) {
                     Some(Op::Read { len, .. }) => len as usize,
                     _ => 0,
                 };
                 let got = data.as_ref().map_or(0, |d| d.len());
                 if got == wanted {
-                    let actions = router.succeeded(id, path);
+                    let actions = self.gate.succeeded(id, path);
                     if !actions.is_empty() {
-                        let completed = &self.counters.paths[path].1.completed;
-                        completed.fetch_add(1, Ordering::Relaxed);
+                        counters.completed.fetch_add(1, Ordering::Relaxed);
                     }
                     return (actions, data);
                 }
                 format!("answered with {got} bytes for {wanted}")
+            }
+            Ok(Reply {
+                status: Status::Nack(Nack::StaleEpoch { current }),
+                ..
+            }) if current > self.gate.epoch() => {
+                // Not the path's fault: the mapping moved on, and every
+                // path of the old one would refuse the request too.
+                tracing::debug!(
+                    vdisk = self.vdisk,
+                    path = name,
+                    id,
+                    "attempt held: the tail serves epoch {current}"
+                );
+                return (self.gate.stale_epoch(id, path, current, now), None);
             }
             Ok(Reply {
                 status: Status::Nack(nack),
@@ -330,34 +521,25 @@ impl RoutingTask {
             Err(e) => e.to_string(),
         };
         tracing::debug!(vdisk = self.vdisk, path = name, id, "attempt failed: {why}");
-        self.counters.paths[path]
-            .1
-            .failed
-            .fetch_add(1, Ordering::Relaxed);
-        (router.failed(id, path, Instant::now()), None)
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        (self.gate.failed(id, path, now), None)
     }
 
-    fn carry_out(
-        &self,
-        action: Action<usize>,
-        pending: &mut HashMap<u64, Pending>,
-        data: &mut Option<AlignedBuf>,
-        events: &mpsc::UnboundedSender<Event>,
-    ) {
+    fn carry_out(&mut self, action: Action<PathKey>, data: &mut Option<AlignedBuf>) {
         match action {
             Action::Send { id, path } => {
-                let Some(request) = pending.get_mut(&id) else {
+                let Some(request) = self.pending.get_mut(&id) else {
                     return;
                 };
                 request.attempts += 1;
                 if request.attempts > 1 {
                     self.counters.resends.fetch_add(1, Ordering::Relaxed);
                 }
-                let tail_path = self.paths[path].clone();
-                let (vdisk, epoch) = (self.vdisk, self.epoch);
+                let tail_path = self.paths[path.index].clone();
+                let (vdisk, epoch) = (self.vdisk, self.gate.epoch());
                 let op = request.submission.op;
                 let payload = request.submission.payload.clone();
-                let events = events.clone();
+                let events = self.events.clone();
                 // The attempt runs to completion even if the request moves
                 // on: a local attempt owns a buffer the kernel writes into.
                 tokio::spawn(async move {
@@ -366,7 +548,7 @@ impl RoutingTask {
                 });
             }
             Action::Complete { id } => {
-                if let Some(request) = pending.remove(&id) {
+                if let Some(request) = self.pending.remove(&id) {
                     if request.attempts > 1 {
                         self.counters.failovers.fetch_add(1, Ordering::Relaxed);
                         let stall = request.since.elapsed().as_secs_f64();
@@ -376,11 +558,11 @@ impl RoutingTask {
                 }
             }
             Action::Fail { id } => {
-                if let Some(request) = pending.remove(&id) {
+                if let Some(request) = self.pending.remove(&id) {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         vdisk = self.vdisk,
-                        "request failed: no path answered for the I/O timeout"
+                        "request failed: no path took it for the I/O timeout"
                     );
                     let seconds = self.config.io_timeout.as_secs();
                     let _ = request

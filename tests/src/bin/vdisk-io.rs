@@ -233,7 +233,7 @@ fn note_failure(state: &RefCell<State>, mismatch: bool, what: String) {
 fn report(vdisk: &RoutedVdisk, state: &State, done: bool, verified: u64) {
     let counters = vdisk.counters();
     let paths: serde_json::Map<String, serde_json::Value> = counters
-        .paths
+        .paths()
         .iter()
         .map(|(name, c)| (name.clone(), c.completed.load(Ordering::Relaxed).into()))
         .collect();
