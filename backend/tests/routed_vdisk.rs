@@ -1,7 +1,9 @@
 //! A routed vdisk over real peer servers on loopback, both serving one
 //! shared file (a twin-tailed tail): requests take the preferred path, move
 //! to the alternate when it dies, come back when it returns, and fail only
-//! when no path answers for the I/O timeout.
+//! when no path answers for the I/O timeout. Reconfiguration: a suspended
+//! vdisk drains and holds, a resumed one sends on its new mapping, and a
+//! tail on a newer epoch makes it wait for that mapping.
 
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
@@ -57,8 +59,13 @@ struct Server {
 
 impl Server {
     async fn start(tail: &Tail) -> Server {
+        Server::start_at(tail, EPOCH).await
+    }
+
+    /// A server whose export of the tail is at `epoch`.
+    async fn start_at(tail: &Tail, epoch: u64) -> Server {
         let exports = Arc::new(Exports::new());
-        exports.insert(VDISK, EPOCH, tail.open());
+        exports.insert(VDISK, epoch, tail.open());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut server = Server {
@@ -299,5 +306,219 @@ fn a_path_that_returns_within_the_io_timeout_completes_the_waiting_request() {
         let (read, ()) = tokio::join!(vdisk.read(2 * BLOCK as u64, &mut buf), restart);
         read.unwrap();
         assert_eq!(buf, block(5));
+    });
+}
+
+/// A peer path whose links are up already, so that its first request is
+/// not refused for want of a link.
+async fn connected_peer(name: &str, server: &Server) -> TailPath {
+    let peer = member(name, server);
+    let mut up = peer.watch();
+    tokio::time::timeout(Duration::from_secs(5), up.wait_for(|&up| up))
+        .await
+        .unwrap()
+        .unwrap();
+    TailPath::Peer(peer)
+}
+
+fn failed(vdisk: &RoutedVdisk, path: usize) -> u64 {
+    vdisk.counters().paths()[path]
+        .1
+        .failed
+        .load(Ordering::Relaxed)
+}
+
+/// Starts a write of block `index` filled from `seed` on its own task.
+fn spawn_write(
+    vdisk: &Arc<RoutedVdisk>,
+    index: u64,
+    seed: u8,
+) -> tokio::task::JoinHandle<Result<(), IoError>> {
+    let vdisk = vdisk.clone();
+    tokio::spawn(async move { vdisk.write(index * BLOCK as u64, &block(seed)).await })
+}
+
+/// Lets the spawned writes run up to their submission.
+async fn let_them_submit() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn suspend_resolves_once_requests_in_flight_are_done_and_holds_new_ones_until_resume() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start(&tail).await;
+        let vdisk = Arc::new(RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![peer("a", &server)],
+            RouteConfig::default(),
+        ));
+        write_and_check(&vdisk, 0, 1).await;
+        let writes: Vec<_> = (1..=16).map(|i| spawn_write(&vdisk, i, i as u8)).collect();
+        // Submitted, and (as a rule: the replies need the server's turn on
+        // this thread) not answered yet.
+        let_them_submit().await;
+
+        vdisk.suspend().await;
+        // Every write submitted before the suspension has landed.
+        assert_eq!(completed(&vdisk, 0), 2 + 16);
+        for i in 1..=16 {
+            assert_eq!(file_block(&tail.path, i), block(i as u8));
+        }
+        let held = spawn_write(&vdisk, 20, 20);
+        // Suspensions overlap harmlessly.
+        vdisk.suspend().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "a held write went out");
+        assert_eq!(file_block(&tail.path, 20), vec![0; BLOCK]);
+
+        vdisk.resume(None);
+        held.await.unwrap().unwrap();
+        assert_eq!(file_block(&tail.path, 20), block(20));
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn resume_with_a_new_mapping_sends_held_requests_on_the_new_path_under_the_new_epoch() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let old = Server::start_at(&tail, 1).await;
+        let new = Server::start_at(&tail, 2).await;
+        let vdisk = Arc::new(RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            1,
+            vec![connected_peer("old", &old).await],
+            RouteConfig::default(),
+        ));
+        write_and_check(&vdisk, 0, 1).await;
+        let old_paths = vdisk.counters().paths();
+        vdisk.suspend().await;
+        let held = spawn_write(&vdisk, 1, 2);
+        let_them_submit().await;
+
+        vdisk.resume(Some((2, vec![connected_peer("new", &new).await])));
+        held.await.unwrap().unwrap();
+        assert_eq!(file_block(&tail.path, 1), block(2));
+        write_and_check(&vdisk, 2, 3).await;
+
+        // The new server refuses epoch 1 and would be raised by a later
+        // one: the requests carried epoch 2 exactly.
+        assert_eq!(new.exports.get(VDISK).unwrap().1, 2);
+        let paths = vdisk.counters().paths();
+        assert_eq!(paths.len(), 1);
+        assert_eq!(paths[0].0, "new");
+        assert_eq!(paths[0].1.completed.load(Ordering::Relaxed), 3);
+        assert_eq!(paths[0].1.failed.load(Ordering::Relaxed), 0);
+        // The old path got nothing more.
+        assert_eq!(old_paths[0].1.completed.load(Ordering::Relaxed), 2);
+        assert_eq!(old_paths[0].1.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(old.exports.get(VDISK).unwrap().1, 1);
+        // The held request was sent once, on the new path: no resend.
+        assert_eq!(vdisk.counters().resends.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_tail_on_a_newer_epoch_parks_the_request_until_resume_brings_that_epoch() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start_at(&tail, 1).await;
+        let vdisk = Arc::new(RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            1,
+            vec![connected_peer("a", &server).await],
+            RouteConfig::default(),
+        ));
+        write_and_check(&vdisk, 0, 1).await;
+        let mut stale = vdisk.stale();
+        assert_eq!(*stale.borrow(), 1);
+
+        server.exports.set_epoch(VDISK, 2);
+        let parked = spawn_write(&vdisk, 1, 5);
+        tokio::time::timeout(Duration::from_secs(5), stale.wait_for(|&e| e == 2))
+            .await
+            .unwrap()
+            .unwrap();
+        // New requests are held too, not sent to be refused.
+        let held = spawn_write(&vdisk, 2, 6);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!parked.is_finished() && !held.is_finished());
+        assert_eq!(file_block(&tail.path, 1), vec![0; BLOCK]);
+        assert_eq!(failed(&vdisk, 0), 0, "a stale epoch is no path failure");
+
+        vdisk.resume(Some((2, vec![connected_peer("a", &server).await])));
+        parked.await.unwrap().unwrap();
+        held.await.unwrap().unwrap();
+        assert_eq!(file_block(&tail.path, 1), block(5));
+        assert_eq!(file_block(&tail.path, 2), block(6));
+        assert_eq!(*vdisk.stale().borrow(), 2);
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_request_held_for_the_io_timeout_fails_as_unreachable() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start(&tail).await;
+        let config = RouteConfig {
+            io_timeout: Duration::from_millis(300),
+            ..RouteConfig::default()
+        };
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![peer("a", &server)],
+            config,
+        );
+        write_and_check(&vdisk, 0, 1).await;
+        vdisk.suspend().await;
+        let started = tokio::time::Instant::now();
+        let result = vdisk.write(BLOCK as u64, &block(2)).await;
+        assert!(
+            matches!(result, Err(IoError::Unreachable { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(file_block(&tail.path, 1), vec![0; BLOCK]);
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 1);
+    });
+}
+
+#[test]
+fn a_request_parked_on_a_stale_epoch_fails_if_the_new_mapping_never_comes() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start_at(&tail, 3).await;
+        let config = RouteConfig {
+            io_timeout: Duration::from_millis(300),
+            ..RouteConfig::default()
+        };
+        let vdisk = RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            1,
+            vec![peer("a", &server)],
+            config,
+        );
+        let result = vdisk.write(0, &block(2)).await;
+        assert!(
+            matches!(result, Err(IoError::Unreachable { .. })),
+            "{result:?}"
+        );
+        assert_eq!(*vdisk.stale().borrow(), 3);
+        assert_eq!(file_block(&tail.path, 0), vec![0; BLOCK]);
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 1);
     });
 }
