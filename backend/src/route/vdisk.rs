@@ -324,6 +324,13 @@ struct RoutingTask {
     drained: Vec<oneshot::Sender<()>>,
 }
 
+/// What woke the routing task.
+enum Woken {
+    Input(Input),
+    Event(Event),
+    Timer,
+}
+
 struct Pending {
     submission: Submission,
     attempts: u32,
@@ -346,42 +353,56 @@ impl RoutingTask {
                     None => std::future::pending().await,
                 }
             };
-            let now = Instant::now();
-            let (actions, mut data) = tokio::select! {
+            let woken = tokio::select! {
                 input = inbox.recv() => match input {
+                    Some(input) => Woken::Input(input),
                     None => break,
-                    Some(Input::Submit(submission)) => {
-                        next_id += 1;
-                        self.pending.insert(next_id, Pending { submission, attempts: 0, since: now });
-                        (self.gate.submit(next_id, now), None)
-                    }
-                    Some(Input::Suspend(drained)) => {
-                        self.gate.suspend(now);
-                        self.drained.push(drained);
-                        (Vec::new(), None)
-                    }
-                    Some(Input::Resume(mapping)) => (self.resume(mapping, now), None),
                 },
-                Some(event) = events.recv() => match event {
-                    Event::Attempt { path, .. } | Event::PathState { path, .. }
-                        if path.generation != self.generation =>
-                    {
-                        // The old mapping's: its requests moved on.
-                        (Vec::new(), None)
+                Some(event) = events.recv() => Woken::Event(event),
+                () = timer => Woken::Timer,
+            };
+            let now = Instant::now();
+            let (actions, mut data) = match woken {
+                Woken::Input(Input::Submit(submission)) => {
+                    next_id += 1;
+                    let request = Pending {
+                        submission,
+                        attempts: 0,
+                        since: now,
+                    };
+                    self.pending.insert(next_id, request);
+                    (self.gate.submit(next_id, now), None)
+                }
+                Woken::Input(Input::Suspend(drained)) => {
+                    self.gate.suspend(now);
+                    self.drained.push(drained);
+                    (Vec::new(), None)
+                }
+                Woken::Input(Input::Resume(mapping)) => (self.resume(mapping, now), None),
+                // The old mapping's: its requests moved on.
+                Woken::Event(Event::Attempt { path, .. } | Event::PathState { path, .. })
+                    if path.generation != self.generation =>
+                {
+                    (Vec::new(), None)
+                }
+                Woken::Event(Event::Attempt { id, path, result }) => {
+                    self.attempt_ended(id, path, result, now)
+                }
+                Woken::Event(Event::PathState { path, up }) => {
+                    let name = self.paths[path.index].name();
+                    if up {
+                        tracing::info!(vdisk = self.vdisk, path = name, "path usable again");
+                        (self.gate.path_up(path, now), None)
+                    } else {
+                        tracing::warn!(
+                            vdisk = self.vdisk,
+                            path = name,
+                            "path down: its requests move to the next path"
+                        );
+                        (self.gate.path_down(path, now), None)
                     }
-                    Event::Attempt { id, path, result } => self.attempt_ended(id, path, result, now),
-                    Event::PathState { path, up } => {
-                        let name = self.paths[path.index].name();
-                        if up {
-                            tracing::info!(vdisk = self.vdisk, path = name, "path usable again");
-                            (self.gate.path_up(path, now), None)
-                        } else {
-                            tracing::warn!(vdisk = self.vdisk, path = name, "path down: its requests move to the next path");
-                            (self.gate.path_down(path, now), None)
-                        }
-                    }
-                },
-                () = timer => (self.gate.tick(Instant::now()), None),
+                }
+                Woken::Timer => (self.gate.tick(now), None),
             };
             for action in actions {
                 self.carry_out(action, &mut data);
