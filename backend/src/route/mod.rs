@@ -5,10 +5,12 @@
 //! running each attempt on a local tail or a peer. A [`Gate`] in front of
 //! the router holds requests while the vdisk's mapping changes.
 
+mod counters;
 mod gate;
 mod router;
 mod vdisk;
 
+pub use counters::{PathCounters, PathsCounters, VdiskCounters};
 pub use gate::Gate;
 pub use router::{Action, RouteConfig, Router};
-pub use vdisk::{PathCounters, PathsCounters, RoutedVdisk, TailPath, VdiskCounters};
+pub use vdisk::{RoutedVdisk, TailPath};
