@@ -1,17 +1,19 @@
-//! ublkvd's configuration store: what vdisks exist and where their data lives.
+//! ublkvd's configuration store: what vdisks exist, where their data lives,
+//! who may open them, and which nodes make up the cluster.
 //!
-//! Today one redb file per node; the replicated store of a later issue keeps
-//! the same [`Catalog`] interface, so the daemon has one place that knows the
-//! mapping.
-//!
-//! [`raft`] is the first step of that store: openraft over redb, with the
-//! Raft log and the state machine each in their own file.
+//! [`model`] is the configuration and the rules that change it, pure;
+//! [`raft`] replicates it with openraft over redb (the Raft log and the
+//! state machine each in their own file); [`store`] is the daemon's view:
+//! one member of the store, which writes from any node.
 
-mod catalog;
+pub mod model;
 pub mod raft;
+pub mod store;
 mod vdisk;
 
-pub use catalog::{Catalog, CatalogError};
+pub use model::{Command, Configuration, Response};
+pub use store::{node_id, Store, StoreConfig, StoreError, StoreStatus};
 pub use vdisk::{
-    is_safe_name, Placement, TailRef, TailRefError, VdiskName, VdiskNameError, VdiskSpec,
+    is_safe_name, NodeRecord, PendingMove, Permissions, Placement, TailRef, TailRefError,
+    VdiskName, VdiskNameError, VdiskRecord, VdiskSpec,
 };

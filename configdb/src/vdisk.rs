@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -125,8 +126,9 @@ impl fmt::Display for TailRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Placement {
-    /// A file or block device of this node, used by this node alone.
-    Local { tail: PathBuf },
+    /// A file or block device of one node, used by that node alone: only
+    /// `node` has a device for it.
+    Local { node: String, tail: PathBuf },
     /// Tails of cluster nodes: requests go to the primary, and to the
     /// secondary when the primary cannot take them. Both may be the same
     /// disk seen from two nodes (twin-tailed).
@@ -137,18 +139,79 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// Which of the vdisk's tails is on `node`, if any.
+    /// Which of the vdisk's cluster tails is on `node`, if any.
     pub fn tail_on(&self, node: &str) -> Option<&TailRef> {
+        self.cluster_tails().find(|t| t.node == node)
+    }
+
+    /// The cluster tails, primary first; none for a local placement.
+    pub fn cluster_tails(&self) -> impl Iterator<Item = &TailRef> {
+        let (primary, secondary) = match self {
+            Placement::Local { .. } => (None, None),
+            Placement::Cluster { primary, secondary } => (Some(primary), secondary.as_ref()),
+        };
+        primary.into_iter().chain(secondary)
+    }
+
+    /// Whether `node` has a device for the vdisk: every node for a cluster
+    /// vdisk, the owner alone for a local one.
+    pub fn has_device_on(&self, node: &str) -> bool {
         match self {
-            Placement::Local { .. } => None,
-            Placement::Cluster { primary, secondary } => std::iter::once(primary)
-                .chain(secondary)
-                .find(|t| t.node == node),
+            Placement::Local { node: owner, .. } => owner == node,
+            Placement::Cluster { .. } => true,
+        }
+    }
+
+    /// Whether two placements name a common tail: the same cluster tail, or
+    /// the same path on the same node.
+    pub fn shares_a_tail_with(&self, other: &Placement) -> bool {
+        match (self, other) {
+            (Placement::Local { node: a, tail: ta }, Placement::Local { node: b, tail: tb }) => {
+                a == b && ta == tb
+            }
+            _ => self
+                .cluster_tails()
+                .any(|t| other.cluster_tails().any(|o| o == t)),
         }
     }
 }
 
-/// Everything needed to bring a vdisk's device back after a restart.
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Local { node, tail } => write!(f, "{node}:{}", tail.display()),
+            Placement::Cluster {
+                primary,
+                secondary: Some(secondary),
+            } => write!(f, "{primary},{secondary}"),
+            Placement::Cluster { primary, .. } => write!(f, "{primary}"),
+        }
+    }
+}
+
+/// Who may open a vdisk's device: the owner, group and mode its device
+/// node carries on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub owner: u32,
+    pub group: u32,
+    /// The permission bits (at most 0o7777).
+    pub mode: u32,
+}
+
+impl Default for Permissions {
+    /// As a disk is by default: root, group `disk` (6 on Debian and
+    /// Fedora), mode 0660.
+    fn default() -> Self {
+        Permissions {
+            owner: 0,
+            group: 6,
+            mode: 0o660,
+        }
+    }
+}
+
+/// What an admin asks for when adding a vdisk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VdiskSpec {
     pub name: VdiskName,
@@ -160,9 +223,53 @@ pub struct VdiskSpec {
     pub queues: u16,
     pub queue_depth: u16,
     pub read_only: bool,
-    /// The ublk device number it was given, asked for again on restart so
-    /// that `/dev/ublkbN` stays the same.
-    pub device_id: Option<u32>,
+    pub permissions: Permissions,
+}
+
+/// A vdisk as the store holds it: what was asked for, and what the
+/// cluster gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdiskRecord {
+    pub spec: VdiskSpec,
+    /// Unique in the cluster: the ublk device number every node asks for,
+    /// so that the vdisk is `/dev/ublkb<id>` everywhere it can be.
+    pub id: u32,
+    /// Grows by one each time the mapping changes; data requests carry it,
+    /// and tails refuse older ones.
+    pub epoch: u64,
+    /// A reconfiguration under way.
+    pub moving: Option<PendingMove>,
+}
+
+/// A move between its start and its end: the new placement, and which
+/// nodes have suspended their I/O to the vdisk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMove {
+    /// The generation at which the move began: names this move.
+    pub id: u64,
+    pub to: Placement,
+    /// The node that runs the move.
+    pub coordinator: String,
+    /// The nodes that must suspend before the move can commit.
+    pub waiting_for: BTreeSet<String>,
+    /// Those that have suspended and drained.
+    pub acked: BTreeSet<String>,
+}
+
+impl PendingMove {
+    pub fn all_acked(&self) -> bool {
+        self.waiting_for.is_subset(&self.acked)
+    }
+}
+
+/// A node as the store knows it: where its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    /// Its peer server's addresses, one per network.
+    pub links: Vec<std::net::SocketAddr>,
+    /// Its tails: name → size in bytes.
+    pub tails: std::collections::BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
@@ -210,6 +317,25 @@ mod tests {
         };
         assert_eq!(placement.tail_on("b").unwrap().tail, "disk1");
         assert!(placement.tail_on("c").is_none());
+        assert!(placement.has_device_on("c"));
+    }
+
+    #[test]
+    fn placements_share_a_tail_only_on_the_same_node() {
+        let cluster = |p: &str, s: Option<&str>| Placement::Cluster {
+            primary: p.parse().unwrap(),
+            secondary: s.map(|s| s.parse().unwrap()),
+        };
+        let local = |node: &str, tail: &str| Placement::Local {
+            node: node.into(),
+            tail: tail.into(),
+        };
+        assert!(cluster("a:d0", Some("b:d1")).shares_a_tail_with(&cluster("b:d1", None)));
+        assert!(!cluster("a:d0", Some("b:d1")).shares_a_tail_with(&cluster("a:d1", None)));
+        assert!(local("a", "/x").shares_a_tail_with(&local("a", "/x")));
+        assert!(!local("a", "/x").shares_a_tail_with(&local("b", "/x")));
+        assert!(!local("a", "/x").shares_a_tail_with(&cluster("a:d0", None)));
+        assert!(!local("a", "/x").has_device_on("b"));
     }
 
     #[test]

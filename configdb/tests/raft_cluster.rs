@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use configdb::raft::{Command, LogStore, Raft, StateMachine, TypeConfig};
+use configdb::model::Request;
+use configdb::raft::{LogStore, Raft, StateMachine, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -24,16 +25,16 @@ use tempfile::TempDir;
 
 mod support;
 
-use support::{leader, raft_config, spec, TIMEOUT};
+use support::{add, delete, leader, raft_config, spec, specs, TIMEOUT};
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-fn entry(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {
+fn entry(term: u64, index: u64, request: Request) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(command),
+        payload: EntryPayload::Normal(request),
     }
 }
 
@@ -91,7 +92,7 @@ async fn the_log_store_keeps_vote_entries_and_purge_mark_across_reopening() {
     {
         let mut log = LogStore::open(&path).unwrap();
         log.save_vote(&vote).await.unwrap();
-        let entries = (1..=5).map(|i| entry(1, i, Command::PutVdisk(spec("a", i))));
+        let entries = (1..=5).map(|i| entry(1, i, add("a", i)));
         log.blocking_append(entries).await.unwrap();
         log.purge(log_id(1, 2)).await.unwrap();
         log.truncate(log_id(1, 5)).await.unwrap();
@@ -117,19 +118,19 @@ async fn the_log_store_keeps_vote_entries_and_purge_mark_across_reopening() {
 async fn reapplying_an_entry_already_applied_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = StateMachine::open(&dir.path().join("state.redb")).unwrap();
-    let put = entry(1, 1, Command::PutVdisk(spec("a", 1)));
+    let put = entry(1, 1, add("a", 1));
     let first = sm.apply([put.clone()]).await.unwrap();
     assert_eq!(first[0].generation, 1);
 
     // As after a crash between applying and openraft noting it: the same
     // index comes again, here with a different record to make a change
     // visible if it were applied.
-    let replay = entry(1, 1, Command::PutVdisk(spec("a", 999)));
+    let replay = entry(1, 1, add("a", 999));
     let again = sm.apply([put, replay]).await.unwrap();
     assert_eq!(again.len(), 2, "one response per entry");
     assert!(again.iter().all(|r| r.generation == 1));
-    assert_eq!(sm.generation().unwrap(), 1);
-    assert_eq!(sm.vdisks().unwrap(), [spec("a", 1)]);
+    assert_eq!(sm.configuration().generation, 1);
+    assert_eq!(specs(&sm), [spec("a", 1)]);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 1)));
 }
 
@@ -140,22 +141,16 @@ async fn the_state_machine_keeps_what_it_applied_across_reopening() {
     {
         let mut sm = StateMachine::open(&path).unwrap();
         sm.apply([
-            entry(1, 1, Command::PutVdisk(spec("a", 1))),
-            entry(1, 2, Command::PutVdisk(spec("b", 2))),
-            entry(
-                1,
-                3,
-                Command::DeleteVdisk {
-                    name: "a".parse().unwrap(),
-                },
-            ),
+            entry(1, 1, add("a", 1)),
+            entry(1, 2, add("b", 2)),
+            entry(1, 3, delete("a")),
         ])
         .await
         .unwrap();
     }
     let mut sm = StateMachine::open(&path).unwrap();
-    assert_eq!(sm.vdisks().unwrap(), [spec("b", 2)]);
-    assert_eq!(sm.generation().unwrap(), 3);
+    assert_eq!(specs(&sm), [spec("b", 2)]);
+    assert_eq!(sm.configuration().generation, 3);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 3)));
 }
 
@@ -283,9 +278,9 @@ impl Cluster {
         leader(&self.raft(1)).await
     }
 
-    async fn write(&self, command: Command) -> u64 {
+    async fn write(&self, request: Request) -> u64 {
         let leader = self.leader().await;
-        let written = self.raft(leader).client_write(command).await.unwrap();
+        let written = self.raft(leader).client_write(request).await.unwrap();
         written.log_id.index
     }
 
@@ -315,12 +310,13 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_the_leader_is_applied_on_all_three_nodes() {
     let cluster = Cluster::start().await;
-    let index = cluster.write(Command::PutVdisk(spec("a", 1 << 30))).await;
+    let index = cluster.write(add("a", 1 << 30)).await;
     for id in 1..=3 {
         cluster.wait_applied(id, index).await;
         let sm = &cluster.machines[&id];
-        assert_eq!(sm.vdisks().unwrap(), [spec("a", 1 << 30)], "node {id}");
-        assert_eq!(sm.generation().unwrap(), 1, "node {id}");
+        assert_eq!(specs(sm), [spec("a", 1 << 30)], "node {id}");
+        // The store's first membership, then the vdisk.
+        assert_eq!(sm.configuration().generation, 2, "node {id}");
     }
     let members: BTreeSet<u64> = cluster
         .raft(2)
@@ -336,7 +332,7 @@ async fn a_write_on_the_leader_is_applied_on_all_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_from_its_files_keeps_its_log_and_state_and_catches_up() {
     let mut cluster = Cluster::start().await;
-    let first = cluster.write(Command::PutVdisk(spec("a", 1))).await;
+    let first = cluster.write(add("a", 1)).await;
     for id in 1..=3 {
         cluster.wait_applied(id, first).await;
     }
@@ -350,7 +346,7 @@ async fn a_node_restarted_from_its_files_keeps_its_log_and_state_and_catches_up(
         let state = log.get_log_state().await.unwrap();
         assert!(state.last_log_id.is_some_and(|id| id.index >= first));
         assert!(log.read_vote().await.unwrap().is_some());
-        assert_eq!(sm.vdisks().unwrap(), [spec("a", 1)]);
+        assert_eq!(specs(&sm), [spec("a", 1)]);
         assert!(sm
             .applied_state()
             .await
@@ -360,15 +356,12 @@ async fn a_node_restarted_from_its_files_keeps_its_log_and_state_and_catches_up(
     }
 
     // The other two are a majority: writes go on without it.
-    let second = cluster
-        .write(Command::DeleteVdisk {
-            name: "a".parse().unwrap(),
-        })
-        .await;
+    let second = cluster.write(delete("a")).await;
     cluster.boot(down).await;
     cluster.wait_applied(down, second).await;
     let sm = &cluster.machines[&down];
-    assert_eq!(sm.vdisks().unwrap(), []);
-    assert_eq!(sm.generation().unwrap(), 2);
+    assert_eq!(specs(sm), []);
+    // The first membership, the add and the delete.
+    assert_eq!(sm.configuration().generation, 3);
     cluster.shutdown().await;
 }

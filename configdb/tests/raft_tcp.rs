@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use configdb::model::Request;
 use configdb::raft::network::{read_frame, write_frame};
 use configdb::raft::{
-    serve, Command, LogStore, Raft, RaftRpc, StateMachine, TcpNetwork, MAX_FRAME,
+    serve, LogStore, Raft, RaftRpc, StateMachine, StoreKey, TcpNetwork, MAX_FRAME,
 };
 use configdb::VdiskSpec;
 use openraft::error::RaftError;
@@ -21,7 +22,7 @@ use tokio::task::JoinHandle;
 
 mod support;
 
-use support::{leader, raft_config, spec, TIMEOUT};
+use support::{add, key, leader, raft_config, spec, specs, TIMEOUT};
 
 struct Node {
     raft: Raft,
@@ -57,7 +58,7 @@ impl Cluster {
             let raft = Raft::new(
                 id,
                 config.clone(),
-                TcpNetwork::new(id),
+                TcpNetwork::new(id, key()),
                 log,
                 machine.clone(),
             )
@@ -65,7 +66,7 @@ impl Cluster {
             .unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let server = tokio::spawn(serve(listener, raft.clone(), async move {
+            let server = tokio::spawn(serve(listener, raft.clone(), key(), async move {
                 let _ = stopped.await;
             }));
             nodes.insert(
@@ -88,19 +89,19 @@ impl Cluster {
         leader(&self.nodes[&1].raft).await
     }
 
-    /// Writes `command` on the leader and waits until every state machine
+    /// Writes `request` on the leader and waits until every state machine
     /// holds `expected`.
-    async fn write_and_see_everywhere(&self, command: Command, expected: &[VdiskSpec]) {
+    async fn write_and_see_everywhere(&self, request: Request, expected: &[VdiskSpec]) {
         let leader = self.leader().await;
         self.nodes[&leader]
             .raft
-            .client_write(command)
+            .client_write(request)
             .await
             .unwrap();
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         for (id, node) in &self.nodes {
             loop {
-                if node.machine.vdisks().unwrap() == expected {
+                if specs(&node.machine) == expected {
                     break;
                 }
                 assert!(
@@ -135,7 +136,7 @@ async fn closed_by_server(mut stream: TcpStream) -> bool {
 async fn a_write_on_the_leader_reaches_all_three_nodes_over_tcp() {
     let cluster = Cluster::start().await;
     cluster
-        .write_and_see_everywhere(Command::PutVdisk(spec("a", 1 << 30)), &[spec("a", 1 << 30)])
+        .write_and_see_everywhere(add("a", 1 << 30), &[spec("a", 1 << 30)])
         .await;
     cluster.shutdown().await;
 }
@@ -153,31 +154,40 @@ async fn oversize_or_garbage_frames_close_the_connection_and_the_server_keeps_se
         .unwrap();
     assert!(closed_by_server(oversize).await, "oversize frame");
 
-    // A frame of the right shape holding no JSON.
+    // A frame of the right shape holding no JSON, with a tag of zeros.
     let mut garbage = TcpStream::connect(addr).await.unwrap();
     garbage.write_all(&5u32.to_be_bytes()).await.unwrap();
     garbage.write_all(b"\xff\x00ab}").await.unwrap();
+    garbage.write_all(&[0; 32]).await.unwrap();
     assert!(closed_by_server(garbage).await, "garbage frame");
 
-    // Valid JSON that is no RPC.
-    let mut stranger = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut stranger, &serde_json::json!({"Hello": 1}))
+    // Signed, valid JSON that is no RPC.
+    let mut confused = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut confused, &key(), &serde_json::json!({"Hello": 1}))
         .await
         .unwrap();
-    assert!(closed_by_server(stranger).await, "unknown rpc");
+    assert!(closed_by_server(confused).await, "unknown rpc");
 
-    // The same server still answers a well-formed request: a stale vote,
-    // which it turns down without disturbing the cluster.
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    // A well-formed vote signed without the cluster secret: not answered.
     let stale = RaftRpc::Vote(VoteRequest::new(Vote::new(0, 99), None));
-    write_frame(&mut client, &stale).await.unwrap();
+    let mut stranger = TcpStream::connect(addr).await.unwrap();
+    let other_key = StoreKey::from_secret(b"not this cluster's secret");
+    write_frame(&mut stranger, &other_key, &stale)
+        .await
+        .unwrap();
+    assert!(closed_by_server(stranger).await, "unsigned vote");
+
+    // The same server still answers it signed: a stale vote, which it
+    // turns down without disturbing the cluster.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut client, &key(), &stale).await.unwrap();
     let reply: Result<VoteResponse<u64>, RaftError<u64>> =
-        read_frame(&mut client).await.unwrap().unwrap();
+        read_frame(&mut client, &key()).await.unwrap().unwrap();
     assert!(!reply.unwrap().vote_granted);
 
     // And the cluster still replicates through it.
     cluster
-        .write_and_see_everywhere(Command::PutVdisk(spec("b", 4096)), &[spec("b", 4096)])
+        .write_and_see_everywhere(add("b", 4096), &[spec("b", 4096)])
         .await;
     cluster.shutdown().await;
 }

@@ -40,6 +40,31 @@ pub enum SecretError {
     TooShort { path: String, len: usize },
 }
 
+/// Reads the cluster secret from `path`, without surrounding whitespace;
+/// refuses a file that other users can read or that is too short to be a
+/// secret. Other keys of the cluster (the store's) derive from it too.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read_error = |source| SecretError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    if metadata.permissions().mode() & 0o007 != 0 {
+        return Err(SecretError::Exposed { path: shown });
+    }
+    let secret = std::fs::read(path).map_err(read_error)?;
+    let trimmed = secret.trim_ascii();
+    if trimmed.len() < MIN_SECRET_LEN {
+        return Err(SecretError::TooShort {
+            path: shown,
+            len: trimmed.len(),
+        });
+    }
+    Ok(trimmed.to_vec())
+}
+
 /// The key every member of one cluster shares.
 #[derive(Clone)]
 pub struct ClusterKey([u8; 32]);
@@ -50,28 +75,9 @@ impl ClusterKey {
         ClusterKey(blake3::derive_key(KEY_CONTEXT, secret))
     }
 
-    /// Reads the secret file; refuses one that other users can read or
-    /// that is too short to be a secret.
+    /// Reads the secret file and derives the key from it.
     pub fn load(path: &Path) -> Result<ClusterKey, SecretError> {
-        use std::os::unix::fs::PermissionsExt;
-        let shown = path.display().to_string();
-        let read_error = |source| SecretError::Read {
-            path: shown.clone(),
-            source,
-        };
-        let metadata = std::fs::metadata(path).map_err(read_error)?;
-        if metadata.permissions().mode() & 0o007 != 0 {
-            return Err(SecretError::Exposed { path: shown });
-        }
-        let secret = std::fs::read(path).map_err(read_error)?;
-        let trimmed = secret.trim_ascii();
-        if trimmed.len() < MIN_SECRET_LEN {
-            return Err(SecretError::TooShort {
-                path: shown,
-                len: trimmed.len(),
-            });
-        }
-        Ok(ClusterKey::from_secret(trimmed))
+        read_secret(path).map(|secret| ClusterKey::from_secret(&secret))
     }
 
     fn tag(&self, packet: &[u8]) -> [u8; TAG_LEN] {

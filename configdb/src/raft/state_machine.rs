@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,11 +12,13 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use super::types::{Command, Response, TypeConfig};
-use crate::{VdiskName, VdiskSpec};
+use super::types::TypeConfig;
+use crate::model::{Configuration, Response};
+use crate::{VdiskName, VdiskRecord};
 
-/// Vdisk name → JSON-encoded [`VdiskSpec`]: the applied configuration.
+/// Vdisk name → JSON-encoded [`VdiskRecord`].
 const VDISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("vdisks");
 /// The state machine's own values: see the `*_KEY` constants.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine_meta");
@@ -24,8 +27,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine_m
 const LAST_APPLIED_KEY: &str = "last_applied";
 /// The membership of the last applied membership entry.
 const MEMBERSHIP_KEY: &str = "last_membership";
-/// How many commands have been applied.
-const GENERATION_KEY: &str = "generation";
+/// The configuration but its vdisks (stored one per row).
+const CONFIGURATION_KEY: &str = "configuration";
 /// The last snapshot built or installed: [`StoredSnapshot`].
 const SNAPSHOT_KEY: &str = "snapshot";
 
@@ -35,8 +38,8 @@ type Membership = StoredMembership<u64, BasicNode>;
 /// The content of a snapshot: everything applied, in one JSON document.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SnapshotContent {
-    generation: u64,
-    vdisks: Vec<VdiskSpec>,
+    configuration: Configuration,
+    vdisks: Vec<VdiskRecord>,
 }
 
 /// A snapshot kept in the META table, so that it survives a restart.
@@ -46,16 +49,18 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The applied configuration of one node, in its own redb file.
+/// The applied configuration of one node, in its own redb file, and in
+/// memory for readers.
 ///
 /// Each batch of entries is applied in one write transaction that also
 /// records the last applied log id, so after a crash the tables and the
 /// applied mark agree, and openraft re-applies exactly what is missing.
-/// Cloning gives another handle on the same file, to read it while Raft
-/// owns the first.
+/// Only once the transaction is durable do readers see the new
+/// configuration. Cloning gives another handle on the same state.
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    current: Arc<watch::Sender<Arc<Configuration>>>,
 }
 
 /// Builds snapshots of a [`StateMachine`] from a consistent read.
@@ -68,45 +73,74 @@ impl StateMachine {
     /// none.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = Database::create(path).map_err(|e| write(&e))?;
-        let sm = StateMachine { db: Arc::new(db) };
         // Create the tables once so that readers never meet a missing one.
-        let txn = begin_write(&sm.db)?;
+        let txn = begin_write(&db)?;
         txn.open_table(VDISKS).map_err(|e| write(&e))?;
         txn.open_table(META).map_err(|e| write(&e))?;
         txn.commit().map_err(|e| write(&e))?;
-        Ok(sm)
+        let configuration = {
+            let txn = db.begin_read().map_err(|e| read(&e))?;
+            load(
+                &txn.open_table(META).map_err(|e| read(&e))?,
+                &txn.open_table(VDISKS).map_err(|e| read(&e))?,
+            )?
+        };
+        Ok(StateMachine {
+            db: Arc::new(db),
+            current: Arc::new(watch::channel(Arc::new(configuration)).0),
+        })
     }
 
-    /// Every applied vdisk, in name order.
-    pub fn vdisks(&self) -> Result<Vec<VdiskSpec>, Error> {
-        let txn = self.db.begin_read().map_err(|e| read(&e))?;
-        let table = txn.open_table(VDISKS).map_err(|e| read(&e))?;
-        let mut specs = Vec::new();
-        for item in table.iter().map_err(|e| read(&e))? {
-            let (_, bytes) = item.map_err(|e| read(&e))?;
-            specs.push(serde_json::from_slice(bytes.value()).map_err(|e| read(&e))?);
+    /// The configuration as last applied on this node.
+    pub fn configuration(&self) -> Arc<Configuration> {
+        self.current.borrow().clone()
+    }
+
+    /// Sees each newly applied configuration.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Configuration>> {
+        self.current.subscribe()
+    }
+}
+
+/// The configuration stored in the two tables.
+fn load(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    vdisks: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Configuration, Error> {
+    let mut configuration: Configuration = get_meta(meta, CONFIGURATION_KEY)?.unwrap_or_default();
+    for item in vdisks.iter().map_err(|e| read(&e))? {
+        let (_, bytes) = item.map_err(|e| read(&e))?;
+        let record: VdiskRecord = serde_json::from_slice(bytes.value()).map_err(|e| read(&e))?;
+        configuration
+            .vdisks
+            .insert(record.spec.name.clone(), record);
+    }
+    Ok(configuration)
+}
+
+/// Writes the configuration's META part, and the rows of `touched` vdisks
+/// as they now are (removed if gone).
+fn store(
+    meta: &mut redb::Table<&'static str, &'static [u8]>,
+    vdisks: &mut redb::Table<&'static str, &'static [u8]>,
+    configuration: &Configuration,
+    touched: &BTreeSet<VdiskName>,
+) -> Result<(), Error> {
+    put_meta(meta, CONFIGURATION_KEY, configuration)?;
+    for name in touched {
+        match configuration.vdisks.get(name) {
+            Some(record) => {
+                let bytes = serde_json::to_vec(record).map_err(|e| write(&e))?;
+                vdisks
+                    .insert(name.as_str(), bytes.as_slice())
+                    .map_err(|e| write(&e))?;
+            }
+            None => {
+                vdisks.remove(name.as_str()).map_err(|e| write(&e))?;
+            }
         }
-        Ok(specs)
     }
-
-    /// The applied record of one vdisk.
-    pub fn vdisk(&self, name: &VdiskName) -> Result<Option<VdiskSpec>, Error> {
-        let txn = self.db.begin_read().map_err(|e| read(&e))?;
-        let table = txn.open_table(VDISKS).map_err(|e| read(&e))?;
-        match table.get(name.as_str()).map_err(|e| read(&e))? {
-            Some(bytes) => serde_json::from_slice(bytes.value())
-                .map(Some)
-                .map_err(|e| read(&e)),
-            None => Ok(None),
-        }
-    }
-
-    /// How many commands have been applied: grows with every one.
-    pub fn generation(&self) -> Result<u64, Error> {
-        let txn = self.db.begin_read().map_err(|e| read(&e))?;
-        let meta = txn.open_table(META).map_err(|e| read(&e))?;
-        Ok(get_meta(&meta, GENERATION_KEY)?.unwrap_or(0))
-    }
+    Ok(())
 }
 
 fn begin_write(db: &Database) -> Result<WriteTransaction, Error> {
@@ -156,29 +190,6 @@ fn write(e: &(impl std::error::Error + 'static)) -> Error {
     .into()
 }
 
-/// Applies one command to the vdisk table.
-fn apply_command(
-    vdisks: &mut redb::Table<&'static str, &'static [u8]>,
-    command: &Command,
-    log_id: LogId<u64>,
-) -> Result<(), Error> {
-    let failed = |e: &dyn std::error::Error| -> Error {
-        StorageIOError::apply(log_id, AnyError::error(e.to_string())).into()
-    };
-    match command {
-        Command::PutVdisk(spec) => {
-            let bytes = serde_json::to_vec(spec).map_err(|e| failed(&e))?;
-            vdisks
-                .insert(spec.name.as_str(), bytes.as_slice())
-                .map_err(|e| failed(&e))?;
-        }
-        Command::DeleteVdisk { name } => {
-            vdisks.remove(name.as_str()).map_err(|e| failed(&e))?;
-        }
-    }
-    Ok(())
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
         // One read transaction: the tables and the applied mark agree even
@@ -189,14 +200,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let last_log_id: Option<LogId<u64>> = get_meta(&meta_table, LAST_APPLIED_KEY)?;
             let last_membership: Membership =
                 get_meta(&meta_table, MEMBERSHIP_KEY)?.unwrap_or_default();
-            let generation = get_meta(&meta_table, GENERATION_KEY)?.unwrap_or(0);
-            let table = txn.open_table(VDISKS).map_err(|e| read(&e))?;
-            let mut vdisks = Vec::new();
-            for item in table.iter().map_err(|e| read(&e))? {
-                let (_, bytes) = item.map_err(|e| read(&e))?;
-                vdisks.push(serde_json::from_slice(bytes.value()).map_err(|e| read(&e))?);
-            }
-            let content = SnapshotContent { generation, vdisks };
+            let configuration = load(&meta_table, &txn.open_table(VDISKS).map_err(|e| read(&e))?)?;
+            let generation = configuration.generation;
+            let content = SnapshotContent {
+                vdisks: configuration.vdisks.values().cloned().collect(),
+                configuration,
+            };
             let data = serde_json::to_vec(&content).map_err(|e| read(&e))?;
             let snapshot_id = match last_log_id {
                 Some(id) => format!("{}-{}-{generation}", id.leader_id, id.index),
@@ -242,6 +251,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let mut configuration = Configuration::clone(&self.configuration());
+        let mut touched = BTreeSet::new();
         let txn = begin_write(&self.db)?;
         let mut responses = Vec::new();
         {
@@ -249,34 +260,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut vdisks = txn.open_table(VDISKS).map_err(|e| write(&e))?;
             let mut last_applied: Option<LogId<u64>> = get_meta(&meta, LAST_APPLIED_KEY)?;
             let mut membership: Option<Membership> = None;
-            let mut generation: u64 = get_meta(&meta, GENERATION_KEY)?.unwrap_or(0);
             for entry in entries {
                 // An entry at or below the applied mark is already in the
-                // tables: applying it again would bump the generation twice.
+                // tables: applying it again would change them twice.
                 if last_applied.is_some_and(|applied| entry.log_id.index <= applied.index) {
-                    responses.push(Response { generation });
+                    responses.push(Response {
+                        generation: configuration.generation,
+                        ..Response::default()
+                    });
                     continue;
                 }
-                match &entry.payload {
-                    EntryPayload::Blank => {}
-                    EntryPayload::Normal(command) => {
-                        apply_command(&mut vdisks, command, entry.log_id)?;
-                        generation += 1;
+                let response = match &entry.payload {
+                    EntryPayload::Blank => Response {
+                        generation: configuration.generation,
+                        ..Response::default()
+                    },
+                    EntryPayload::Normal(request) => {
+                        touched.extend(request.command.vdisk().cloned());
+                        configuration.apply(request)
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                        configuration.membership_changed();
+                        Response {
+                            generation: configuration.generation,
+                            ..Response::default()
+                        }
                     }
-                }
+                };
                 last_applied = Some(entry.log_id);
-                responses.push(Response { generation });
+                responses.push(response);
             }
             put_meta(&mut meta, LAST_APPLIED_KEY, &last_applied)?;
-            put_meta(&mut meta, GENERATION_KEY, &generation)?;
             if let Some(membership) = membership {
                 put_meta(&mut meta, MEMBERSHIP_KEY, &membership)?;
             }
+            store(&mut meta, &mut vdisks, &configuration, &touched)?;
         }
         txn.commit().map_err(|e| write(&e))?;
+        self.current.send_replace(Arc::new(configuration));
         Ok(responses)
     }
 
@@ -299,6 +321,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let content: SnapshotContent = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let mut configuration = content.configuration;
+        configuration.vdisks = content
+            .vdisks
+            .into_iter()
+            .map(|record| (record.spec.name.clone(), record))
+            .collect();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -309,19 +337,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut vdisks = txn.open_table(VDISKS).map_err(|e| write(&e))?;
             vdisks.retain(|_, _| false).map_err(|e| write(&e))?;
-            for spec in &content.vdisks {
-                let bytes = serde_json::to_vec(spec).map_err(|e| write(&e))?;
-                vdisks
-                    .insert(spec.name.as_str(), bytes.as_slice())
-                    .map_err(|e| write(&e))?;
-            }
             let mut meta_table = txn.open_table(META).map_err(|e| write(&e))?;
+            let all = configuration.vdisks.keys().cloned().collect();
+            store(&mut meta_table, &mut vdisks, &configuration, &all)?;
             put_meta(&mut meta_table, LAST_APPLIED_KEY, &meta.last_log_id)?;
             put_meta(&mut meta_table, MEMBERSHIP_KEY, &meta.last_membership)?;
-            put_meta(&mut meta_table, GENERATION_KEY, &content.generation)?;
             put_meta(&mut meta_table, SNAPSHOT_KEY, &stored)?;
         }
         txn.commit().map_err(|e| write(&e))?;
+        self.current.send_replace(Arc::new(configuration));
         Ok(())
     }
 

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use configdb::raft::Raft;
-use configdb::{Placement, VdiskSpec};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use configdb::model::{Command, Request};
+use configdb::raft::{Raft, StateMachine, StoreKey};
+use configdb::{Permissions, Placement, VdiskName, VdiskSpec};
 use openraft::Config;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,14 +19,48 @@ pub fn spec(name: &str, size_bytes: u64) -> VdiskSpec {
         name: name.parse().unwrap(),
         size_bytes,
         placement: Placement::Local {
+            node: "n1".into(),
             tail: format!("/srv/{name}.img").into(),
         },
         block_size: 4096,
         queues: 1,
         queue_depth: 64,
         read_only: false,
-        device_id: None,
+        permissions: Permissions::default(),
     }
+}
+
+/// `command` as a request of its own.
+pub fn request(command: Command) -> Request {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Request {
+        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        command,
+    }
+}
+
+pub fn add(name: &str, size_bytes: u64) -> Request {
+    request(Command::AddVdisk(spec(name, size_bytes)))
+}
+
+pub fn delete(name: &str) -> Request {
+    let name: VdiskName = name.parse().unwrap();
+    request(Command::DeleteVdisk { name })
+}
+
+/// The specs of the vdisks `machine` has applied, in name order.
+pub fn specs(machine: &StateMachine) -> Vec<VdiskSpec> {
+    let configuration = machine.configuration();
+    configuration
+        .vdisks
+        .values()
+        .map(|v| v.spec.clone())
+        .collect()
+}
+
+/// The key the test clusters share.
+pub fn key() -> StoreKey {
+    StoreKey::from_secret(b"configdb test cluster secret")
 }
 
 /// Heartbeats and elections fast enough for a test to take seconds.

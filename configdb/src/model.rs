@@ -1,0 +1,505 @@
+//! The cluster configuration and the commands that change it, without any
+//! storage: applying a command is a pure function of the configuration, so
+//! every node that applies the same log reaches the same state, and the
+//! rules are tested without Raft.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
+
+/// How many recent requests are remembered with their outcome, so that a
+/// client retrying after a lost reply gets the first outcome instead of
+/// applying its command twice.
+const REMEMBERED_REQUESTS: usize = 256;
+
+/// A change to the configuration, as replicated in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Records a new vdisk with the next free id, at epoch 1.
+    AddVdisk(VdiskSpec),
+    /// Forgets a vdisk (its tails keep the data).
+    DeleteVdisk { name: VdiskName },
+    /// Changes the owner, group or mode of a vdisk's device nodes.
+    SetPermissions {
+        name: VdiskName,
+        owner: Option<u32>,
+        group: Option<u32>,
+        mode: Option<u32>,
+    },
+    /// Starts moving a cluster vdisk to `to`: `waiting_for` must each
+    /// suspend their I/O to it and acknowledge. Refused unless the vdisk
+    /// is at `from_epoch` with no move under way.
+    BeginMove {
+        name: VdiskName,
+        to: Placement,
+        coordinator: String,
+        waiting_for: BTreeSet<String>,
+        from_epoch: u64,
+    },
+    /// `node` has suspended and drained its I/O for move `move_id`.
+    AckMove {
+        name: VdiskName,
+        move_id: u64,
+        node: String,
+    },
+    /// Ends move `move_id`: with `commit`, the new placement takes effect
+    /// at the next epoch (refused unless every node acknowledged); without,
+    /// the old one stays.
+    EndMove {
+        name: VdiskName,
+        move_id: u64,
+        commit: bool,
+    },
+    /// Records a node's links and tails, replacing an earlier record.
+    RegisterNode(NodeRecord),
+}
+
+impl Command {
+    /// The vdisk the command changes, if any.
+    pub fn vdisk(&self) -> Option<&VdiskName> {
+        match self {
+            Command::AddVdisk(spec) => Some(&spec.name),
+            Command::DeleteVdisk { name }
+            | Command::SetPermissions { name, .. }
+            | Command::BeginMove { name, .. }
+            | Command::AckMove { name, .. }
+            | Command::EndMove { name, .. } => Some(name),
+            Command::RegisterNode(_) => None,
+        }
+    }
+}
+
+/// A command as a client sends it: `id` (random, chosen by the client)
+/// lets the store recognise a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub command: Command,
+}
+
+/// What applying a request did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The configuration's generation after the request.
+    pub generation: u64,
+    /// The vdisk's record after the change (none after a delete).
+    pub vdisk: Option<VdiskRecord>,
+    /// Why the command was refused; the configuration did not change.
+    pub refused: Option<String>,
+}
+
+/// Everything the store holds besides Raft's own state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    /// Grows by one with every change: vdisks, permissions, moves, nodes,
+    /// and the store's own membership.
+    pub generation: u64,
+    /// Stored record by record, beside the rest.
+    #[serde(skip)]
+    pub vdisks: BTreeMap<VdiskName, VdiskRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// The outcome of the latest requests, by request id, oldest first.
+    recent: VecDeque<(u64, Response)>,
+}
+
+impl Configuration {
+    /// Applies one request: the same outcome on every node, and a retried
+    /// request gets the outcome of its first application.
+    pub fn apply(&mut self, request: &Request) -> Response {
+        if let Some((_, response)) = self.recent.iter().find(|(id, _)| *id == request.id) {
+            return response.clone();
+        }
+        let response = match self.apply_command(&request.command) {
+            Ok(vdisk) => {
+                self.generation += 1;
+                Response {
+                    generation: self.generation,
+                    vdisk,
+                    refused: None,
+                }
+            }
+            Err(why) => Response {
+                generation: self.generation,
+                vdisk: None,
+                refused: Some(why),
+            },
+        };
+        if self.recent.len() == REMEMBERED_REQUESTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((request.id, response.clone()));
+        response
+    }
+
+    /// The store's membership changed: a change like any other.
+    pub fn membership_changed(&mut self) {
+        self.generation += 1;
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Result<Option<VdiskRecord>, String> {
+        match command {
+            Command::AddVdisk(spec) => self.add(spec).map(Some),
+            Command::DeleteVdisk { name } => {
+                let record = self.get(name)?;
+                if record.moving.is_some() {
+                    return Err(format!("vdisk {name} is being moved"));
+                }
+                self.vdisks.remove(name);
+                Ok(None)
+            }
+            Command::SetPermissions {
+                name,
+                owner,
+                group,
+                mode,
+            } => {
+                if mode.is_some_and(|m| m > 0o7777) {
+                    return Err(format!("mode {:o} has bits beyond 7777", mode.unwrap_or(0)));
+                }
+                let record = self.get_mut(name)?;
+                let p = &mut record.spec.permissions;
+                *p = Permissions {
+                    owner: owner.unwrap_or(p.owner),
+                    group: group.unwrap_or(p.group),
+                    mode: mode.unwrap_or(p.mode),
+                };
+                Ok(Some(record.clone()))
+            }
+            Command::BeginMove {
+                name,
+                to,
+                coordinator,
+                waiting_for,
+                from_epoch,
+            } => self.begin_move(name, to, coordinator, waiting_for, *from_epoch),
+            Command::AckMove {
+                name,
+                move_id,
+                node,
+            } => {
+                let moving = self.pending_move(name, *move_id)?;
+                moving.acked.insert(node.clone());
+                Ok(self.vdisks.get(name).cloned())
+            }
+            Command::EndMove {
+                name,
+                move_id,
+                commit,
+            } => {
+                let moving = self.pending_move(name, *move_id)?;
+                if *commit && !moving.all_acked() {
+                    let missing: Vec<&str> = moving
+                        .waiting_for
+                        .difference(&moving.acked)
+                        .map(String::as_str)
+                        .collect();
+                    return Err(format!(
+                        "move of {name} cannot commit: not acknowledged by {}",
+                        missing.join(", ")
+                    ));
+                }
+                let record = self.get_mut(name)?;
+                if let Some(moving) = record.moving.take() {
+                    if *commit {
+                        record.spec.placement = moving.to;
+                        record.epoch += 1;
+                    }
+                }
+                Ok(Some(record.clone()))
+            }
+            Command::RegisterNode(node) => {
+                self.nodes.insert(node.name.clone(), node.clone());
+                Ok(None)
+            }
+        }
+    }
+
+    fn add(&mut self, spec: &VdiskSpec) -> Result<VdiskRecord, String> {
+        if self.vdisks.contains_key(&spec.name) {
+            return Err(format!("vdisk {} already exists", spec.name));
+        }
+        self.check_tails_free(&spec.name, &spec.placement)?;
+        // The smallest free id: device numbers stay small and are reused.
+        let used: BTreeSet<u32> = self.vdisks.values().map(|v| v.id).collect();
+        let id = (0..=u32::MAX)
+            .find(|id| !used.contains(id))
+            .ok_or("no vdisk id left")?;
+        let record = VdiskRecord {
+            spec: spec.clone(),
+            id,
+            epoch: 1,
+            moving: None,
+        };
+        self.vdisks.insert(spec.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    fn begin_move(
+        &mut self,
+        name: &VdiskName,
+        to: &Placement,
+        coordinator: &str,
+        waiting_for: &BTreeSet<String>,
+        from_epoch: u64,
+    ) -> Result<Option<VdiskRecord>, String> {
+        if !matches!(to, Placement::Cluster { .. }) {
+            return Err("a vdisk moves to cluster tails (NODE:TAIL)".into());
+        }
+        self.check_tails_free(name, to)?;
+        let generation = self.generation;
+        let record = self.get_mut(name)?;
+        if !matches!(record.spec.placement, Placement::Cluster { .. }) {
+            return Err(format!("vdisk {name} is local to one node: it cannot move"));
+        }
+        if let Some(moving) = &record.moving {
+            return Err(format!(
+                "vdisk {name} is already being moved by {}",
+                moving.coordinator
+            ));
+        }
+        if record.epoch != from_epoch {
+            return Err(format!(
+                "vdisk {name} changed meanwhile (epoch {} is not {from_epoch})",
+                record.epoch
+            ));
+        }
+        record.moving = Some(PendingMove {
+            // The generation this command creates: unique to this move.
+            id: generation + 1,
+            to: to.clone(),
+            coordinator: coordinator.to_owned(),
+            waiting_for: waiting_for.clone(),
+            acked: BTreeSet::new(),
+        });
+        Ok(Some(record.clone()))
+    }
+
+    /// Refuses tails another vdisk than `name` uses.
+    fn check_tails_free(&self, name: &VdiskName, placement: &Placement) -> Result<(), String> {
+        match self
+            .vdisks
+            .values()
+            .find(|v| &v.spec.name != name && v.spec.placement.shares_a_tail_with(placement))
+        {
+            Some(other) => Err(format!(
+                "{placement}: a tail already used by vdisk {}",
+                other.spec.name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &VdiskName) -> Result<&VdiskRecord, String> {
+        self.vdisks
+            .get(name)
+            .ok_or_else(|| format!("no vdisk named {name}"))
+    }
+
+    fn get_mut(&mut self, name: &VdiskName) -> Result<&mut VdiskRecord, String> {
+        self.vdisks
+            .get_mut(name)
+            .ok_or_else(|| format!("no vdisk named {name}"))
+    }
+
+    fn pending_move(&mut self, name: &VdiskName, move_id: u64) -> Result<&mut PendingMove, String> {
+        match self.get_mut(name)?.moving.as_mut() {
+            Some(moving) if moving.id == move_id => Ok(moving),
+            _ => Err(format!(
+                "move {move_id} of vdisk {name} is no longer under way"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, primary: &str) -> VdiskSpec {
+        VdiskSpec {
+            name: name.parse().unwrap(),
+            size_bytes: 1 << 30,
+            placement: Placement::Cluster {
+                primary: primary.parse().unwrap(),
+                secondary: None,
+            },
+            block_size: 4096,
+            queues: 1,
+            queue_depth: 64,
+            read_only: false,
+            permissions: Permissions::default(),
+        }
+    }
+
+    fn apply(config: &mut Configuration, id: u64, command: Command) -> Response {
+        config.apply(&Request { id, command })
+    }
+
+    fn name(name: &str) -> VdiskName {
+        name.parse().unwrap()
+    }
+
+    fn nodes(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn vdisks_get_the_smallest_free_id_at_epoch_one() {
+        let mut c = Configuration::default();
+        for (i, n) in ["x", "y", "z"].iter().enumerate() {
+            let r = apply(
+                &mut c,
+                i as u64,
+                Command::AddVdisk(spec(n, &format!("a:d{i}"))),
+            );
+            assert_eq!(r.vdisk.unwrap().id, i as u32);
+        }
+        apply(&mut c, 10, Command::DeleteVdisk { name: name("y") });
+        let r = apply(&mut c, 11, Command::AddVdisk(spec("w", "a:d9")));
+        let record = r.vdisk.unwrap();
+        assert_eq!((record.id, record.epoch), (1, 1));
+        assert_eq!(c.generation, 5);
+    }
+
+    #[test]
+    fn refusals_change_nothing_and_say_why() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        let before = c.clone();
+        let duplicate = apply(&mut c, 2, Command::AddVdisk(spec("x", "a:d1")));
+        assert_eq!(duplicate.refused.as_deref(), Some("vdisk x already exists"));
+        let shared = apply(&mut c, 3, Command::AddVdisk(spec("y", "a:d0")));
+        assert!(shared
+            .refused
+            .unwrap()
+            .contains("shares a tail with vdisk x"));
+        let unknown = apply(&mut c, 4, Command::DeleteVdisk { name: name("q") });
+        assert_eq!(unknown.refused.as_deref(), Some("no vdisk named q"));
+        assert_eq!(
+            (c.generation, &c.vdisks),
+            (before.generation, &before.vdisks)
+        );
+    }
+
+    #[test]
+    fn a_retried_request_is_applied_once() {
+        let mut c = Configuration::default();
+        let first = apply(&mut c, 7, Command::AddVdisk(spec("x", "a:d0")));
+        let retry = apply(&mut c, 7, Command::AddVdisk(spec("x", "a:d0")));
+        assert_eq!(first, retry);
+        assert!(retry.refused.is_none());
+        assert_eq!(c.generation, 1);
+    }
+
+    #[test]
+    fn permissions_change_field_by_field() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        let set = |owner, group, mode| Command::SetPermissions {
+            name: name("x"),
+            owner,
+            group,
+            mode,
+        };
+        apply(&mut c, 2, set(Some(1000), None, Some(0o640)));
+        let p = c.vdisks[&name("x")].spec.permissions;
+        assert_eq!((p.owner, p.group, p.mode), (1000, 6, 0o640));
+        let r = apply(&mut c, 3, set(None, None, Some(0o17777)));
+        assert!(r.refused.is_some());
+    }
+
+    #[test]
+    fn a_move_commits_a_new_epoch_only_with_every_acknowledgement() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        let to = Placement::Cluster {
+            primary: "b:d0".parse().unwrap(),
+            secondary: Some("a:d0".parse().unwrap()),
+        };
+        let begin = apply(
+            &mut c,
+            2,
+            Command::BeginMove {
+                name: name("x"),
+                to: to.clone(),
+                coordinator: "c".into(),
+                waiting_for: nodes(&["a", "b", "c"]),
+                from_epoch: 1,
+            },
+        );
+        let move_id = begin.vdisk.unwrap().moving.unwrap().id;
+        let ack = |node: &str| Command::AckMove {
+            name: name("x"),
+            move_id,
+            node: node.into(),
+        };
+        let commit = Command::EndMove {
+            name: name("x"),
+            move_id,
+            commit: true,
+        };
+        apply(&mut c, 3, ack("a"));
+        apply(&mut c, 4, ack("c"));
+        let early = apply(&mut c, 5, commit.clone());
+        assert!(early.refused.unwrap().contains("not acknowledged by b"));
+        let deleted = apply(&mut c, 6, Command::DeleteVdisk { name: name("x") });
+        assert!(deleted.refused.unwrap().contains("being moved"));
+        apply(&mut c, 7, ack("b"));
+        let done = apply(&mut c, 8, commit).vdisk.unwrap();
+        assert_eq!((done.epoch, &done.spec.placement), (2, &to));
+        assert!(done.moving.is_none());
+        // An acknowledgement that comes after the end changes nothing.
+        assert!(apply(&mut c, 9, ack("b")).refused.is_some());
+    }
+
+    #[test]
+    fn a_cancelled_move_keeps_the_old_mapping_and_epoch() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        let begin = |from_epoch| Command::BeginMove {
+            name: name("x"),
+            to: Placement::Cluster {
+                primary: "b:d0".parse().unwrap(),
+                secondary: None,
+            },
+            coordinator: "c".into(),
+            waiting_for: nodes(&["a"]),
+            from_epoch,
+        };
+        let stale = apply(&mut c, 2, begin(7));
+        assert!(stale.refused.unwrap().contains("changed meanwhile"));
+        let move_id = apply(&mut c, 3, begin(1)).vdisk.unwrap().moving.unwrap().id;
+        let twice = apply(&mut c, 4, begin(1));
+        assert!(twice.refused.unwrap().contains("already being moved by c"));
+        let end = Command::EndMove {
+            name: name("x"),
+            move_id,
+            commit: false,
+        };
+        let record = apply(&mut c, 5, end).vdisk.unwrap();
+        assert_eq!(record.epoch, 1);
+        assert_eq!(record.spec.placement, spec("x", "a:d0").placement);
+    }
+
+    #[test]
+    fn a_move_may_not_take_another_vdisks_tail() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        apply(&mut c, 2, Command::AddVdisk(spec("y", "b:d0")));
+        let r = apply(
+            &mut c,
+            3,
+            Command::BeginMove {
+                name: name("x"),
+                to: spec("x", "b:d0").placement,
+                coordinator: "c".into(),
+                waiting_for: nodes(&["a"]),
+                from_epoch: 1,
+            },
+        );
+        assert!(r.refused.unwrap().contains("vdisk y"));
+    }
+}

@@ -1,0 +1,366 @@
+//! The store as a daemon uses it: a Raft member over redb that answers its
+//! peers on TCP, takes writes from any node (forwarding them to the
+//! leader), and shows every node the configuration as it is applied there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::model::{Command, Configuration, Request, Response};
+use crate::raft::network::{call, write_reply, RaftRpc, StoreKey, WriteReply};
+use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
+
+/// The Raft log's file and the state machine's, inside the data dir.
+const LOG_FILE: &str = "store-log.redb";
+const STATE_FILE: &str = "store-state.redb";
+
+/// How long a node waits before asking again to join, or to write when no
+/// leader is known.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// What a node's store is told at start.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// This node's name; its Raft id is [`node_id`] of it.
+    pub node: String,
+    /// Where the log and the state machine live.
+    pub dir: PathBuf,
+    /// The voters by node name, and where each answers store RPCs. Empty:
+    /// this node alone is the store, and nothing listens.
+    pub voters: BTreeMap<String, SocketAddr>,
+    /// Where this node answers store RPCs: its voter address, or where a
+    /// learner is sent the log. `None` only for a node alone.
+    pub listen: Option<TcpListener>,
+    pub key: StoreKey,
+    pub raft: Arc<openraft::Config>,
+    /// How long a write may wait for a majority before it is given up.
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the configuration store cannot open its files in {dir}: {source}")]
+    Open {
+        dir: String,
+        source: Box<openraft::StorageError<u64>>,
+    },
+    #[error("the configuration store cannot start: {0}")]
+    Start(String),
+    /// The store looked at the command and said no; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader took the write in time: it was not applied, or its
+    /// outcome is unknown (a retry with the same request is safe).
+    #[error(
+        "the configuration store did not commit the change within {seconds} s \
+         (a majority of the voters must be reachable): {last_error}"
+    )]
+    Unavailable { seconds: u64, last_error: String },
+}
+
+/// Where the store stands, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub id: u64,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+}
+
+/// One node's member of the replicated configuration store.
+pub struct Store {
+    id: u64,
+    raft: Raft,
+    machine: StateMachine,
+    key: StoreKey,
+    write_timeout: Duration,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Raft timing for nodes on one LAN: heartbeats every 100 ms, a new
+/// election after 400 to 800 ms without one. Snapshots every 1000 entries
+/// keep the log short.
+pub fn lan_raft_config() -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "ublkvd".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        ..Default::default()
+    };
+    // Constant values that satisfy every rule `validate` checks.
+    Arc::new(config.validate().unwrap_or_default())
+}
+
+/// A node's Raft id: FNV-1a of its name, the same on every node.
+pub fn node_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl Store {
+    /// Opens the node's store files and joins the store: voters start
+    /// (or resume) the cluster of the voters named; other nodes ask a
+    /// voter to be added as learners, and follow the log.
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let id = node_id(&config.node);
+        let (log, machine) = open_files(&config.dir)?;
+        let addr = match &config.listen {
+            Some(listener) => listener
+                .local_addr()
+                .map_err(|e| StoreError::Start(format!("listener address: {e}")))?
+                .to_string(),
+            None => String::new(),
+        };
+        let raft = Raft::new(
+            id,
+            config.raft.clone(),
+            TcpNetwork::new(id, config.key.clone()),
+            log,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| StoreError::Start(e.to_string()))?;
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(listener) = config.listen {
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(serve(
+                listener,
+                raft.clone(),
+                config.key.clone(),
+                async move {
+                    let _ = stopped.wait_for(|&s| s).await;
+                },
+            )));
+        }
+        let members: BTreeMap<u64, BasicNode> = if config.voters.is_empty() {
+            BTreeMap::from([(id, BasicNode::new(&addr))])
+        } else {
+            config
+                .voters
+                .iter()
+                .map(|(name, addr)| (node_id(name), BasicNode::new(addr.to_string())))
+                .collect()
+        };
+        if members.contains_key(&id) {
+            // Every voter proposes the same first membership; a store
+            // already started keeps its own.
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StoreError::Start(e.to_string())),
+            }
+        } else {
+            let voters: Vec<String> = config.voters.values().map(ToString::to_string).collect();
+            let node = BasicNode::new(&addr);
+            tasks.push(tokio::spawn(join(
+                raft.clone(),
+                id,
+                node,
+                voters,
+                config.key.clone(),
+                stopped,
+            )));
+        }
+        Ok(Store {
+            id,
+            raft,
+            machine,
+            key: config.key,
+            write_timeout: config.write_timeout,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The configuration as last applied on this node.
+    pub fn configuration(&self) -> Arc<Configuration> {
+        self.machine.configuration()
+    }
+
+    /// Sees each configuration as it is applied on this node.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Configuration>> {
+        self.machine.subscribe()
+    }
+
+    /// Waits until this node has applied `generation`.
+    pub async fn wait_applied(&self, generation: u64, timeout: Duration) -> bool {
+        let mut changes = self.subscribe();
+        let applied = async move {
+            changes
+                .wait_for(|c| c.generation >= generation)
+                .await
+                .is_ok()
+        };
+        tokio::time::timeout(timeout, applied).await == Ok(true)
+    }
+
+    /// Commits `command` through the leader, wherever it is, and returns
+    /// what applying it did. A refused command is an error, with the
+    /// store's reason.
+    pub async fn write(&self, command: Command) -> Result<Response, StoreError> {
+        let request = Request {
+            id: rand::random(),
+            command,
+        };
+        let mut last_error = String::from("no leader known yet");
+        let attempts = async {
+            // `None`: this node's Raft, which forwards nothing but says who
+            // leads.
+            let mut target: Option<BasicNode> = None;
+            loop {
+                let reply = match &target {
+                    None => {
+                        let outcome = self.raft.client_write(request.clone()).await;
+                        write_reply(outcome.map(|r| r.data))
+                    }
+                    Some(node) => call(&node.addr, &self.key, &RaftRpc::Write(request.clone()))
+                        .await
+                        .unwrap_or_else(|e| WriteReply::Failed(format!("{}: {e}", node.addr))),
+                };
+                match reply {
+                    WriteReply::Done(response) => return *response,
+                    WriteReply::NotLeader { leader: Some(node) }
+                        if target.as_ref() != Some(&node) =>
+                    {
+                        target = Some(node);
+                    }
+                    WriteReply::NotLeader { .. } => {
+                        last_error = "no leader elected".into();
+                        target = None;
+                        tokio::time::sleep(RETRY).await;
+                    }
+                    WriteReply::Failed(why) => {
+                        last_error = why;
+                        target = None;
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(self.write_timeout, attempts).await;
+        match outcome {
+            Ok(response) => match response.refused {
+                Some(why) => Err(StoreError::Refused(why)),
+                None => Ok(response),
+            },
+            Err(_) => Err(StoreError::Unavailable {
+                seconds: self.write_timeout.as_secs(),
+                last_error,
+            }),
+        }
+    }
+
+    /// Where the store stands, as this node sees it.
+    pub fn status(&self) -> StoreStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        StoreStatus {
+            id: self.id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "stopped",
+            },
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_applied: metrics.last_applied.map_or(0, |id| id.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// Stops taking part in the store. The files keep everything.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("stopping the configuration store: {e}");
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn open_files(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+    let failed = |source| StoreError::Open {
+        dir: dir.display().to_string(),
+        source: Box::new(source),
+    };
+    let log = LogStore::open(&dir.join(LOG_FILE)).map_err(failed)?;
+    let machine = StateMachine::open(&dir.join(STATE_FILE)).map_err(failed)?;
+    Ok((log, machine))
+}
+
+/// Asks the voters, in turn, to add this node as a learner at `node`, until
+/// one leader has; unless the membership already has it there.
+async fn join(
+    raft: Raft,
+    id: u64,
+    node: BasicNode,
+    voters: Vec<String>,
+    key: StoreKey,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let known = |raft: &Raft| {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().get_node(&id) == Some(&node)
+    };
+    if known(&raft) {
+        return;
+    }
+    let rpc = RaftRpc::Join {
+        id,
+        node: node.clone(),
+    };
+    loop {
+        for voter in &voters {
+            let mut addr = voter.clone();
+            // At most one hop: a voter names the leader.
+            for _ in 0..2 {
+                match call(&addr, &key, &rpc).await {
+                    Ok(WriteReply::Done(_)) => {
+                        tracing::info!(leader = %addr, "joined the configuration store as a learner");
+                        return;
+                    }
+                    Ok(WriteReply::NotLeader {
+                        leader: Some(leader),
+                    }) => addr = leader.addr,
+                    Ok(WriteReply::NotLeader { leader: None }) => break,
+                    Ok(WriteReply::Failed(why)) => {
+                        tracing::debug!(voter = %addr, "joining the store: {why}");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(voter = %addr, "joining the store: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY * 10) => {}
+            _ = stopped.wait_for(|&s| s) => return,
+        }
+    }
+}

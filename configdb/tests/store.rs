@@ -1,0 +1,194 @@
+//! The store as the daemon uses it: writes from any node, voters and a
+//! learner over TCP on the loopback, and a node alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use configdb::{Command, Store, StoreConfig, StoreError};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+mod support;
+
+use support::{key, raft_config, spec, TIMEOUT};
+
+struct Member {
+    store: Store,
+    _dir: TempDir,
+}
+
+async fn open(
+    node: &str,
+    voters: &BTreeMap<String, std::net::SocketAddr>,
+    listen: Option<TcpListener>,
+) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        node: node.into(),
+        dir: dir.path().into(),
+        voters: voters.clone(),
+        listen,
+        key: key(),
+        raft: raft_config(),
+        write_timeout: Duration::from_secs(3),
+    })
+    .await
+    .unwrap();
+    Member { store, _dir: dir }
+}
+
+/// Voters a, b, c and learner d, each on its own loopback port.
+async fn cluster() -> BTreeMap<String, Member> {
+    let mut listeners = BTreeMap::new();
+    for name in ["a", "b", "c", "d"] {
+        listeners.insert(
+            name.to_owned(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+    }
+    let voters: BTreeMap<String, std::net::SocketAddr> = listeners
+        .iter()
+        .filter(|(name, _)| name.as_str() != "d")
+        .map(|(name, l)| (name.clone(), l.local_addr().unwrap()))
+        .collect();
+    let mut members = BTreeMap::new();
+    for (name, listener) in listeners {
+        let member = open(&name, &voters, Some(listener)).await;
+        members.insert(name, member);
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_a_learner_is_forwarded_and_applied_on_every_node() {
+    let members = cluster().await;
+    let response = members["d"]
+        .store
+        .write(Command::AddVdisk(spec("x", 1 << 20)))
+        .await
+        .unwrap();
+    let record = response.vdisk.unwrap();
+    assert_eq!((record.id, record.epoch), (0, 1));
+    for (name, member) in &members {
+        assert!(
+            member
+                .store
+                .wait_applied(response.generation, TIMEOUT)
+                .await,
+            "{name} never applied generation {}",
+            response.generation
+        );
+        let configuration = member.store.configuration();
+        assert_eq!(configuration.vdisks[&record.spec.name], record, "{name}");
+    }
+    let status = members["a"].store.status();
+    assert_eq!(status.voters.len(), 3);
+    assert_eq!(status.learners.len(), 1, "{status:?}");
+    for member in members.into_values() {
+        member.store.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_says_why_on_any_node_and_changes_nothing() {
+    let members = cluster().await;
+    members["b"]
+        .store
+        .write(Command::AddVdisk(spec("x", 1 << 20)))
+        .await
+        .unwrap();
+    let before = members["b"].store.configuration().generation;
+    let again = members["c"]
+        .store
+        .write(Command::AddVdisk(spec("x", 1 << 20)))
+        .await;
+    match again {
+        Err(StoreError::Refused(why)) => assert_eq!(why, "vdisk x already exists"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(members["b"].store.configuration().generation, before);
+    for member in members.into_values() {
+        member.store.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_a_write_is_given_up_with_a_clear_error() {
+    let mut members = cluster().await;
+    let added = members["a"]
+        .store
+        .write(Command::AddVdisk(spec("x", 1 << 20)))
+        .await
+        .unwrap();
+    assert!(
+        members["c"]
+            .store
+            .wait_applied(added.generation, TIMEOUT)
+            .await
+    );
+    for name in ["a", "b"] {
+        members.remove(name).unwrap().store.shutdown().await;
+    }
+    let refused = members["c"]
+        .store
+        .write(Command::DeleteVdisk {
+            name: "x".parse().unwrap(),
+        })
+        .await;
+    match refused {
+        Err(e @ StoreError::Unavailable { .. }) => {
+            assert!(e.to_string().contains("majority"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(members["c"]
+        .store
+        .configuration()
+        .vdisks
+        .contains_key(&"x".parse().unwrap()));
+    for member in members.into_values() {
+        member.store.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_is_its_own_store_and_keeps_it_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || StoreConfig {
+        node: "solo".into(),
+        dir: dir.path().into(),
+        voters: BTreeMap::new(),
+        listen: None,
+        key: key(),
+        raft: raft_config(),
+        write_timeout: Duration::from_secs(3),
+    };
+    let store = Store::open(config()).await.unwrap();
+    store
+        .write(Command::AddVdisk(spec("x", 4096)))
+        .await
+        .unwrap();
+    store.shutdown().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let store = loop {
+        // The files are let go of once the stopped store's tasks end.
+        match Store::open(config()).await {
+            Ok(store) => break store,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("already open"), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(store
+        .configuration()
+        .vdisks
+        .contains_key(&"x".parse().unwrap()));
+    store
+        .write(Command::AddVdisk(spec("y", 4096)))
+        .await
+        .unwrap();
+    store.shutdown().await;
+}
