@@ -23,3 +23,23 @@ pub trait BlockBackend {
     /// Makes the range read back as zeroes without transferring a buffer.
     fn write_zeroes(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>>;
 }
+
+/// A shared backend serves as well: the frontend owns one handle, and
+/// whoever reconfigures it (suspend, resume) holds another.
+impl<B: BlockBackend> BlockBackend for std::sync::Arc<B> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), IoError>> {
+        (**self).read(offset, buf)
+    }
+    fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<(), IoError>> {
+        (**self).write(offset, buf)
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
+        (**self).flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>> {
+        (**self).discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>> {
+        (**self).write_zeroes(offset, len)
+    }
+}

@@ -27,14 +27,28 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create a vdisk on a local tail or on cluster tails, and print its device path
     Add(AddArgs),
-    /// Remove a vdisk's device; the data stays in its tail
+    /// Remove a vdisk from the cluster (its device on every node); the
+    /// data stays in its tails
     Del {
         /// The vdisk's name
         name: String,
     },
+    /// Change who may open a vdisk's device, on every node
+    Set(SetArgs),
+    /// Move a cluster vdisk to other tails while its I/O runs: every node
+    /// suspends and drains it, the new mapping is committed, and I/O
+    /// resumes on it
+    Move(MoveArgs),
     /// Show every vdisk: name, size, device, tail, state
     List {
         /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the configuration store: this node's role, the leader, the
+    /// generation, voters and learners
+    Store {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -65,7 +79,7 @@ pub struct ServeArgs {
     /// TOML config file; its settings override the embedded defaults
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where the node keeps its vdisk catalog [default: /var/lib/ublkvd]
+    /// Where the node keeps its configuration store [default: /var/lib/ublkvd]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// On SIGTERM, leave every device in place with its I/O held, for the
@@ -108,9 +122,78 @@ pub struct AddArgs {
     /// Expose the device read-only
     #[arg(long)]
     pub read_only: bool,
+    #[command(flatten)]
+    pub permissions: PermissionArgs,
     /// Print a JSON object (name, size_bytes, device, ...) instead of the path
     #[arg(long)]
     pub json: bool,
+}
+
+/// Who may open a vdisk's device: its device node carries these on every
+/// node.
+#[derive(Debug, Args)]
+pub struct PermissionArgs {
+    /// The device's owner: a user name or uid [default at add: root]
+    #[arg(long, value_name = "USER", value_parser = parse_user)]
+    pub owner: Option<u32>,
+    /// The device's group: a group name or gid [default at add: disk]
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub group: Option<u32>,
+    /// The device's permission bits, in octal [default at add: 0660]
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The vdisk's name
+    pub name: String,
+    #[command(flatten)]
+    pub permissions: PermissionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The vdisk's name
+    pub name: String,
+    /// The tail requests go to first from now on
+    #[arg(long, value_name = "NODE:TAIL")]
+    pub primary: TailRef,
+    /// The tail requests go to when the primary cannot take them (none if
+    /// not given)
+    #[arg(long, value_name = "NODE:TAIL")]
+    pub secondary: Option<TailRef>,
+}
+
+/// A uid, or a user name of this host.
+fn parse_user(text: &str) -> Result<u32, String> {
+    match text.parse() {
+        Ok(uid) => Ok(uid),
+        Err(_) => uzers::get_user_by_name(text)
+            .map(|user| user.uid())
+            .ok_or_else(|| format!("no user named {text:?} on this host")),
+    }
+}
+
+/// A gid, or a group name of this host.
+fn parse_group(text: &str) -> Result<u32, String> {
+    match text.parse() {
+        Ok(gid) => Ok(gid),
+        Err(_) => uzers::get_group_by_name(text)
+            .map(|group| group.gid())
+            .ok_or_else(|| format!("no group named {text:?} on this host")),
+    }
+}
+
+/// Permission bits in octal, as chmod takes them: 660, 0660, 0o660.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "mode must be octal permission bits up to 7777, not {text:?}"
+        )),
+    }
 }
 
 fn parse_block_size(text: &str) -> Result<u32, String> {

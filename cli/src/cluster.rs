@@ -24,10 +24,6 @@ use crate::config::NodeConfig;
 /// cluster vdisks in flight at once before the engine queues them.
 const ENGINE_ENTRIES: u32 = 256;
 
-/// Until the replicated store gives vdisks epochs, every node serves and
-/// requests under this one.
-pub const EPOCH: u64 = 1;
-
 pub struct Cluster {
     pub node: String,
     pub runtime: Handle,
@@ -72,8 +68,11 @@ impl Cluster {
             None => None,
         };
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
+        let exports = Arc::new(Exports::new());
         if let Some(gossip) = &gossip {
-            follow_membership(gossip.view(), peers.clone());
+            let fence = config.gossip.as_ref().is_some_and(|g| g.fence_non_members);
+            let admitted = fence.then(|| exports.clone());
+            follow_membership(gossip.view(), peers.clone(), admitted);
         }
         Ok(Cluster {
             node: config.node.clone(),
@@ -84,7 +83,7 @@ impl Cluster {
             health: config.health,
             peers,
             gossip,
-            exports: Arc::new(Exports::new()),
+            exports,
             engine,
         })
     }
@@ -241,10 +240,24 @@ impl Cluster {
         Ok(Arc::new(tail))
     }
 
-    /// Serves `tail` to peers as vdisk `vdisk` until the returned handle
-    /// drops.
-    pub fn export(&self, vdisk: u64, tail: Arc<LocalTail<EngineRing>>) -> Export {
-        self.exports.insert(vdisk, EPOCH, tail);
+    /// The size of each of this node's tails that can be opened, by name.
+    pub fn tail_sizes(&self) -> BTreeMap<String, u64> {
+        self.tails
+            .keys()
+            .filter_map(|name| match self.open_tail(name, 512, true) {
+                Ok(tail) => Some((name.clone(), tail.geometry().size_bytes)),
+                Err(e) => {
+                    tracing::warn!(tail = %name, "cannot open tail: {e:#}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Serves `tail` to peers as vdisk `vdisk` at `epoch` (older epochs
+    /// are refused) until the returned handle drops.
+    pub fn export(&self, vdisk: u64, epoch: u64, tail: Arc<LocalTail<EngineRing>>) -> Export {
+        self.exports.insert(vdisk, epoch, tail);
         Export {
             exports: self.exports.clone(),
             vdisk,
@@ -279,10 +292,12 @@ impl Drop for Export {
 /// Keeps every peer's links in step with the membership view: a member
 /// that goes down is unreachable at once (its pending requests move to
 /// another path); one that comes up, or restarts with new link addresses,
-/// is reachable again as soon as a link connects.
+/// is reachable again as soon as a link connects. With `fenced` exports,
+/// only live members' addresses may send requests to this node's tails.
 fn follow_membership(
     mut view: watch::Receiver<View>,
     peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
+    fenced: Option<Arc<Exports>>,
 ) {
     tokio::spawn(async move {
         loop {
@@ -290,6 +305,12 @@ fn follow_membership(
             for (name, peer) in lock(&peers).iter() {
                 let member = current.alive.get(name).map(|id| id.meta.links.as_slice());
                 peer.set_membership(member);
+            }
+            if let Some(exports) = &fenced {
+                let members = current.alive.values().flat_map(|id| {
+                    std::iter::once(id.gossip.ip()).chain(id.meta.links.iter().map(|l| l.ip()))
+                });
+                exports.admit_only(Some(members.collect()));
             }
             if view.changed().await.is_err() {
                 return;

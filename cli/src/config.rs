@@ -21,7 +21,7 @@ pub const DEFAULT_SOCKET: &str = "/run/ublkvd/ublkvd.sock";
 pub struct ConfigFile {
     /// This node's name in the cluster.
     pub node: Option<String>,
-    /// Where the node keeps its state (the vdisk catalog).
+    /// Where the node keeps its state (the configuration store's files).
     pub data_dir: Option<PathBuf>,
     /// The Unix socket the `ublkvd` client talks to.
     pub control_socket: Option<PathBuf>,
@@ -40,6 +40,9 @@ pub struct ConfigFile {
     /// Cluster membership. Without it the node is alone: it serves its own
     /// vdisks and knows no other node.
     pub gossip: Option<GossipFile>,
+    /// The replicated configuration store. Without it the node alone is
+    /// its own store.
+    pub store: Option<StoreFile>,
     /// How often an idle link is probed. Default 80.
     pub heartbeat_interval_ms: Option<u64>,
     /// Probes a link may miss before it is down. Default 3.
@@ -75,6 +78,81 @@ pub struct GossipFile {
     pub suspect_to_down_ms: Option<u64>,
     /// How often news is passed on besides probes. Default 100.
     pub gossip_interval_ms: Option<u64>,
+    /// Whether this node's tails refuse requests from addresses that are
+    /// not a live member's (its gossip or link addresses). Default true;
+    /// false only for clients outside the membership, such as test tools.
+    pub fence_non_members: Option<bool>,
+}
+
+/// The `[store]` section: the voters of the configuration store and where
+/// this node answers it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// Where this node answers store RPCs (a specific address). A voter's
+    /// must be its address in `voters`.
+    pub listen: Option<SocketAddr>,
+    /// The 3 or 5 nodes that vote, by name, with their store addresses;
+    /// the same on every node. Others follow the store as learners.
+    pub voters: Option<BTreeMap<String, SocketAddr>>,
+    /// How long a change may wait for a majority of the voters. Default
+    /// 5000.
+    pub write_timeout_ms: Option<u64>,
+    /// How long a move waits for every live node to suspend the vdisk's
+    /// I/O before it is cancelled. Default 5000.
+    pub move_timeout_ms: Option<u64>,
+}
+
+/// Store settings the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `None` for a node that is its own store.
+    pub listen: Option<SocketAddr>,
+    pub voters: BTreeMap<String, SocketAddr>,
+    pub write_timeout: Duration,
+    pub move_timeout: Duration,
+}
+
+impl StoreFile {
+    fn resolve(self, node: &str) -> anyhow::Result<StoreSettings> {
+        let voters = self.voters.unwrap_or_default();
+        let Some(listen) = self.listen else {
+            bail!("[store] needs listen, the address this node answers the store on");
+        };
+        if listen.ip().is_unspecified() {
+            bail!("[store] listen {listen} must be a specific address: other nodes reach this one there");
+        }
+        if !matches!(voters.len(), 1 | 3 | 5) {
+            bail!(
+                "[store] voters names {} nodes: name 3 or 5 (1 for a test cluster), so that a majority survives a failure",
+                voters.len()
+            );
+        }
+        if let Some(own) = voters.get(node) {
+            if *own != listen {
+                bail!("[store] this node ({node}) votes at {own} but listens on {listen}");
+            }
+        }
+        let ms = Duration::from_millis;
+        Ok(StoreSettings {
+            listen: Some(listen),
+            voters,
+            write_timeout: ms(self.write_timeout_ms.unwrap_or(5000)),
+            move_timeout: ms(self.move_timeout_ms.unwrap_or(5000)),
+        })
+    }
+}
+
+impl Default for StoreSettings {
+    /// A node alone: its own store's only voter, on no network.
+    fn default() -> Self {
+        StoreSettings {
+            listen: None,
+            voters: BTreeMap::new(),
+            write_timeout: Duration::from_secs(5),
+            move_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Membership settings the daemon runs with.
@@ -84,6 +162,7 @@ pub struct GossipSettings {
     pub seeds: Vec<SocketAddr>,
     pub secret_file: PathBuf,
     pub timing: gossip::Timing,
+    pub fence_non_members: bool,
 }
 
 impl GossipFile {
@@ -108,6 +187,7 @@ impl GossipFile {
             seeds: self.seeds.unwrap_or_default(),
             secret_file,
             timing,
+            fence_non_members: self.fence_non_members.unwrap_or(true),
         })
     }
 }
@@ -130,6 +210,7 @@ pub struct NodeConfig {
     pub devices: bool,
     pub tails: BTreeMap<String, PathBuf>,
     pub gossip: Option<GossipSettings>,
+    pub store: StoreSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub health: HealthConfig,
     pub route: RouteConfig,
@@ -146,8 +227,14 @@ impl NodeConfig {
         let health_default = HealthConfig::default();
         let route_default = RouteConfig::default();
         let ms = Duration::from_millis;
+        let node = file.node.unwrap_or_else(default_node_name);
+        let store = match file.store {
+            Some(store) => store.resolve(&node)?,
+            None => StoreSettings::default(),
+        };
         let config = NodeConfig {
-            node: file.node.unwrap_or_else(default_node_name),
+            node,
+            store,
             data_dir: data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -203,6 +290,9 @@ impl NodeConfig {
             if let Some(addr) = self.listen.iter().find(|a| a.ip().is_unspecified()) {
                 bail!("listen address {addr} must be a specific address: it is announced to the cluster as a link");
             }
+        }
+        if self.store.listen.is_some() && self.gossip.is_none() {
+            bail!("[store] needs [gossip]: store messages are signed with the cluster secret, and members are found by gossip");
         }
         if self.health.interval.is_zero() || self.health.allowed_misses == 0 {
             bail!("heartbeat_interval_ms and heartbeat_misses must be positive");
@@ -307,6 +397,18 @@ mod tests {
         ))
         .contains("probe_period"));
         assert!(refused("[tails]\n\"a/b\" = \"/x\"").contains("tail name"));
+        let store = "[store]\nlisten = \"10.0.0.1:7200\"\n";
+        assert!(refused(&format!(
+            "{store}voters = {{ a = \"10.0.0.1:7200\", b = \"10.0.0.2:7200\" }}"
+        ))
+        .contains("3 or 5"));
+        assert!(
+            refused(&format!("{store}voters = {{ a = \"10.0.0.1:7200\" }}")).contains("[gossip]")
+        );
+        assert!(refused(&format!(
+            "node = \"a\"\n[gossip]\nbind = \"10.0.0.1:7000\"\n{secret}{store}voters = {{ a = \"10.0.0.1:7201\" }}"
+        ))
+        .contains("votes at"));
         assert!(refused("io_timeout_ms = 0").contains("positive"));
     }
 
@@ -322,7 +424,13 @@ mod tests {
         let file: ConfigFile = toml::from_str(block).unwrap();
         let json = serde_json::to_value(&file).unwrap();
         let gossip = json["gossip"].as_object().unwrap().clone();
-        let keys = json.as_object().unwrap().iter().chain(gossip.iter());
+        let store = json["store"].as_object().unwrap().clone();
+        let keys = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .chain(gossip.iter())
+            .chain(store.iter());
         for (key, value) in keys {
             assert!(
                 !value.is_null(),

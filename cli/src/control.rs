@@ -17,8 +17,11 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     Add(AddRequest),
     Del { name: String },
+    Set(SetRequest),
+    Move(MoveRequest),
     List,
     Members,
+    Store,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +40,30 @@ pub struct AddRequest {
     pub queues: u16,
     pub queue_depth: u16,
     pub read_only: bool,
+    /// The device's owner, group and mode on every node; the defaults of
+    /// a disk (root, disk, 0660) for those not given.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: Option<u32>,
+}
+
+/// New permissions for a vdisk's device nodes; what is not given stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRequest {
+    pub name: String,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: Option<u32>,
+}
+
+/// New tails for a cluster vdisk, taken while I/O runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub name: String,
+    pub primary: TailRef,
+    pub secondary: Option<TailRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +71,7 @@ pub struct AddRequest {
 pub enum Response {
     Ok { vdisks: Vec<VdiskInfo> },
     Members(MembersInfo),
+    Store(StoreInfo),
     Error { message: String },
 }
 
@@ -58,23 +86,54 @@ pub struct MembersInfo {
     pub members: Vec<gossip::MemberStatus>,
 }
 
-/// A vdisk as `add` and `list` report it.
+/// The configuration store as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    pub term: u64,
+    /// The leader's name, if one is known.
+    pub leader: Option<String>,
+    /// Grows with every change to the configuration.
+    pub generation: u64,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+}
+
+/// A vdisk as `add` and `list` report it: the store's record, and what
+/// this node runs for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VdiskInfo {
     pub name: String,
+    /// Unique in the cluster; the device is `/dev/ublkb<id>` where that
+    /// number is free.
+    pub id: u32,
+    /// Grows with each change of the vdisk's mapping.
+    pub epoch: u64,
     pub size_bytes: u64,
-    /// `/dev/ublkbN` while the device runs.
+    /// `/dev/ublkbN` while the device runs on this node.
     pub device: Option<PathBuf>,
+    /// The node of a single-node vdisk.
+    pub node: Option<String>,
     /// The local tail of a single-node vdisk.
     pub tail: Option<PathBuf>,
     pub primary: Option<TailRef>,
     pub secondary: Option<TailRef>,
     pub block_size: u32,
     pub read_only: bool,
+    pub owner: u32,
+    pub group: u32,
+    pub mode: u32,
     /// `running`; `exported` on a node that serves the vdisk's tail to
-    /// peers but has no device for it; `failed: <why>` when it could not
-    /// be started.
+    /// peers but has no device for it; `not here` on a node that has no
+    /// part in it; `suspended` during a move; `failed: <why>` when it
+    /// could not be started.
     pub state: String,
+    /// Where it is being moved, while a move is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
     /// A cluster vdisk's paths in order of preference.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathInfo>,
@@ -107,6 +166,14 @@ pub struct LinkInfo {
 pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Vec<VdiskInfo>> {
     match exchange(socket, request)? {
         Response::Ok { vdisks } => Ok(vdisks),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// Asks the daemon at `socket` how the configuration store stands.
+pub fn store(socket: &Path) -> anyhow::Result<StoreInfo> {
+    match exchange(socket, &Request::Store)? {
+        Response::Store(store) => Ok(store),
         other => bail!("unexpected reply from the daemon: {other:?}"),
     }
 }
@@ -165,7 +232,22 @@ mod tests {
                 queues: 1,
                 queue_depth: 128,
                 read_only: false,
+                owner: None,
+                group: Some(6),
+                mode: Some(0o640),
             }),
+            Request::Set(SetRequest {
+                name: "b".into(),
+                owner: Some(1000),
+                group: None,
+                mode: None,
+            }),
+            Request::Move(MoveRequest {
+                name: "b".into(),
+                primary: "b:disk0".parse().unwrap(),
+                secondary: Some("a:disk0".parse().unwrap()),
+            }),
+            Request::Store,
             Request::Add(AddRequest {
                 name: "a".into(),
                 size_bytes: 1 << 30,
@@ -176,6 +258,9 @@ mod tests {
                 queues: 1,
                 queue_depth: 128,
                 read_only: false,
+                owner: None,
+                group: None,
+                mode: None,
             }),
         ];
         for request in requests {

@@ -4,6 +4,7 @@ mod args;
 mod cluster;
 mod config;
 mod control;
+mod daemon;
 mod metrics;
 mod node;
 mod server;
@@ -18,6 +19,7 @@ use clap::Parser;
 use args::{AddArgs, Cli, Command};
 use config::{ConfigFile, NodeConfig, DEFAULT_SOCKET};
 use control::{AddRequest, MembersInfo, Request, VdiskInfo};
+use control::{MoveRequest, SetRequest, StoreInfo};
 use size::format_size;
 
 fn main() -> ExitCode {
@@ -55,6 +57,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Add(args) => add(&socket, args),
         Command::Del { name } => control::call(&socket, &Request::Del { name }).map(drop),
+        Command::Set(args) => {
+            let request = Request::Set(SetRequest {
+                name: args.name,
+                owner: args.permissions.owner,
+                group: args.permissions.group,
+                mode: args.permissions.mode,
+            });
+            print_table(&control::call(&socket, &request)?);
+            Ok(())
+        }
+        Command::Move(args) => {
+            let request = Request::Move(MoveRequest {
+                name: args.name,
+                primary: args.primary,
+                secondary: args.secondary,
+            });
+            print_table(&control::call(&socket, &request)?);
+            Ok(())
+        }
+        Command::Store { json } => {
+            let store = control::store(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&store)?);
+            } else {
+                print_store(&store);
+            }
+            Ok(())
+        }
         Command::List { json } => {
             let vdisks = control::call(&socket, &Request::List)?;
             if json {
@@ -111,6 +141,9 @@ fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
         queues: args.queues,
         queue_depth: args.queue_depth,
         read_only: args.read_only,
+        owner: args.permissions.owner,
+        group: args.permissions.group,
+        mode: args.permissions.mode,
     });
     let vdisks = control::call(socket, &request)?;
     let vdisk = vdisks
@@ -175,10 +208,31 @@ fn print_members(info: &MembersInfo) {
     }
 }
 
+fn print_store(store: &StoreInfo) {
+    println!("role        {} (term {})", store.role, store.term);
+    println!(
+        "leader      {}",
+        store.leader.as_deref().unwrap_or("none known")
+    );
+    println!("generation  {}", store.generation);
+    println!(
+        "log         last index {}, applied {}",
+        store.last_log_index, store.last_applied
+    );
+    println!("voters      {}", store.voters.join(", "));
+    if !store.learners.is_empty() {
+        println!("learners    {}", store.learners.join(", "));
+    }
+}
+
 fn print_table(vdisks: &[VdiskInfo]) {
     let rows: Vec<Vec<String>> = vdisks
         .iter()
         .map(|v| {
+            let state = match &v.moving_to {
+                Some(to) => format!("{} (moving to {to})", v.state),
+                None => v.state.clone(),
+            };
             vec![
                 v.name.clone(),
                 format_size(v.size_bytes),
@@ -186,11 +240,16 @@ fn print_table(vdisks: &[VdiskInfo]) {
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |d| d.display().to_string()),
                 placement(v),
-                v.state.clone(),
+                v.epoch.to_string(),
+                format!("{}:{} {:04o}", v.owner, v.group, v.mode),
+                state,
             ]
         })
         .collect();
-    print_rows(&["NAME", "SIZE", "DEVICE", "TAIL", "STATE"], &rows);
+    print_rows(
+        &["NAME", "SIZE", "DEVICE", "TAIL", "EPOCH", "ACCESS", "STATE"],
+        &rows,
+    );
 }
 
 /// A table with columns as wide as their widest cell.
@@ -216,7 +275,10 @@ fn print_rows(header: &[&str], rows: &[Vec<String>]) {
 /// with the path now serving marked by `*`.
 fn placement(v: &VdiskInfo) -> String {
     if let Some(tail) = &v.tail {
-        return tail.display().to_string();
+        return match &v.node {
+            Some(node) => format!("{node}:{}", tail.display()),
+            None => tail.display().to_string(),
+        };
     }
     let tails: Vec<String> = v
         .primary

@@ -4,10 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::anyhow;
-use gossip::Gossip;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -15,14 +14,13 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::LinkMetrics;
-use crate::node::Node;
+use crate::daemon::{lock, Daemon};
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Reads the node's vdisks and the membership at each scrape.
+/// Reads the node's vdisks, the membership and the store at each scrape.
 struct NodeCollector {
-    node: Arc<Mutex<Node>>,
-    gossip: Option<Arc<Gossip>>,
+    daemon: Arc<Daemon>,
 }
 
 /// The registry wants its collectors printable.
@@ -61,10 +59,7 @@ fn with(mut labels: Labels, key: &'static str, value: &str) -> Labels {
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (vdisks, links) = {
-            let node = self
-                .node
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let node = lock(&self.daemon.node);
             (node.metrics(), node.link_metrics())
         };
         let e = &mut encoder;
@@ -235,7 +230,7 @@ impl Collector for NodeCollector {
             gauges(&|l| l.heartbeat_rtt_us as i64),
         )?;
 
-        if let Some(gossip) = &self.gossip {
+        if let Some(gossip) = &self.daemon.gossip {
             let view = gossip.view().borrow().clone();
             let one = |value: i64| vec![(Labels::new(), ConstGauge::new(value))];
             family(
@@ -273,21 +268,50 @@ impl Collector for NodeCollector {
                 rejected,
             )?;
         }
+
+        let store = self.daemon.store_info();
+        let one = |value: u64| vec![(Labels::new(), ConstGauge::new(value as i64))];
+        family(
+            e,
+            "ublkvd_store_leader",
+            "1 on the configuration store's leader, else 0",
+            one(u64::from(store.role == "leader")),
+        )?;
+        family(
+            e,
+            "ublkvd_store_term",
+            "The store's Raft term",
+            one(store.term),
+        )?;
+        family(
+            e,
+            "ublkvd_store_last_log_index",
+            "The last index in this node's store log",
+            one(store.last_log_index),
+        )?;
+        family(
+            e,
+            "ublkvd_store_last_applied_index",
+            "The last index this node has applied",
+            one(store.last_applied),
+        )?;
+        family(
+            e,
+            "ublkvd_store_generation",
+            "The configuration's generation: grows with every change",
+            one(store.generation),
+        )?;
         Ok(())
     }
 }
 
 /// Serves `GET /metrics` on `addr` from a thread of its own until the
 /// process exits.
-pub fn serve(
-    addr: SocketAddr,
-    node: Arc<Mutex<Node>>,
-    gossip: Option<Arc<Gossip>>,
-) -> anyhow::Result<()> {
+pub fn serve(addr: SocketAddr, daemon: Arc<Daemon>) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(NodeCollector { node, gossip }));
+    registry.register_collector(Box::new(NodeCollector { daemon }));
     tracing::info!(%addr, "serving metrics at /metrics");
     let content_type = tiny_http::Header::from_bytes(
         &b"Content-Type"[..],

@@ -1,6 +1,9 @@
-//! The node's vdisks: the catalog on disk and the devices running from it.
+//! The vdisks this node runs, kept in step with the configuration store:
+//! every configuration the store applies is reconciled here. Devices are
+//! created and removed, their nodes get the stored permissions, mappings
+//! are swapped at a new epoch, and moves are suspended and acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,25 +11,30 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
 use backend::{IoMetrics, LocalTail, Metered};
-use configdb::{Catalog, Placement, TailRef, VdiskName, VdiskSpec};
+use configdb::{Configuration, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
-use crate::cluster::{Cluster, Export, LinkMetrics, EPOCH};
+use crate::cluster::{Cluster, Export, LinkMetrics};
 use crate::control::{AddRequest, LinkInfo, PathInfo, VdiskInfo};
 use crate::size::format_size;
 
-/// The catalog's file inside the data dir.
-const CATALOG_FILE: &str = "catalog.redb";
-
 pub struct Node {
-    catalog: Catalog,
     cluster: Cluster,
     vdisks: BTreeMap<VdiskName, Vdisk>,
+    /// Moves this node has been asked to suspend for and is acknowledging.
+    acking: BTreeSet<u64>,
 }
 
+/// A vdisk this node has a part in.
 struct Vdisk {
-    spec: VdiskSpec,
+    /// The record it runs from.
+    record: VdiskRecord,
     state: VdiskState,
+    /// The move this node suspended the vdisk's I/O for.
+    suspended_for: Option<u64>,
+    /// Deleted from the store while its device was in use here: kept
+    /// until it is no longer used.
+    deleted: bool,
 }
 
 /// A served vdisk as the metrics endpoint sees it.
@@ -36,6 +44,15 @@ pub struct VdiskMetrics {
     pub routing: Option<Arc<VdiskCounters>>,
 }
 
+/// What a reconciliation leaves to the async side: suspend a vdisk's I/O
+/// (drain it) for a move, then acknowledge the move in the store.
+pub struct Suspension {
+    pub name: VdiskName,
+    pub move_id: u64,
+    /// The routed device to drain; none where this node runs no I/O to it.
+    pub routed: Option<Arc<RoutedVdisk>>,
+}
+
 enum VdiskState {
     /// Served on this node: through a device, to peers, or both. Fields
     /// drop in order: the device (and its I/O) goes before the export.
@@ -43,121 +60,187 @@ enum VdiskState {
         device: Option<Device>,
         /// What the device's I/O does (idle without a device).
         io: IoMetrics,
-        routing: Option<Arc<VdiskCounters>>,
-        /// Held, not read: dropping it stops serving the tail to peers.
-        _export: Option<Export>,
+        /// The device's backend, shared to suspend and remap it.
+        routed: Option<Arc<RoutedVdisk>>,
+        /// This node's tail served to peers, while the mapping has one.
+        export: Option<Export>,
     },
     /// Recorded but not served: why it could not be started.
     Failed(String),
 }
 
 impl Node {
-    /// Opens the data dir and brings back every recorded vdisk. A vdisk that
-    /// cannot start stays recorded, in the failed state, so that nothing an
-    /// admin configured is forgotten.
-    pub fn open(data_dir: &Path, cluster: Cluster) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        let catalog_path = data_dir.join(CATALOG_FILE);
-        let catalog = Catalog::open(&catalog_path)
-            .with_context(|| format!("cannot open {}", catalog_path.display()))?;
-        let mut node = Node {
-            catalog,
+    pub fn new(cluster: Cluster) -> Self {
+        Node {
             cluster,
             vdisks: BTreeMap::new(),
-        };
-        for spec in node.catalog.list()? {
-            let state = match start(&spec, &node.cluster) {
-                Ok(state) => {
-                    match state.device() {
-                        Some(device) if device.recovered() => tracing::info!(
-                            vdisk = %spec.name,
-                            device = %device.path().display(),
-                            "vdisk restored: device taken over with its held I/O"
-                        ),
-                        _ => tracing::info!(vdisk = %spec.name, "vdisk restored"),
-                    }
-                    if let Some(device) = state.device() {
-                        node.remember_device_id(&spec, device);
-                    }
-                    state
-                }
-                Err(e) => {
-                    tracing::error!(vdisk = %spec.name, "cannot restore vdisk: {e:#}");
-                    VdiskState::Failed(format!("{e:#}"))
-                }
-            };
-            node.vdisks.insert(spec.name.clone(), Vdisk { spec, state });
+            acking: BTreeSet::new(),
         }
-        Ok(node)
     }
 
-    /// Creates a vdisk and starts serving it: its device, and its tail to
-    /// peers if this node holds one. On any error nothing is recorded, and
-    /// nothing is left running.
-    pub fn add(&mut self, request: AddRequest) -> anyhow::Result<VdiskInfo> {
-        let name: VdiskName = request.name.parse()?;
-        if self.vdisks.contains_key(&name) {
-            bail!("vdisk {name} already exists");
+    pub fn name(&self) -> &str {
+        &self.cluster.node
+    }
+
+    /// Brings this node in line with `config`: starts what it should run,
+    /// removes what it should not, and applies changed permissions and
+    /// mappings. Returns the moves it must suspend for.
+    pub fn reconcile(&mut self, config: &Configuration) -> Vec<Suspension> {
+        let gone: Vec<VdiskName> = self
+            .vdisks
+            .iter()
+            .filter(|(name, v)| {
+                v.deleted
+                    || config
+                        .vdisks
+                        .get(*name)
+                        .is_none_or(|record| !self.has_part(record) || record.id != v.record.id)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.remove(&name);
         }
-        let placement = match (request.tail, request.primary, request.secondary) {
-            (Some(tail), None, None) => Placement::Local { tail },
-            (None, Some(primary), secondary) => {
-                if secondary.as_ref().is_some_and(|s| s.node == primary.node) {
-                    bail!("the primary and the secondary must be tails of different nodes");
-                }
-                for tail in std::iter::once(&primary).chain(&secondary) {
-                    self.cluster.check_remote_tail(tail)?;
-                }
-                Placement::Cluster { primary, secondary }
+        let mut suspensions = Vec::new();
+        for record in config.vdisks.values() {
+            if self.has_part(record) {
+                self.update(record);
             }
-            _ => bail!("give either --tail, or --primary with an optional --secondary"),
-        };
-        if let Some(other) = self
+            if let Some(suspension) = self.suspension(record) {
+                suspensions.push(suspension);
+            }
+        }
+        // Forget moves that ended: their acknowledgements are done with.
+        let pending: BTreeSet<u64> = config
             .vdisks
             .values()
-            .find(|v| shares_a_tail(&v.spec.placement, &placement))
-        {
-            bail!(
-                "{} is already used by vdisk {}",
-                describe_tails(&placement),
-                other.spec.name
-            );
-        }
-        let mut spec = VdiskSpec {
-            name,
-            size_bytes: request.size_bytes,
-            placement,
-            block_size: request.block_size,
-            queues: request.queues,
-            queue_depth: request.queue_depth,
-            read_only: request.read_only,
-            device_id: None,
-        };
-        let state = start(&spec, &self.cluster)?;
-        spec.device_id = state.device().map(Device::id);
-        // On error `state` drops here: the device leaves the kernel and the
-        // tail is no longer exported.
-        self.catalog.insert(&spec)?;
-        tracing::info!(vdisk = %spec.name, placement = %describe_tails(&spec.placement), "vdisk added");
-        let vdisk = Vdisk { spec, state };
-        let info = vdisk.info(&self.cluster);
-        self.vdisks.insert(vdisk.spec.name.clone(), vdisk);
-        Ok(info)
+            .filter_map(|r| r.moving.as_ref().map(|m| m.id))
+            .collect();
+        self.acking.retain(|id| pending.contains(id));
+        suspensions
     }
 
-    /// Removes a vdisk's device and forgets it; the tail keeps the data.
-    /// Refuses while the device is in use (mounted, or held by a volume
-    /// manager).
-    pub fn del(&mut self, name: &str) -> anyhow::Result<()> {
-        let name: VdiskName = name.parse()?;
-        let Some(vdisk) = self.vdisks.get(&name) else {
-            bail!("no vdisk named {name}");
+    /// Whether this node runs anything for the vdisk: a device, or a tail
+    /// served to peers.
+    fn has_part(&self, record: &VdiskRecord) -> bool {
+        let placement = &record.spec.placement;
+        (self.cluster.devices && placement.has_device_on(&self.cluster.node))
+            || placement.tail_on(&self.cluster.node).is_some()
+    }
+
+    /// Starts a vdisk new to this node, or brings a running one to its
+    /// record.
+    fn update(&mut self, record: &VdiskRecord) {
+        let name = record.spec.name.clone();
+        let Some(vdisk) = self.vdisks.get_mut(&name) else {
+            let state = start(record, &self.cluster);
+            match &state {
+                VdiskState::Served { device, .. } => {
+                    let how = match device {
+                        Some(d) if d.recovered() => "device taken over with its held I/O",
+                        Some(_) => "device started",
+                        None => "tail exported",
+                    };
+                    tracing::info!(vdisk = %name, epoch = record.epoch, placement = %record.spec.placement, "vdisk started: {how}");
+                }
+                VdiskState::Failed(why) => {
+                    tracing::error!(vdisk = %name, "cannot start vdisk: {why}")
+                }
+            }
+            self.vdisks.insert(
+                name,
+                Vdisk {
+                    record: record.clone(),
+                    state,
+                    suspended_for: None,
+                    deleted: false,
+                },
+            );
+            return;
+        };
+        if let VdiskState::Failed(_) = vdisk.state {
+            if vdisk.record != *record {
+                vdisk.state = start(record, &self.cluster);
+                vdisk.record = record.clone();
+            }
+            return;
+        }
+        if record.spec.permissions != vdisk.record.spec.permissions {
+            if let Some(device) = vdisk.state.device() {
+                match set_permissions(&device.path(), record.spec.permissions) {
+                    Ok(()) => tracing::info!(vdisk = %name, "device permissions changed"),
+                    Err(e) => tracing::error!(vdisk = %name, "{e:#}"),
+                }
+            }
+        }
+        if record.epoch != vdisk.record.epoch {
+            match remap(vdisk, record, &self.cluster) {
+                Ok(()) => tracing::info!(
+                    vdisk = %name,
+                    epoch = record.epoch,
+                    placement = %record.spec.placement,
+                    "reconfiguration: new mapping in effect, I/O resumed"
+                ),
+                Err(e) => tracing::error!(
+                    vdisk = %name,
+                    epoch = record.epoch,
+                    "reconfiguration: cannot take the new mapping: {e:#}"
+                ),
+            }
+            vdisk.suspended_for = None;
+        } else if vdisk.suspended_for.is_some()
+            && record.moving.as_ref().map(|m| m.id) != vdisk.suspended_for
+        {
+            // The move ended without a new epoch: cancelled.
+            if let Some(routed) = vdisk.state.routed() {
+                routed.resume(None);
+            }
+            tracing::info!(vdisk = %name, "reconfiguration cancelled: I/O resumed on the old mapping");
+            vdisk.suspended_for = None;
+        }
+        vdisk.record = record.clone();
+    }
+
+    /// The suspension a pending move asks of this node, once.
+    fn suspension(&mut self, record: &VdiskRecord) -> Option<Suspension> {
+        let moving = record.moving.as_ref()?;
+        let me = &self.cluster.node;
+        if !moving.waiting_for.contains(me)
+            || moving.acked.contains(me)
+            || !self.acking.insert(moving.id)
+        {
+            return None;
+        }
+        let routed = match self.vdisks.get_mut(&record.spec.name) {
+            Some(vdisk) => {
+                vdisk.suspended_for = Some(moving.id);
+                vdisk.state.routed()
+            }
+            None => None,
+        };
+        tracing::info!(vdisk = %record.spec.name, coordinator = %moving.coordinator, to = %moving.to, "reconfiguration: suspending I/O");
+        Some(Suspension {
+            name: record.spec.name.clone(),
+            move_id: moving.id,
+            routed,
+        })
+    }
+
+    /// Stops running a vdisk here, unless its device is in use: then it is
+    /// kept, and removed by a later reconciliation once it is free.
+    fn remove(&mut self, name: &VdiskName) {
+        let Some(vdisk) = self.vdisks.get_mut(name) else {
+            return;
         };
         if let Some(device) = vdisk.state.device() {
-            device.ensure_unused()?;
+            if let Err(e) = device.ensure_unused() {
+                if !vdisk.deleted {
+                    tracing::error!(vdisk = %name, "vdisk left this node's configuration, but its device stays until it is free: {e:#}");
+                }
+                vdisk.deleted = true;
+                return;
+            }
         }
-        self.catalog.remove(&name)?;
         if let Some(Vdisk {
             state:
                 VdiskState::Served {
@@ -165,24 +248,185 @@ impl Node {
                     ..
                 },
             ..
-        }) = self.vdisks.remove(&name)
+        }) = self.vdisks.remove(name)
         {
-            device
-                .stop()
-                .with_context(|| format!("vdisk {name} is forgotten, but stopping its device"))?;
+            if let Err(e) = device.stop() {
+                tracing::error!(vdisk = %name, "stopping its device: {e:#}");
+            }
         }
-        tracing::info!(vdisk = %name, "vdisk deleted");
-        Ok(())
+        tracing::info!(vdisk = %name, "vdisk removed from this node");
     }
 
-    pub fn list(&self) -> Vec<VdiskInfo> {
-        self.vdisks
+    /// Checks an add against what only this node can see (its files, its
+    /// vdisks, the live members) and makes the vdisk's spec.
+    pub fn prepare_add(
+        &self,
+        request: AddRequest,
+        config: &Configuration,
+    ) -> anyhow::Result<VdiskSpec> {
+        let name: VdiskName = request.name.parse()?;
+        if config.vdisks.contains_key(&name) {
+            bail!("vdisk {name} already exists");
+        }
+        let placement = match (request.tail, request.primary, request.secondary) {
+            (Some(tail), None, None) => Placement::Local {
+                node: self.cluster.node.clone(),
+                tail,
+            },
+            (None, Some(primary), secondary) => Placement::Cluster { primary, secondary },
+            _ => bail!("give either --tail, or --primary with an optional --secondary"),
+        };
+        let default = Permissions::default();
+        let spec = VdiskSpec {
+            name,
+            size_bytes: request.size_bytes,
+            placement,
+            block_size: request.block_size,
+            queues: request.queues,
+            queue_depth: request.queue_depth,
+            read_only: request.read_only,
+            permissions: Permissions {
+                owner: request.owner.unwrap_or(default.owner),
+                group: request.group.unwrap_or(default.group),
+                mode: request.mode.unwrap_or(default.mode),
+            },
+        };
+        device_options(&spec, None)?;
+        self.check_tails(&spec, &spec.placement, config)?;
+        if let Placement::Local { tail, .. } = &spec.placement {
+            if let Some(other) = self
+                .vdisks
+                .values()
+                .find(|v| match &v.record.spec.placement {
+                    Placement::Local { tail: t, .. } => same_file(t, tail),
+                    Placement::Cluster { .. } => false,
+                })
+            {
+                bail!(
+                    "tail {} is already used by vdisk {}",
+                    tail.display(),
+                    other.record.spec.name
+                );
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Checks the tails of `placement` for vdisk `spec`: two distinct
+    /// nodes, each tail announced by a live member, and large enough.
+    pub fn check_tails(
+        &self,
+        spec: &VdiskSpec,
+        placement: &Placement,
+        config: &Configuration,
+    ) -> anyhow::Result<()> {
+        match placement {
+            Placement::Local { tail, .. } => {
+                let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
+                check_fits(
+                    spec,
+                    &tail.display().to_string(),
+                    local.geometry().size_bytes,
+                )
+            }
+            Placement::Cluster { primary, secondary } => {
+                if secondary.as_ref().is_some_and(|s| s.node == primary.node) {
+                    bail!("the primary and the secondary must be tails of different nodes");
+                }
+                for tail in placement.cluster_tails() {
+                    self.cluster.check_remote_tail(tail)?;
+                    if tail.node == self.cluster.node {
+                        let local = self.cluster.open_tail(&tail.tail, spec.block_size, true)?;
+                        check_fits(spec, &tail.to_string(), local.geometry().size_bytes)?;
+                    } else if let Some(size) = config
+                        .nodes
+                        .get(&tail.node)
+                        .and_then(|n| n.tails.get(&tail.tail))
+                    {
+                        check_fits(spec, &tail.to_string(), *size)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses to delete a vdisk whose device this node uses.
+    pub fn check_unused(&self, name: &VdiskName) -> anyhow::Result<()> {
+        match self.vdisks.get(name).and_then(|v| v.state.device()) {
+            Some(device) => Ok(device.ensure_unused()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Every vdisk of the store, with what this node runs for it.
+    pub fn list(&self, config: &Configuration) -> Vec<VdiskInfo> {
+        let mut infos: Vec<VdiskInfo> = config
+            .vdisks
             .values()
-            .map(|v| v.info(&self.cluster))
-            .collect()
+            .map(|record| self.info(record))
+            .collect();
+        // Deleted from the store, still in use here: shown until removed.
+        for vdisk in self.vdisks.values().filter(|v| v.deleted) {
+            infos.push(self.info(&vdisk.record));
+        }
+        infos
     }
 
-    /// Stops every device; the catalog keeps them for the next start.
+    /// One vdisk of the store, with what this node runs for it.
+    pub fn info(&self, record: &VdiskRecord) -> VdiskInfo {
+        let local = self
+            .vdisks
+            .get(&record.spec.name)
+            .filter(|v| v.record.id == record.id);
+        let (device, state, paths) = match local.map(|v| (v, &v.state)) {
+            Some((vdisk, VdiskState::Served { device, routed, .. })) => {
+                let state = if vdisk.deleted {
+                    "deleted: device still in use here"
+                } else if vdisk.suspended_for.is_some() {
+                    "suspended"
+                } else if device.is_some() {
+                    "running"
+                } else {
+                    "exported"
+                };
+                let paths = routed
+                    .as_deref()
+                    .map_or_else(Vec::new, |r| path_info(r.counters(), &self.cluster));
+                (device.as_ref().map(Device::path), state.to_owned(), paths)
+            }
+            Some((_, VdiskState::Failed(why))) => (None, format!("failed: {why}"), Vec::new()),
+            None => (None, "not here".to_owned(), Vec::new()),
+        };
+        let spec = &record.spec;
+        let (node, tail, primary, secondary) = match &spec.placement {
+            Placement::Local { node, tail } => (Some(node.clone()), Some(tail.clone()), None, None),
+            Placement::Cluster { primary, secondary } => {
+                (None, None, Some(primary.clone()), secondary.clone())
+            }
+        };
+        VdiskInfo {
+            name: spec.name.to_string(),
+            id: record.id,
+            epoch: record.epoch,
+            size_bytes: spec.size_bytes,
+            device,
+            node,
+            tail,
+            primary,
+            secondary,
+            block_size: spec.block_size,
+            read_only: spec.read_only,
+            owner: spec.permissions.owner,
+            group: spec.permissions.group,
+            mode: spec.permissions.mode,
+            state,
+            moving_to: record.moving.as_ref().map(|m| m.to.to_string()),
+            paths,
+        }
+    }
+
+    /// Stops every device; the store keeps the vdisks for the next start.
     pub fn shutdown(&mut self, keep_devices: bool) {
         for (name, vdisk) in std::mem::take(&mut self.vdisks) {
             if let VdiskState::Served {
@@ -208,10 +452,10 @@ impl Node {
         self.vdisks
             .values()
             .filter_map(|vdisk| match &vdisk.state {
-                VdiskState::Served { io, routing, .. } => Some(VdiskMetrics {
-                    info: vdisk.info(&self.cluster),
+                VdiskState::Served { io, routed, .. } => Some(VdiskMetrics {
+                    info: self.info(&vdisk.record),
                     io: io.clone(),
-                    routing: routing.clone(),
+                    routing: routed.as_ref().map(|r| r.counters().clone()),
                 }),
                 VdiskState::Failed(_) => None,
             })
@@ -222,19 +466,6 @@ impl Node {
     pub fn link_metrics(&self) -> Vec<LinkMetrics> {
         self.cluster.link_metrics()
     }
-
-    /// A restored device may have been given another number than before:
-    /// record it, so that the next restart asks for this one.
-    fn remember_device_id(&self, spec: &VdiskSpec, device: &Device) {
-        if spec.device_id == Some(device.id()) {
-            return;
-        }
-        let mut updated = spec.clone();
-        updated.device_id = Some(device.id());
-        if let Err(e) = self.catalog.update(&updated) {
-            tracing::warn!(vdisk = %spec.name, "cannot record the device number: {e}");
-        }
-    }
 }
 
 impl VdiskState {
@@ -244,43 +475,11 @@ impl VdiskState {
             VdiskState::Failed(_) => None,
         }
     }
-}
 
-impl Vdisk {
-    fn info(&self, cluster: &Cluster) -> VdiskInfo {
-        let (device, state, paths) = match &self.state {
-            VdiskState::Served {
-                device, routing, ..
-            } => {
-                let state = if device.is_some() {
-                    "running"
-                } else {
-                    "exported"
-                };
-                let paths = routing
-                    .as_deref()
-                    .map_or_else(Vec::new, |r| path_info(r, cluster));
-                (device.as_ref().map(Device::path), state.to_owned(), paths)
-            }
-            VdiskState::Failed(why) => (None, format!("failed: {why}"), Vec::new()),
-        };
-        let (tail, primary, secondary) = match &self.spec.placement {
-            Placement::Local { tail } => (Some(tail.clone()), None, None),
-            Placement::Cluster { primary, secondary } => {
-                (None, Some(primary.clone()), secondary.clone())
-            }
-        };
-        VdiskInfo {
-            name: self.spec.name.to_string(),
-            size_bytes: self.spec.size_bytes,
-            device,
-            tail,
-            primary,
-            secondary,
-            block_size: self.spec.block_size,
-            read_only: self.spec.read_only,
-            state,
-            paths,
+    fn routed(&self) -> Option<Arc<RoutedVdisk>> {
+        match self {
+            VdiskState::Served { routed, .. } => routed.clone(),
+            VdiskState::Failed(_) => None,
         }
     }
 }
@@ -302,40 +501,6 @@ fn path_info(counters: &VdiskCounters, cluster: &Cluster) -> Vec<PathInfo> {
         .collect()
 }
 
-/// The tails of a placement, as a person writes them.
-fn describe_tails(placement: &Placement) -> String {
-    match placement {
-        Placement::Local { tail } => format!("tail {}", tail.display()),
-        Placement::Cluster {
-            primary,
-            secondary: Some(secondary),
-        } => format!("tails {primary} and {secondary}"),
-        Placement::Cluster { primary, .. } => format!("tail {primary}"),
-    }
-}
-
-/// Whether two vdisks would share a tail: the same local file or device,
-/// or the same cluster tail.
-fn shares_a_tail(a: &Placement, b: &Placement) -> bool {
-    match (a, b) {
-        (Placement::Local { tail: a }, Placement::Local { tail: b }) => same_file(a, b),
-        (
-            Placement::Cluster {
-                primary: pa,
-                secondary: sa,
-            },
-            Placement::Cluster {
-                primary: pb,
-                secondary: sb,
-            },
-        ) => {
-            let a: Vec<&TailRef> = std::iter::once(pa).chain(sa).collect();
-            std::iter::once(pb).chain(sb).any(|t| a.contains(&t))
-        }
-        _ => false,
-    }
-}
-
 /// Whether two paths name the same file, or the same block device through
 /// any of its nodes.
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -349,13 +514,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn device_options(spec: &VdiskSpec) -> anyhow::Result<DeviceOptions> {
+/// The device's geometry; `device_id` is the number asked for.
+fn device_options(spec: &VdiskSpec, device_id: Option<u32>) -> anyhow::Result<DeviceOptions> {
     let options = DeviceOptions {
         logical_block_size: spec.block_size,
         queues: spec.queues,
         queue_depth: spec.queue_depth,
         read_only: spec.read_only,
-        device_id: spec.device_id,
+        device_id,
         ..DeviceOptions::new(spec.size_bytes)
     };
     options.validate()?;
@@ -373,78 +539,123 @@ fn check_fits(spec: &VdiskSpec, tail: &str, tail_size: u64) -> anyhow::Result<()
     Ok(())
 }
 
-/// Starts serving a vdisk on this node as its placement says.
-fn start(spec: &VdiskSpec, cluster: &Cluster) -> anyhow::Result<VdiskState> {
-    let options = device_options(spec)?;
-    match &spec.placement {
-        Placement::Local { tail } => {
-            let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
-            check_fits(
-                spec,
-                &tail.display().to_string(),
-                local.geometry().size_bytes,
-            )?;
-            let io = IoMetrics::default();
-            Ok(VdiskState::Served {
-                device: Some(Device::start(&options, Metered::new(local, io.clone()))?),
-                io,
-                routing: None,
-                _export: None,
-            })
-        }
-        Placement::Cluster { primary, secondary } => {
-            start_cluster_vdisk(spec, primary, secondary.as_ref(), &options, cluster)
-        }
-    }
+/// Gives a device node the vdisk's owner, group and mode.
+fn set_permissions(path: &Path, permissions: Permissions) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(permissions.owner), Some(permissions.group))
+        .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(permissions.mode))
+        .with_context(|| format!("cannot change the mode of {}", path.display()))
 }
 
-/// A cluster vdisk: this node's tail of it (if any) is exported to peers
-/// and is the first path; then the primary, then the secondary.
-fn start_cluster_vdisk(
+/// Starts a vdisk's device, asking for its cluster-wide number first: on a
+/// kernel that another node shares (a test VM), that number may be taken.
+fn start_device<B: backend::BlockBackend + Send + Sync + 'static>(
     spec: &VdiskSpec,
-    primary: &TailRef,
-    secondary: Option<&TailRef>,
-    options: &DeviceOptions,
+    id: u32,
+    backend: impl Fn() -> anyhow::Result<B>,
+) -> anyhow::Result<Device> {
+    let device = match Device::start(&device_options(spec, Some(id))?, backend()?) {
+        Ok(device) => device,
+        Err(e) if Path::new(&format!("/dev/ublkc{id}")).exists() => {
+            tracing::warn!(vdisk = %spec.name, "device number {id} is not free here ({e:#}): taking another");
+            Device::start(&device_options(spec, None)?, backend()?)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    set_permissions(&device.path(), spec.permissions)?;
+    Ok(device)
+}
+
+/// Starts serving a vdisk on this node as its record says; never fails,
+/// but records why it could not.
+fn start(record: &VdiskRecord, cluster: &Cluster) -> VdiskState {
+    start_served(record, cluster).unwrap_or_else(|e| VdiskState::Failed(format!("{e:#}")))
+}
+
+fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<VdiskState> {
+    let spec = &record.spec;
+    if let Placement::Local { tail, .. } = &spec.placement {
+        let io = IoMetrics::default();
+        let device = start_device(spec, record.id, || {
+            let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
+            Ok(Metered::new(local, io.clone()))
+        })?;
+        return Ok(VdiskState::Served {
+            device: Some(device),
+            io,
+            routed: None,
+            export: None,
+        });
+    }
+    let (paths, export) = cluster_paths(record, cluster)?;
+    if !(cluster.devices && spec.placement.has_device_on(&cluster.node)) {
+        return Ok(VdiskState::Served {
+            device: None,
+            io: IoMetrics::default(),
+            routed: None,
+            export,
+        });
+    }
+    let routed = Arc::new(RoutedVdisk::spawn(
+        &cluster.runtime,
+        spec.name.id(),
+        record.epoch,
+        paths,
+        cluster.route,
+    ));
+    let io = IoMetrics::default();
+    let device = start_device(spec, record.id, || {
+        Ok(Metered::new(routed.clone(), io.clone()))
+    })?;
+    Ok(VdiskState::Served {
+        device: Some(device),
+        io,
+        routed: Some(routed),
+        export,
+    })
+}
+
+/// A cluster vdisk's paths in order of preference: this node's own tail
+/// (exported to peers at the record's epoch), then the primary, then the
+/// secondary.
+fn cluster_paths(
+    record: &VdiskRecord,
     cluster: &Cluster,
-) -> anyhow::Result<VdiskState> {
+) -> anyhow::Result<(Vec<TailPath>, Option<Export>)> {
+    let spec = &record.spec;
     let id = spec.name.id();
     let mut paths = Vec::new();
     let mut export = None;
     if let Some(own) = spec.placement.tail_on(&cluster.node) {
         let tail = cluster.open_tail(&own.tail, spec.block_size, spec.read_only)?;
         check_fits(spec, &own.to_string(), tail.geometry().size_bytes)?;
-        export = Some(cluster.export(id, tail.clone()));
+        export = Some(cluster.export(id, record.epoch, tail.clone()));
         paths.push(TailPath::Local(tail));
     }
-    for remote in std::iter::once(primary)
-        .chain(secondary)
+    for remote in spec
+        .placement
+        .cluster_tails()
         .filter(|t| t.node != cluster.node)
     {
         paths.push(TailPath::Peer(cluster.peer(&remote.node)?));
     }
-    if !cluster.devices {
-        if export.is_none() {
-            bail!(
-                "node {} has devices = false and holds none of {}: it has nothing to serve",
-                cluster.node,
-                describe_tails(&spec.placement)
-            );
-        }
-        return Ok(VdiskState::Served {
-            device: None,
-            io: IoMetrics::default(),
-            routing: None,
-            _export: export,
-        });
+    Ok((paths, export))
+}
+
+/// Moves a running vdisk to its record's new mapping: its own tail's
+/// export follows, and its device's held requests go out on the new paths
+/// with the new epoch.
+fn remap(vdisk: &mut Vdisk, record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<()> {
+    let VdiskState::Served { routed, export, .. } = &mut vdisk.state else {
+        return Ok(());
+    };
+    // The old export goes first: the new one may serve the same tail.
+    *export = None;
+    let (paths, new_export) = cluster_paths(record, cluster)?;
+    *export = new_export;
+    if let Some(routed) = routed {
+        routed.resume(Some((record.epoch, paths)));
     }
-    let routed = RoutedVdisk::spawn(&cluster.runtime, id, EPOCH, paths, cluster.route);
-    let routing = Some(routed.counters().clone());
-    let io = IoMetrics::default();
-    let device = Device::start(options, Metered::new(routed, io.clone()))?;
-    Ok(VdiskState::Served {
-        device: Some(device),
-        io,
-        routing,
-        _export: export,
-    })
+    Ok(())
 }

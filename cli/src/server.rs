@@ -5,7 +5,7 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use gossip::Gossip;
@@ -14,9 +14,13 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use configdb::raft::StoreKey;
+use configdb::{NodeRecord, Store, StoreConfig};
+
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
+use crate::daemon::{lock, Daemon};
 use crate::node::Node;
 
 /// Runs the node daemon in the foreground. With `keep_devices`, SIGTERM
@@ -41,17 +45,31 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             .map(TcpListener::local_addr)
             .collect::<std::io::Result<Vec<_>>>()
             .context("cannot read the peer listeners' addresses")?;
-        let cluster = Cluster::start(config, links).await?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let store = open_store(config).await?;
+        let cluster = Cluster::start(config, links.clone()).await?;
         let gossip = cluster.gossip().cloned();
-        let (stop_peers, peers_stopped) = watch::channel(false);
-        let mut peer_servers = cluster.serve_peers(peer_listeners, &peers_stopped);
-        let data_dir = config.data_dir.clone();
-        let node = tokio::task::spawn_blocking(move || Node::open(&data_dir, cluster))
-            .await
-            .context("node start-up panicked")??;
-        let node = Arc::new(Mutex::new(node));
+        let (stop, stopped) = watch::channel(false);
+        let mut peer_servers = cluster.serve_peers(peer_listeners, &stopped);
+        let record = NodeRecord {
+            name: config.node.clone(),
+            links,
+            tails: cluster.tail_sizes(),
+        };
+        let daemon = Daemon::new(
+            Node::new(cluster),
+            store,
+            gossip.clone(),
+            config.store.voters.keys().cloned().collect(),
+            config.store.move_timeout,
+        );
+        // What the store last applied here comes back first, majority or not.
+        daemon.reconcile_now().await?;
+        let follower = tokio::spawn(daemon.clone().follow_store(stopped.clone()));
+        let registration = tokio::spawn(daemon.clone().register(record));
         if let Some(addr) = config.metrics_listen {
-            crate::metrics::serve(addr, node.clone(), gossip.clone())?;
+            crate::metrics::serve(addr, daemon.clone())?;
         }
         tracing::info!(
             node = %config.node,
@@ -60,37 +78,72 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             "ublkvd serving"
         );
         // systemd (Type=notify) starts what depends on the devices only now:
-        // every recorded vdisk is back and the control socket answers.
+        // every vdisk of this node is back and the control socket answers.
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("cannot tell systemd the daemon is ready: {e}");
         }
-        let served = run(listener, node.clone(), gossip.clone(), shutdown_signal()?).await;
+        let served = run(listener, daemon.clone(), shutdown_signal()?).await;
         if keep_devices {
             tracing::info!("shutting down: keeping devices for the next daemon");
         } else {
             tracing::info!("shutting down: stopping devices");
         }
+        registration.abort();
+        let _ = stop.send(true);
+        let _ = follower.await;
         // Devices first: their last requests may still need the peers.
-        let stopped =
-            tokio::task::spawn_blocking(move || lock(&node).shutdown(keep_devices)).await;
+        let node = daemon.node.clone();
+        let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown(keep_devices)).await;
         // Then goodbye, so that peers route around this node at once,
         // before its tails stop being served.
         if let Some(gossip) = gossip {
             gossip.leave().await;
         }
-        let _ = stop_peers.send(true);
         while peer_servers.join_next().await.is_some() {}
+        match Arc::try_unwrap(daemon) {
+            Ok(daemon) => daemon.store.shutdown().await,
+            Err(_) => tracing::warn!("the configuration store is still in use at exit"),
+        }
         let _ = std::fs::remove_file(&config.control_socket);
         stopped.context("device shutdown panicked")?;
         served
     })
 }
 
+/// Opens this node's member of the configuration store: on the network,
+/// signed with the cluster secret, with a `[store]` section; else alone.
+async fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
+    let settings = &config.store;
+    let key = match &config.gossip {
+        Some(gossip) => StoreKey::from_secret(&gossip::read_secret(&gossip.secret_file)?),
+        // Nothing is sent or received: the key signs nothing.
+        None => StoreKey::from_secret(config.node.as_bytes()),
+    };
+    let listen = match settings.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the store on {addr}"))?,
+        ),
+        None => None,
+    };
+    let store = Store::open(StoreConfig {
+        node: config.node.clone(),
+        dir: config.data_dir.clone(),
+        voters: settings.voters.clone(),
+        listen,
+        key,
+        raft: configdb::store::lan_raft_config(),
+        write_timeout: settings.write_timeout,
+    })
+    .await?;
+    Ok(store)
+}
+
 /// Accepts control connections until `shutdown` resolves.
 pub async fn run(
     listener: UnixListener,
-    node: Arc<Mutex<Node>>,
-    gossip: Option<Arc<Gossip>>,
+    daemon: Arc<Daemon>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -99,13 +152,13 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("accepting a control connection")?;
-                tokio::spawn(serve_connection(stream, node.clone(), gossip.clone()));
+                tokio::spawn(serve_connection(stream, daemon.clone()));
             }
         }
     }
 }
 
-async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>, gossip: Option<Arc<Gossip>>) {
+async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -131,8 +184,7 @@ async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>, gossip: Op
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Members) => members(gossip.as_deref()).await,
-                Ok(request) => execute(request, node.clone()).await,
+                Ok(request) => execute(request, &daemon).await,
                 Err(e) => Response::Error {
                     message: format!("malformed request: {e}"),
                 },
@@ -168,34 +220,23 @@ async fn members(gossip: Option<&Gossip>) -> Response {
     }
 }
 
-/// Runs a request on a blocking thread: device start and stop wait on the
-/// kernel.
-async fn execute(request: Request, node: Arc<Mutex<Node>>) -> Response {
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut node = lock(&node);
-        match request {
-            Request::Add(add) => node.add(add).map(|info| vec![info]),
-            Request::Del { name } => node.del(&name).map(|()| Vec::new()),
-            Request::List => Ok(node.list()),
-            Request::Members => Err(anyhow::anyhow!("members is answered by the gossip agent")),
-        }
-    })
-    .await;
+async fn execute(request: Request, daemon: &Daemon) -> Response {
+    let one = |info| vec![info];
+    let outcome = match request {
+        Request::Members => return members(daemon.gossip.as_deref()).await,
+        Request::Store => return Response::Store(daemon.store_info()),
+        Request::Add(add) => daemon.add(add).await.map(one),
+        Request::Del { name } => daemon.del(&name).await.map(|()| Vec::new()),
+        Request::Set(set) => daemon.set(set).await.map(one),
+        Request::Move(request) => daemon.move_vdisk(request).await.map(one),
+        Request::List => Ok(daemon.list()),
+    };
     match outcome {
-        Ok(Ok(vdisks)) => Response::Ok { vdisks },
-        Ok(Err(e)) => Response::Error {
+        Ok(vdisks) => Response::Ok { vdisks },
+        Err(e) => Response::Error {
             message: format!("{e:#}"),
         },
-        Err(e) => Response::Error {
-            message: format!("request handler panicked: {e}"),
-        },
     }
-}
-
-/// A panic while holding the lock leaves the node usable: its state is
-/// only ever changed after the fallible steps succeed.
-fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
-    node.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Binds the control socket, refusing to steal one a live daemon serves.

@@ -177,14 +177,21 @@ mod tests {
     fn vdisk(paths: Vec<PathInfo>) -> VdiskInfo {
         VdiskInfo {
             name: "vd".into(),
+            id: 0,
+            epoch: 1,
             size_bytes: 1 << 30,
             device: Some("/dev/ublkb0".into()),
+            node: None,
             tail: None,
             primary: Some("a:disk0".parse().unwrap()),
             secondary: Some("b:disk0".parse().unwrap()),
             block_size: 4096,
             read_only: false,
+            owner: 0,
+            group: 6,
+            mode: 0o660,
             state: "running".into(),
+            moving_to: None,
             paths,
         }
     }

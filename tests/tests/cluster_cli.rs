@@ -129,14 +129,15 @@ fn primary_and_secondary_on_one_node_are_refused() {
 }
 
 #[test]
-fn a_storage_only_node_refuses_a_vdisk_it_holds_no_tail_of() {
+fn a_storage_only_node_records_a_vdisk_it_holds_no_tail_of_and_runs_nothing_for_it() {
     let (daemon, _b, _tails) = storage_node();
-    assert_one_line_error(
-        add(&daemon, &["--primary", "b:disk0"]),
-        "has nothing to serve",
-    );
+    let added = add(&daemon, &["--primary", "b:disk0"]);
+    assert!(added.status.success(), "{added:?}");
     let list = Outcome::from(daemon.client(&["list", "--json"]));
-    assert_eq!(list.stdout.trim(), "[]");
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list[0]["name"], "vd");
+    assert_eq!(list[0]["state"], "not here", "{list}");
+    assert!(list[0]["device"].is_null());
 }
 
 #[test]

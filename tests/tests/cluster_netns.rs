@@ -121,6 +121,10 @@ fn io_from_a_tailless_node_survives_link_cuts_and_a_primary_kill_without_error()
         .iter()
         .map(|node| {
             let config = lab.config(node, false, &[("disk0", &shared)], CLUSTER_SECRET);
+            // The driver in c is no member: a and b must take its requests.
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text += "fence_non_members = false\n";
+            std::fs::write(&config, text).unwrap();
             NodeDaemon::start(&lab, node, config)
         })
         .collect();

@@ -24,7 +24,10 @@ fn list_of_a_new_daemon_is_empty_in_table_and_json() {
     let daemon = Daemon::start();
     let table = Outcome::from(daemon.client(&["list"]));
     assert!(table.success);
-    assert_eq!(table.stdout.trim(), "NAME  SIZE  DEVICE  TAIL  STATE");
+    assert_eq!(
+        table.stdout.trim(),
+        "NAME  SIZE  DEVICE  TAIL  EPOCH  ACCESS  STATE"
+    );
     let json = Outcome::from(daemon.client(&["list", "--json"]));
     let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(parsed, serde_json::json!([]));
@@ -203,7 +206,7 @@ fn config_file_sets_the_socket_and_flags_override_the_file() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !flag_data.join("catalog.redb").exists() || !file_socket.exists() {
+    while !flag_data.join("store-log.redb").exists() || !file_socket.exists() {
         assert!(std::time::Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

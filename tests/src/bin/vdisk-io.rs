@@ -42,6 +42,13 @@ struct Args {
     heartbeat_ms: Option<u64>,
     #[arg(long, default_value_t = 200)]
     report_ms: u64,
+    /// The vdisk epoch requests carry
+    #[arg(long, default_value_t = 1)]
+    epoch: u64,
+    /// How long a request may find no path before it fails, in ms
+    /// [default: the daemon's]
+    #[arg(long)]
+    io_timeout_ms: Option<u64>,
 }
 
 /// What the workers share: the model of what each block holds, and counts.
@@ -101,12 +108,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|p| parse_peer(p, health))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let id: u64 = configdb::VdiskName::try_from(args.vdisk.clone())?.id();
+    let route = RouteConfig::default();
+    let route = RouteConfig {
+        io_timeout: args
+            .io_timeout_ms
+            .map_or(route.io_timeout, Duration::from_millis),
+        ..route
+    };
     let vdisk = Rc::new(RoutedVdisk::spawn(
         &tokio::runtime::Handle::current(),
         id,
-        1,
+        args.epoch,
         paths,
-        RouteConfig::default(),
+        route,
     ));
     let state = Rc::new(RefCell::new(State {
         generation: vec![0; args.blocks as usize],

@@ -12,6 +12,8 @@ use super::{gossip_section, ublkvd_bin};
 pub const PEER_PORT: u16 = 7100;
 /// The port every node gossips on, on network 1.
 pub const GOSSIP_PORT: u16 = 7000;
+/// The port every node answers the configuration store on, on network 1.
+pub const STORE_PORT: u16 = 7200;
 
 pub struct Lab {
     prefix: String,
@@ -133,6 +135,35 @@ impl Lab {
         let seeds: Vec<String> = self.nodes.iter().take(2).map(|n| self.gossip(n)).collect();
         text += &gossip_section(&dir, &self.gossip(node), &seeds, secret);
         let path = dir.join("ublkvd.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `node`'s store address.
+    pub fn store(&self, node: &str) -> String {
+        format!("10.1.0.{}:{STORE_PORT}", self.index(node))
+    }
+
+    /// [`Lab::config`] plus a `[store]` section whose voters are `voters`,
+    /// with a short write timeout so that a refused change fails fast.
+    pub fn config_with_store(
+        &self,
+        node: &str,
+        devices: bool,
+        tails: &[(&str, &Path)],
+        voters: &[&str],
+    ) -> PathBuf {
+        let path = self.config(node, devices, tails, super::CLUSTER_SECRET);
+        let voters: Vec<String> = voters
+            .iter()
+            .map(|v| format!("{v} = \"{}\"", self.store(v)))
+            .collect();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text += &format!(
+            "[store]\nlisten = \"{}\"\nvoters = {{ {} }}\nwrite_timeout_ms = 3000\nmove_timeout_ms = 3000\n",
+            self.store(node),
+            voters.join(", ")
+        );
         std::fs::write(&path, text).unwrap();
         path
     }

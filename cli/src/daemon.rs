@@ -1,0 +1,386 @@
+//! What the daemon does with the configuration store: client changes go
+//! to the store, and every node follows what the store applies. A move is
+//! coordinated here: every live node suspends and drains the vdisk, then
+//! the new mapping is committed at the next epoch, or the move cancelled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use configdb::{
+    node_id, Command, Configuration, NodeRecord, Placement, Store, VdiskName, VdiskRecord,
+};
+use gossip::Gossip;
+use tokio::sync::watch;
+
+use crate::control::{AddRequest, MoveRequest, SetRequest, StoreInfo, VdiskInfo};
+use crate::node::{Node, Suspension};
+
+/// How long a client change waits for this node to run it.
+const RECONCILE_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a node looks again at what the store holds, to end moves
+/// whose coordinator went away.
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub struct Daemon {
+    pub node: Arc<Mutex<Node>>,
+    pub store: Store,
+    pub gossip: Option<Arc<Gossip>>,
+    name: String,
+    voters: BTreeSet<String>,
+    move_timeout: Duration,
+    /// The last generation this node has reconciled.
+    reconciled: watch::Sender<u64>,
+    /// When this node first saw each pending move.
+    moves_seen: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl Daemon {
+    pub fn new(
+        node: Node,
+        store: Store,
+        gossip: Option<Arc<Gossip>>,
+        voters: BTreeSet<String>,
+        move_timeout: Duration,
+    ) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            name: node.name().to_owned(),
+            node: Arc::new(Mutex::new(node)),
+            store,
+            gossip,
+            voters,
+            move_timeout,
+            reconciled: watch::channel(0).0,
+            moves_seen: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Brings the node in line with the configuration this node's store
+    /// holds now: after a restart, that is what it had applied, with or
+    /// without a majority.
+    pub async fn reconcile_now(self: &Arc<Self>) -> anyhow::Result<()> {
+        let config = self.store.configuration();
+        self.reconcile(config).await
+    }
+
+    async fn reconcile(self: &Arc<Self>, config: Arc<Configuration>) -> anyhow::Result<()> {
+        let node = self.node.clone();
+        let applied = config.clone();
+        let suspensions = tokio::task::spawn_blocking(move || lock(&node).reconcile(&applied))
+            .await
+            .context("reconciling panicked")?;
+        for suspension in suspensions {
+            tokio::spawn(self.clone().suspend_and_acknowledge(suspension));
+        }
+        self.end_abandoned_moves(&config);
+        self.reconciled.send_replace(config.generation);
+        Ok(())
+    }
+
+    /// Follows the store until `stop` turns true: each applied
+    /// configuration is reconciled.
+    pub async fn follow_store(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut changes = self.store.subscribe();
+        loop {
+            let config = changes.borrow_and_update().clone();
+            if let Err(e) = self.reconcile(config).await {
+                tracing::error!("{e:#}");
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|&s| s) => return,
+                () = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// Records this node's links and tails in the store, once the store
+    /// takes writes, unless it already holds them.
+    pub async fn register(self: Arc<Self>, record: NodeRecord) {
+        loop {
+            if self.store.configuration().nodes.get(&record.name) == Some(&record) {
+                return;
+            }
+            match self
+                .store
+                .write(Command::RegisterNode(record.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("node recorded in the configuration store");
+                    return;
+                }
+                Err(e) => tracing::debug!("cannot record this node in the store yet: {e}"),
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+
+    /// Drains the vdisk's I/O on this node, then tells the coordinator.
+    async fn suspend_and_acknowledge(self: Arc<Self>, suspension: Suspension) {
+        let started = Instant::now();
+        if let Some(routed) = &suspension.routed {
+            routed.suspend().await;
+        }
+        tracing::info!(
+            vdisk = %suspension.name,
+            drained_ms = started.elapsed().as_millis() as u64,
+            "reconfiguration: I/O suspended and drained"
+        );
+        let ack = Command::AckMove {
+            name: suspension.name.clone(),
+            move_id: suspension.move_id,
+            node: self.name.clone(),
+        };
+        if let Err(e) = self.store.write(ack).await {
+            tracing::warn!(vdisk = %suspension.name, "reconfiguration: cannot acknowledge: {e}");
+        }
+    }
+
+    /// Cancels moves pending for much longer than a move may take: their
+    /// coordinator died or lost the store. Any node may; the store takes
+    /// the first end of a move and refuses the others.
+    fn end_abandoned_moves(self: &Arc<Self>, config: &Configuration) {
+        let now = Instant::now();
+        let mut seen = lock(&self.moves_seen);
+        let pending: BTreeMap<u64, &VdiskRecord> = config
+            .vdisks
+            .values()
+            .filter_map(|r| r.moving.as_ref().map(|m| (m.id, r)))
+            .collect();
+        seen.retain(|id, _| pending.contains_key(id));
+        for (&id, record) in &pending {
+            let first = *seen.entry(id).or_insert(now);
+            if now.duration_since(first) < self.move_timeout * 3 {
+                continue;
+            }
+            seen.insert(id, now);
+            let end = Command::EndMove {
+                name: record.spec.name.clone(),
+                move_id: id,
+                commit: false,
+            };
+            let daemon = self.clone();
+            tokio::spawn(async move {
+                if daemon.store.write(end).await.is_ok() {
+                    tracing::warn!("reconfiguration {id} abandoned by its coordinator: cancelled");
+                }
+            });
+        }
+    }
+
+    /// Waits until this node has reconciled `generation`.
+    async fn reconciled(&self, generation: u64) -> anyhow::Result<()> {
+        let mut reconciled = self.reconciled.subscribe();
+        let done = async move { reconciled.wait_for(|&g| g >= generation).await.is_ok() };
+        match tokio::time::timeout(RECONCILE_WAIT, done).await {
+            Ok(true) => Ok(()),
+            _ => bail!(
+                "the change is committed, but this node has not applied it after {} s",
+                RECONCILE_WAIT.as_secs()
+            ),
+        }
+    }
+
+    /// The vdisk `name` as the store and this node have it now.
+    fn info(&self, name: &VdiskName) -> anyhow::Result<VdiskInfo> {
+        let config = self.store.configuration();
+        let Some(record) = config.vdisks.get(name) else {
+            bail!("no vdisk named {name}");
+        };
+        Ok(lock(&self.node).info(record))
+    }
+
+    pub async fn add(&self, request: AddRequest) -> anyhow::Result<VdiskInfo> {
+        let config = self.store.configuration();
+        let node = self.node.clone();
+        let spec = tokio::task::spawn_blocking(move || lock(&node).prepare_add(request, &config))
+            .await
+            .context("add panicked")??;
+        let name = spec.name.clone();
+        let response = self.store.write(Command::AddVdisk(spec)).await?;
+        self.reconciled(response.generation).await?;
+        let info = self.info(&name)?;
+        // The node asked to add is the one the admin watches: if it cannot
+        // run the vdisk, the add is undone and says why.
+        if let Some(why) = info.state.strip_prefix("failed: ") {
+            let undo = self
+                .store
+                .write(Command::DeleteVdisk { name: name.clone() })
+                .await;
+            if let Err(e) = undo {
+                tracing::error!(vdisk = %name, "cannot undo the failed add: {e}");
+            }
+            bail!("{why}");
+        }
+        tracing::info!(vdisk = %name, "vdisk added to the cluster");
+        Ok(info)
+    }
+
+    pub async fn del(&self, name: &str) -> anyhow::Result<()> {
+        let name: VdiskName = name.parse()?;
+        if !self.store.configuration().vdisks.contains_key(&name) {
+            bail!("no vdisk named {name}");
+        }
+        lock(&self.node).check_unused(&name)?;
+        let response = self
+            .store
+            .write(Command::DeleteVdisk { name: name.clone() })
+            .await?;
+        self.reconciled(response.generation).await?;
+        tracing::info!(vdisk = %name, "vdisk deleted from the cluster");
+        Ok(())
+    }
+
+    pub async fn set(&self, request: SetRequest) -> anyhow::Result<VdiskInfo> {
+        let name: VdiskName = request.name.parse()?;
+        if request.owner.is_none() && request.group.is_none() && request.mode.is_none() {
+            bail!("give --owner, --group or --mode");
+        }
+        let response = self
+            .store
+            .write(Command::SetPermissions {
+                name: name.clone(),
+                owner: request.owner,
+                group: request.group,
+                mode: request.mode,
+            })
+            .await?;
+        self.reconciled(response.generation).await?;
+        self.info(&name)
+    }
+
+    /// Moves a cluster vdisk to new tails while its I/O runs (seed 003's
+    /// reconfiguration): every live member suspends and drains it, then the
+    /// new mapping commits at the next epoch and everyone resumes on it. A
+    /// member that does not acknowledge in time cancels the move, and I/O
+    /// resumes on the old mapping.
+    pub async fn move_vdisk(&self, request: MoveRequest) -> anyhow::Result<VdiskInfo> {
+        let name: VdiskName = request.name.parse()?;
+        let config = self.store.configuration();
+        let Some(record) = config.vdisks.get(&name) else {
+            bail!("no vdisk named {name}");
+        };
+        let to = Placement::Cluster {
+            primary: request.primary,
+            secondary: request.secondary,
+        };
+        if to == record.spec.placement {
+            bail!("vdisk {name} is already on {to}");
+        }
+        lock(&self.node).check_tails(&record.spec, &to, &config)?;
+        let waiting_for = self.live_members();
+        let started = Instant::now();
+        let begun = self
+            .store
+            .write(Command::BeginMove {
+                name: name.clone(),
+                to: to.clone(),
+                coordinator: self.name.clone(),
+                waiting_for: waiting_for.clone(),
+                from_epoch: record.epoch,
+            })
+            .await?;
+        let move_id = begun
+            .vdisk
+            .and_then(|r| r.moving.map(|m| m.id))
+            .context("the store began no move")?;
+        tracing::info!(vdisk = %name, %to, nodes = ?waiting_for, "reconfiguration: asking every live node to suspend");
+        let acked = self.all_acknowledged(&name, move_id).await;
+        let commit = acked.is_ok();
+        let ended = self
+            .store
+            .write(Command::EndMove {
+                name: name.clone(),
+                move_id,
+                commit,
+            })
+            .await?;
+        self.reconciled(ended.generation).await?;
+        if let Err(missing) = acked {
+            bail!(
+                "move of {name} cancelled: {} did not suspend within {} ms; I/O goes on with the old mapping",
+                missing.join(", "),
+                self.move_timeout.as_millis()
+            );
+        }
+        tracing::info!(
+            vdisk = %name,
+            %to,
+            ms = started.elapsed().as_millis() as u64,
+            "reconfiguration committed"
+        );
+        self.info(&name)
+    }
+
+    /// Waits for every acknowledgement of move `move_id`, at most the move
+    /// timeout; else returns who is missing.
+    async fn all_acknowledged(&self, name: &VdiskName, move_id: u64) -> Result<(), Vec<String>> {
+        let mut changes = self.store.subscribe();
+        let missing = |config: &Configuration| -> Vec<String> {
+            match config.vdisks.get(name).and_then(|r| r.moving.as_ref()) {
+                Some(m) if m.id == move_id => m.waiting_for.difference(&m.acked).cloned().collect(),
+                _ => vec!["the store (the move ended elsewhere)".to_owned()],
+            }
+        };
+        let all = async move {
+            changes
+                .wait_for(|config| missing(config).is_empty())
+                .await
+                .is_ok()
+        };
+        match tokio::time::timeout(self.move_timeout, all).await {
+            Ok(true) => Ok(()),
+            _ => Err(missing(&self.store.configuration())),
+        }
+    }
+
+    /// The members a move waits for: every live one, this node included.
+    fn live_members(&self) -> BTreeSet<String> {
+        let mut members: BTreeSet<String> = match &self.gossip {
+            Some(gossip) => gossip.view().borrow().alive.keys().cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        members.insert(self.name.clone());
+        members
+    }
+
+    pub fn list(&self) -> Vec<VdiskInfo> {
+        let config = self.store.configuration();
+        lock(&self.node).list(&config)
+    }
+
+    /// The store as this node sees it, with node names for Raft ids.
+    pub fn store_info(&self) -> StoreInfo {
+        let status = self.store.status();
+        let config = self.store.configuration();
+        let names: BTreeMap<u64, String> = config
+            .nodes
+            .keys()
+            .chain(&self.voters)
+            .chain(std::iter::once(&self.name))
+            .map(|name| (node_id(name), name.clone()))
+            .collect();
+        let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
+        StoreInfo {
+            role: status.role.to_owned(),
+            term: status.term,
+            leader: status.leader.map(name),
+            generation: config.generation,
+            last_log_index: status.last_log_index,
+            last_applied: status.last_applied,
+            voters: status.voters.into_iter().map(name).collect(),
+            learners: status.learners.into_iter().map(name).collect(),
+        }
+    }
+}
+
+/// A panic while holding a lock leaves the state usable: the node only
+/// changes after the fallible steps succeed.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
