@@ -101,6 +101,10 @@ pub struct StoreFile {
     /// How long a move waits for every live node to suspend the vdisk's
     /// I/O before it is cancelled. Default 5000.
     pub move_timeout_ms: Option<u64>,
+    /// A vdisk whose primary's node has been down this long while its
+    /// secondary's is alive is moved by the store's leader: the secondary
+    /// becomes the primary, at a new epoch. Default 10000; 0 never.
+    pub failover_move_ms: Option<u64>,
 }
 
 /// Store settings the daemon runs with.
@@ -111,6 +115,8 @@ pub struct StoreSettings {
     pub voters: BTreeMap<String, SocketAddr>,
     pub write_timeout: Duration,
     pub move_timeout: Duration,
+    /// `None`: primaries are never moved on their own.
+    pub failover_move: Option<Duration>,
 }
 
 impl StoreFile {
@@ -139,6 +145,10 @@ impl StoreFile {
             voters,
             write_timeout: ms(self.write_timeout_ms.unwrap_or(5000)),
             move_timeout: ms(self.move_timeout_ms.unwrap_or(5000)),
+            failover_move: match self.failover_move_ms.unwrap_or(10_000) {
+                0 => None,
+                after => Some(ms(after)),
+            },
         })
     }
 }
@@ -151,6 +161,7 @@ impl Default for StoreSettings {
             voters: BTreeMap::new(),
             write_timeout: Duration::from_secs(5),
             move_timeout: Duration::from_secs(5),
+            failover_move: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct Daemon {
     name: String,
     voters: BTreeSet<String>,
     move_timeout: Duration,
+    failover_move: Option<Duration>,
     /// The last generation this node has reconciled.
     reconciled: watch::Sender<u64>,
     /// When this node first saw each pending move.
@@ -44,6 +45,7 @@ impl Daemon {
         gossip: Option<Arc<Gossip>>,
         voters: BTreeSet<String>,
         move_timeout: Duration,
+        failover_move: Option<Duration>,
     ) -> Arc<Daemon> {
         Arc::new(Daemon {
             name: node.name().to_owned(),
@@ -52,6 +54,7 @@ impl Daemon {
             gossip,
             voters,
             move_timeout,
+            failover_move,
             reconciled: watch::channel(0).0,
             moves_seen: Mutex::new(BTreeMap::new()),
         })
@@ -253,10 +256,7 @@ impl Daemon {
     }
 
     /// Moves a cluster vdisk to new tails while its I/O runs (seed 003's
-    /// reconfiguration): every live member suspends and drains it, then the
-    /// new mapping commits at the next epoch and everyone resumes on it. A
-    /// member that does not acknowledge in time cancels the move, and I/O
-    /// resumes on the old mapping.
+    /// reconfiguration), once the tails are checked.
     pub async fn move_vdisk(&self, request: MoveRequest) -> anyhow::Result<VdiskInfo> {
         let name: VdiskName = request.name.parse()?;
         let config = self.store.configuration();
@@ -271,6 +271,15 @@ impl Daemon {
             bail!("vdisk {name} is already on {to}");
         }
         lock(&self.node).check_tails(&record.spec, &to, &config)?;
+        self.reconfigure(record, to).await
+    }
+
+    /// Takes `record` to `to` through the protocol: every live member
+    /// suspends and drains the vdisk, then the new mapping commits at the
+    /// next epoch and everyone resumes on it. A member that does not
+    /// acknowledge in time cancels the move; I/O resumes on the old mapping.
+    async fn reconfigure(&self, record: &VdiskRecord, to: Placement) -> anyhow::Result<VdiskInfo> {
+        let name = record.spec.name.clone();
         let waiting_for = self.live_members();
         let started = Instant::now();
         let begun = self
@@ -313,6 +322,66 @@ impl Daemon {
             "reconfiguration committed"
         );
         self.info(&name)
+    }
+
+    /// On the store's leader, until `stop`: a cluster vdisk whose primary's
+    /// node has been down for `failover_move` while its secondary's is
+    /// alive moves, the secondary becoming the primary. The store then
+    /// says which tail is in charge, and the old primary's node, back,
+    /// serves as the secondary at the new epoch.
+    pub async fn follow_membership(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let (Some(after), Some(gossip)) = (self.failover_move, self.gossip.clone()) else {
+            return;
+        };
+        // Since when each vdisk (at its epoch) has had its primary down.
+        let mut down_since: BTreeMap<(VdiskName, u64), Instant> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RECHECK / 2) => {}
+                _ = stop.wait_for(|&s| s) => return,
+            }
+            if self.store.status().role != "leader" {
+                down_since.clear();
+                continue;
+            }
+            let alive = {
+                let view = gossip.view();
+                let view = view.borrow();
+                let mut alive: BTreeSet<String> = view.alive.keys().cloned().collect();
+                alive.insert(self.name.clone());
+                alive
+            };
+            let config = self.store.configuration();
+            let now = Instant::now();
+            let mut stranded = BTreeMap::new();
+            for record in config.vdisks.values().filter(|r| r.moving.is_none()) {
+                let Placement::Cluster {
+                    primary,
+                    secondary: Some(secondary),
+                } = &record.spec.placement
+                else {
+                    continue;
+                };
+                if alive.contains(&primary.node) || !alive.contains(&secondary.node) {
+                    continue;
+                }
+                let key = (record.spec.name.clone(), record.epoch);
+                let since = *down_since.get(&key).unwrap_or(&now);
+                stranded.insert(key, since);
+                if now.duration_since(since) < after {
+                    continue;
+                }
+                let to = Placement::Cluster {
+                    primary: secondary.clone(),
+                    secondary: Some(primary.clone()),
+                };
+                tracing::warn!(vdisk = %record.spec.name, down = %primary.node, "primary's node down: moving the vdisk to its secondary");
+                if let Err(e) = self.reconfigure(record, to).await {
+                    tracing::error!(vdisk = %record.spec.name, "{e:#}");
+                }
+            }
+            down_since = stranded;
+        }
     }
 
     /// Waits for every acknowledgement of move `move_id`, at most the move

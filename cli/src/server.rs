@@ -63,10 +63,12 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             gossip.clone(),
             config.store.voters.keys().cloned().collect(),
             config.store.move_timeout,
+            config.store.failover_move,
         );
         // What the store last applied here comes back first, majority or not.
         daemon.reconcile_now().await?;
         let follower = tokio::spawn(daemon.clone().follow_store(stopped.clone()));
+        let failovers = tokio::spawn(daemon.clone().follow_membership(stopped.clone()));
         let registration = tokio::spawn(daemon.clone().register(record));
         if let Some(addr) = config.metrics_listen {
             crate::metrics::serve(addr, daemon.clone())?;
@@ -91,6 +93,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         registration.abort();
         let _ = stop.send(true);
         let _ = follower.await;
+        let _ = failovers.await;
         // Devices first: their last requests may still need the peers.
         let node = daemon.node.clone();
         let stopped = tokio::task::spawn_blocking(move || lock(&node).shutdown(keep_devices)).await;

@@ -302,6 +302,8 @@ impl Store {
 }
 
 fn open_files(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Start(format!("cannot create {}: {e}", dir.display())))?;
     let failed = |source| StoreError::Open {
         dir: dir.display().to_string(),
         source: Box::new(source),

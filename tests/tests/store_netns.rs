@@ -2,7 +2,8 @@
 //! namespaces: three voters (a, b, c) and a learner (d) keep one mapping
 //! through a leader killed during an add, a minority partition, a restart
 //! of everyone and a move; a request with the old epoch never reaches the
-//! tail afterwards. Needs root, as CI is.
+//! tail afterwards; a dead primary's vdisk moves to its secondary. Needs
+//! root, as CI is.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -281,4 +282,28 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
         std::fs::read(&shared).unwrap() == before,
         "the tail changed"
     );
+
+    // The primary's node dies: the store's leader moves the vdisk to its
+    // secondary, at the next epoch; back, the node serves as secondary.
+    let b = NODES.iter().position(|n| *n == "b").unwrap();
+    daemons[b].kill();
+    let survivors: Vec<&NodeDaemon> = daemons.iter().filter(|d| d.node != "b").collect();
+    let start = Instant::now();
+    let failed_over = loop {
+        let m = agreed(&survivors, within);
+        if vdisk(&m, "v1").unwrap()["epoch"] == 3 {
+            break m;
+        }
+        assert!(start.elapsed() < within, "v1 never moved off b: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("v1 moved off its dead primary in {:?}", start.elapsed());
+    let v1 = vdisk(&failed_over, "v1").unwrap();
+    assert_eq!(
+        (v1["primary"].as_str(), v1["secondary"].as_str()),
+        (Some("a:disk0"), Some("b:disk0"))
+    );
+    daemons[b].spawn(&lab);
+    let refs: Vec<&NodeDaemon> = daemons.iter().collect();
+    assert_eq!(agreed(&refs, within), failed_over);
 }

@@ -145,7 +145,8 @@ impl Lab {
     }
 
     /// [`Lab::config`] plus a `[store]` section whose voters are `voters`,
-    /// with a short write timeout so that a refused change fails fast.
+    /// with short timeouts so that a refused change fails fast and a dead
+    /// primary is moved away within a second.
     pub fn config_with_store(
         &self,
         node: &str,
@@ -160,7 +161,7 @@ impl Lab {
             .collect();
         let mut text = std::fs::read_to_string(&path).unwrap();
         text += &format!(
-            "[store]\nlisten = \"{}\"\nvoters = {{ {} }}\nwrite_timeout_ms = 3000\nmove_timeout_ms = 3000\n",
+            "[store]\nlisten = \"{}\"\nvoters = {{ {} }}\nwrite_timeout_ms = 3000\nmove_timeout_ms = 3000\nfailover_move_ms = 1000\n",
             self.store(node),
             voters.join(", ")
         );
