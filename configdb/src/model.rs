@@ -372,10 +372,7 @@ mod tests {
         let duplicate = apply(&mut c, 2, Command::AddVdisk(spec("x", "a:d1")));
         assert_eq!(duplicate.refused.as_deref(), Some("vdisk x already exists"));
         let shared = apply(&mut c, 3, Command::AddVdisk(spec("y", "a:d0")));
-        assert!(shared
-            .refused
-            .unwrap()
-            .contains("shares a tail with vdisk x"));
+        assert!(shared.refused.unwrap().contains("already used by vdisk x"));
         let unknown = apply(&mut c, 4, Command::DeleteVdisk { name: name("q") });
         assert_eq!(unknown.refused.as_deref(), Some("no vdisk named q"));
         assert_eq!(
