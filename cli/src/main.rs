@@ -98,7 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let vdisks = control::call(&socket, &Request::List)?;
             // A node without gossip answers members with an error: alone.
             let members = control::members(&socket).ok();
-            let status = status::summarize(&vdisks, members.as_ref());
+            let store = control::store(&socket).ok();
+            let status = status::summarize(&vdisks, members.as_ref(), store.as_ref());
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

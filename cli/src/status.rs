@@ -1,10 +1,10 @@
 //! `ublkvd status`: the one screen an admin reads first. Built by the
-//! client from `list` and `members`: which path each vdisk uses now, link
-//! health, and everything degraded, in plain words.
+//! client from `list`, `members` and `store`: which path each vdisk uses
+//! now, link health, the store, and everything degraded, in plain words.
 
 use serde::Serialize;
 
-use crate::control::{MembersInfo, VdiskInfo};
+use crate::control::{MembersInfo, StoreInfo, VdiskInfo};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -14,6 +14,9 @@ pub struct Status {
     pub members_alive: usize,
     pub members_suspect: usize,
     pub members_down: usize,
+    /// The store's leader, as this node knows it.
+    pub store_leader: Option<String>,
+    pub store_generation: Option<u64>,
     pub vdisks: Vec<VdiskStatus>,
     /// What is not as it should be, one sentence each; empty when healthy.
     pub problems: Vec<String>,
@@ -32,8 +35,20 @@ pub struct VdiskStatus {
 }
 
 /// Composes the status; `members` is `None` on a node without gossip.
-pub fn summarize(vdisks: &[VdiskInfo], members: Option<&MembersInfo>) -> Status {
+pub fn summarize(
+    vdisks: &[VdiskInfo],
+    members: Option<&MembersInfo>,
+    store: Option<&StoreInfo>,
+) -> Status {
     let mut problems = Vec::new();
+    if let Some(store) = store {
+        if store.leader.is_none() {
+            problems.push(
+                "the configuration store has no leader: no change can be made until a majority of its voters are reachable"
+                    .to_owned(),
+            );
+        }
+    }
     let count = |state: gossip::MemberState| {
         members.map_or(0, |m| m.members.iter().filter(|x| x.state == state).count())
     };
@@ -66,6 +81,8 @@ pub fn summarize(vdisks: &[VdiskInfo], members: Option<&MembersInfo>) -> Status 
         members_alive: count(gossip::MemberState::Alive),
         members_suspect: count(gossip::MemberState::Suspect),
         members_down: count(gossip::MemberState::Down),
+        store_leader: store.and_then(|s| s.leader.clone()),
+        store_generation: store.map(|s| s.generation),
         vdisks,
         problems,
     }
@@ -132,6 +149,10 @@ pub fn render(status: &Status) -> String {
         )
         }
         _ => out += "a single node (no [gossip] section)\n",
+    }
+    if let Some(generation) = status.store_generation {
+        let leader = status.store_leader.as_deref().unwrap_or("none");
+        out += &format!("store: leader {leader}, generation {generation}\n");
     }
     for v in &status.vdisks {
         let device = v.device.as_deref().unwrap_or("-");
@@ -204,6 +225,7 @@ mod tests {
                 path("b", true, &[true, true]),
             ])],
             None,
+            None,
         );
         assert_eq!(status.vdisks[0].active_path.as_deref(), Some("primary a"));
         assert_eq!(status.vdisks[0].links, vec!["a 2/2", "b 2/2"]);
@@ -218,6 +240,7 @@ mod tests {
                 path("a", false, &[false, false]),
                 path("b", true, &[true, false]),
             ])],
+            None,
             None,
         );
         assert_eq!(status.vdisks[0].active_path.as_deref(), Some("secondary b"));
@@ -234,6 +257,7 @@ mod tests {
     fn no_path_at_all_is_said_plainly() {
         let status = summarize(
             &[vdisk(vec![path("a", false, &[]), path("b", false, &[])])],
+            None,
             None,
         );
         assert_eq!(status.vdisks[0].active_path, None);
@@ -260,11 +284,30 @@ mod tests {
                 member("b", gossip::MemberState::Down, false),
             ],
         };
-        let status = summarize(&[], Some(&members));
+        let status = summarize(&[], Some(&members), None);
         assert_eq!(status.node.as_deref(), Some("a"));
         assert_eq!((status.members_alive, status.members_down), (1, 1));
         assert_eq!(status.problems.len(), 2);
         assert!(render(&status)
             .starts_with("node a: 1 members alive, 0 suspect, 1 down (configuration number 4)"));
+    }
+
+    #[test]
+    fn a_store_without_a_leader_is_a_problem_and_its_leader_is_shown() {
+        let store = |leader: Option<&str>| StoreInfo {
+            role: "follower".into(),
+            term: 3,
+            leader: leader.map(str::to_owned),
+            generation: 12,
+            last_log_index: 20,
+            last_applied: 20,
+            voters: vec!["a".into(), "b".into(), "c".into()],
+            learners: Vec::new(),
+        };
+        let led = summarize(&[], None, Some(&store(Some("b"))));
+        assert!(led.problems.is_empty());
+        assert!(render(&led).contains("store: leader b, generation 12\n"));
+        let leaderless = summarize(&[], None, Some(&store(None)));
+        assert!(leaderless.problems[0].contains("no leader"));
     }
 }
