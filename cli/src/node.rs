@@ -158,6 +158,11 @@ impl Node {
             );
             return;
         };
+        if vdisk.deleted {
+            // Gone from the store, in use here: nothing changes until it
+            // is free and removed.
+            return;
+        }
         if let VdiskState::Failed(_) = vdisk.state {
             if vdisk.record != *record {
                 vdisk.state = start(record, &self.cluster);

@@ -103,10 +103,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             gossip.leave().await;
         }
         while peer_servers.join_next().await.is_some() {}
-        match Arc::try_unwrap(daemon) {
-            Ok(daemon) => daemon.store.shutdown().await,
-            Err(_) => tracing::warn!("the configuration store is still in use at exit"),
-        }
+        daemon.store.shutdown().await;
         let _ = std::fs::remove_file(&config.control_socket);
         stopped.context("device shutdown panicked")?;
         served

@@ -88,7 +88,7 @@ pub struct Store {
     key: StoreKey,
     write_timeout: Duration,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Raft timing for nodes on one LAN: heartbeats every 100 ms, a new
@@ -185,7 +185,7 @@ impl Store {
             key: config.key,
             write_timeout: config.write_timeout,
             stop,
-            tasks,
+            tasks: std::sync::Mutex::new(tasks),
         })
     }
 
@@ -289,13 +289,15 @@ impl Store {
         }
     }
 
-    /// Stops taking part in the store. The files keep everything.
-    pub async fn shutdown(self) {
+    /// Stops taking part in the store; later writes fail. The files keep
+    /// everything.
+    pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("stopping the configuration store: {e}");
         }
-        for task in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
             let _ = task.await;
         }
     }
