@@ -170,6 +170,7 @@ async fn a_node_alone_is_its_own_store_and_keeps_it_across_restarts() {
         .await
         .unwrap();
     store.shutdown().await;
+    drop(store);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let store = loop {
         // The files are let go of once the stopped store's tasks end.
