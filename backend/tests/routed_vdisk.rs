@@ -153,16 +153,25 @@ fn file_block(path: &Path, index: u64) -> Vec<u8> {
     out
 }
 
+/// Vdisk `VDISK` at epoch `EPOCH` routed over `paths`, on the current
+/// runtime.
+fn routed(paths: Vec<TailPath>, config: RouteConfig) -> RoutedVdisk {
+    RoutedVdisk::spawn(
+        &tokio::runtime::Handle::current(),
+        VDISK,
+        EPOCH,
+        paths,
+        config,
+    )
+}
+
 #[test]
 fn requests_fail_over_to_the_secondary_and_return_to_the_primary() {
     runtime().block_on(async {
         let tail = Tail::new();
         let mut primary = Server::start(&tail).await;
         let secondary = Server::start(&tail).await;
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
+        let vdisk = routed(
             vec![peer("a", &primary), peer("b", &secondary)],
             RouteConfig::default(),
         );
@@ -201,10 +210,7 @@ fn a_peer_declared_down_by_membership_gets_no_requests_though_its_links_are_up()
         let primary_server = Server::start(&tail).await;
         let secondary = Server::start(&tail).await;
         let primary = member("a", &primary_server);
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
+        let vdisk = routed(
             vec![TailPath::Peer(primary.clone()), peer("b", &secondary)],
             RouteConfig::default(),
         );
@@ -241,10 +247,7 @@ fn a_local_tail_is_preferred_over_a_peer() {
     runtime().block_on(async {
         let tail = Tail::new();
         let server = Server::start(&tail).await;
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
+        let vdisk = routed(
             vec![TailPath::Local(tail.open()), peer("b", &server)],
             RouteConfig::default(),
         );
@@ -263,13 +266,7 @@ fn with_every_path_gone_a_request_fails_after_the_io_timeout_and_not_before() {
             io_timeout: Duration::from_millis(600),
             ..RouteConfig::default()
         };
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
-            vec![peer("a", &only)],
-            config,
-        );
+        let vdisk = routed(vec![peer("a", &only)], config);
         write_and_check(&vdisk, 0, 1).await;
         only.kill().await;
         let started = tokio::time::Instant::now();
@@ -289,13 +286,7 @@ fn a_path_that_returns_within_the_io_timeout_completes_the_waiting_request() {
     runtime().block_on(async {
         let tail = Tail::new();
         let mut only = Server::start(&tail).await;
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
-            vec![peer("a", &only)],
-            RouteConfig::default(),
-        );
+        let vdisk = routed(vec![peer("a", &only)], RouteConfig::default());
         write_and_check(&vdisk, 2, 5).await;
         only.kill().await;
         let restart = async {
@@ -350,13 +341,7 @@ fn suspend_resolves_once_requests_in_flight_are_done_and_holds_new_ones_until_re
     runtime().block_on(async {
         let tail = Tail::new();
         let server = Server::start(&tail).await;
-        let vdisk = Arc::new(RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
-            vec![peer("a", &server)],
-            RouteConfig::default(),
-        ));
+        let vdisk = Arc::new(routed(vec![peer("a", &server)], RouteConfig::default()));
         write_and_check(&vdisk, 0, 1).await;
         let writes: Vec<_> = (1..=16).map(|i| spawn_write(&vdisk, i, i as u8)).collect();
         // Submitted, and (as a rule: the replies need the server's turn on
@@ -392,10 +377,7 @@ fn resume_with_a_new_mapping_sends_held_requests_on_the_new_path_under_the_new_e
         let tail = Tail::new();
         let old = Server::start_at(&tail, 1).await;
         let new = Server::start_at(&tail, 2).await;
-        let vdisk = Arc::new(RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            1,
+        let vdisk = Arc::new(routed(
             vec![connected_peer("old", &old).await],
             RouteConfig::default(),
         ));
@@ -432,10 +414,7 @@ fn a_tail_on_a_newer_epoch_parks_the_request_until_resume_brings_that_epoch() {
     runtime().block_on(async {
         let tail = Tail::new();
         let server = Server::start_at(&tail, 1).await;
-        let vdisk = Arc::new(RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            1,
+        let vdisk = Arc::new(routed(
             vec![connected_peer("a", &server).await],
             RouteConfig::default(),
         ));
@@ -475,13 +454,7 @@ fn a_request_held_for_the_io_timeout_fails_as_unreachable() {
             io_timeout: Duration::from_millis(300),
             ..RouteConfig::default()
         };
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            EPOCH,
-            vec![peer("a", &server)],
-            config,
-        );
+        let vdisk = routed(vec![peer("a", &server)], config);
         write_and_check(&vdisk, 0, 1).await;
         vdisk.suspend().await;
         let started = tokio::time::Instant::now();
@@ -505,13 +478,7 @@ fn a_request_parked_on_a_stale_epoch_fails_if_the_new_mapping_never_comes() {
             io_timeout: Duration::from_millis(300),
             ..RouteConfig::default()
         };
-        let vdisk = RoutedVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            VDISK,
-            1,
-            vec![peer("a", &server)],
-            config,
-        );
+        let vdisk = routed(vec![peer("a", &server)], config);
         let result = vdisk.write(0, &block(2)).await;
         assert!(
             matches!(result, Err(IoError::Unreachable { .. })),

@@ -57,6 +57,12 @@ fn vdisk<'a>(mapping: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
         .find(|v| v["name"] == name)
 }
 
+/// A vdisk's owner, group and mode.
+fn access(vdisk: &serde_json::Value) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let field = |name: &str| vdisk[name].as_u64();
+    (field("owner"), field("group"), field("mode"))
+}
+
 fn store(daemon: &NodeDaemon) -> serde_json::Value {
     let output = daemon.client(&["store", "--json"]);
     assert!(output.status.success(), "{}: {output:?}", daemon.node);
@@ -141,14 +147,7 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
     let refs: Vec<&NodeDaemon> = daemons.iter().collect();
     let m = agreed(&refs, within);
     let v1 = vdisk(&m, "v1").unwrap();
-    assert_eq!(
-        (
-            v1["owner"].as_u64(),
-            v1["group"].as_u64(),
-            v1["mode"].as_u64()
-        ),
-        (Some(1000), Some(100), Some(0o640))
-    );
+    assert_eq!(access(v1), (Some(1000), Some(100), Some(0o640)));
     assert_eq!(v1["epoch"], 1);
     let list: serde_json::Value =
         serde_json::from_str(&succeeds(daemons[0].client(&["list", "--json"]))).unwrap();
@@ -158,14 +157,7 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
     succeeds(daemons[2].client(&["set", "v1", "--owner", "2000", "--mode", "600"]));
     let m = agreed(&refs, within);
     let v1 = vdisk(&m, "v1").unwrap();
-    assert_eq!(
-        (
-            v1["owner"].as_u64(),
-            v1["group"].as_u64(),
-            v1["mode"].as_u64()
-        ),
-        (Some(2000), Some(100), Some(0o600))
-    );
+    assert_eq!(access(v1), (Some(2000), Some(100), Some(0o600)));
 
     // The leader killed while an add is on its way: afterwards the vdisk
     // is on every node or on none, and on all if the client was told yes.
