@@ -8,6 +8,10 @@
 #
 # Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN.
 # LAB_NETS (default "1 2"): the networks lab_config puts in a config.
+# LAB_VOTERS (default none): nodes voting in the replicated configuration
+# store; when set, every config gets a [store] section (the store answers
+# on port 7200 of network 1), with LAB_STORE_TOML (settings such as
+# move_timeout_ms, one a line) in it.
 
 LAB_NODES=()
 declare -A LAB_PID=()
@@ -72,8 +76,11 @@ lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
 
 lab_gossip() { echo "$(lab_addr "$1" 1):7000"; } # node -> its gossip address
 
+lab_store() { echo "$(lab_addr "$1" 1):7200"; } # node -> its store address
+
 # lab_config NODE DEVICES [EXTRA_TOML]: a config that gossips with the
 # cluster secret; EXTRA_TOML (tails and settings) goes before [gossip].
+# With LAB_VOTERS, a [store] section follows [gossip].
 lab_config() {
     local node=$1 devices=$2 extra=${3:-} dir=$LAB_DIR/$1
     mkdir -p "$dir"
@@ -91,6 +98,14 @@ lab_config() {
         echo "bind = \"$(lab_gossip "$node")\""
         echo "seeds = [\"$(lab_gossip "${LAB_NODES[0]}")\", \"$(lab_gossip "${LAB_NODES[1]:-${LAB_NODES[0]}}")\"]"
         echo "secret_file = \"$LAB_DIR/cluster.key\""
+        if [ -n "${LAB_VOTERS:-}" ]; then
+            local voter voters=""
+            for voter in $LAB_VOTERS; do voters+="${voters:+, }$voter = \"$(lab_store "$voter")\""; done
+            echo "[store]"
+            echo "listen = \"$(lab_store "$node")\""
+            echo "voters = { $voters }"
+            [ -z "${LAB_STORE_TOML:-}" ] || printf '%s\n' "$LAB_STORE_TOML"
+        fi
     } >"$dir/ublkvd.toml"
 }
 
