@@ -176,3 +176,39 @@ lab_wait_reachable() {
     done
     echo "$3 never became reachable from $1"; return 1
 }
+
+# lab_wait_leader NODE...: until every NODE's store names the same leader
+# (polled every 100 ms, 300 times); prints it.
+lab_wait_leader() {
+    local i node leader seen
+    for i in $(seq 300); do
+        leader=""
+        for node in "$@"; do
+            seen=$(lab_cli "$node" store --json 2>/dev/null | jq -r '.leader // empty')
+            [ -n "$seen" ] && [ "${leader:-$seen}" = "$seen" ] || { leader=""; break; }
+            leader=$seen
+        done
+        [ -n "$leader" ] && { echo "$leader"; return 0; }
+        sleep 0.1
+    done
+    echo "no common store leader:" >&2
+    for node in "$@"; do echo "$node: $(lab_cli "$node" store --json | jq -c .)" >&2; done
+    return 1
+}
+
+# lab_vdisk NODE VDISK [FILTER]: VDISK's entry in NODE's list, or what the
+# jq FILTER (".state", say) makes of it.
+lab_vdisk() {
+    lab_cli "$1" list --json | jq -r --arg v "$2" ".[] | select(.name == \$v) | ${3:-.}"
+}
+
+# lab_wait_state NODE VDISK STATE: until NODE runs VDISK in STATE (polled
+# every 100 ms, 300 times): the store's changes reach each node on its own.
+lab_wait_state() {
+    local i
+    for i in $(seq 300); do
+        [ "$(lab_vdisk "$1" "$2" .state)" = "$3" ] && return 0
+        sleep 0.1
+    done
+    echo "$1 never ran $2 in state $3: $(lab_vdisk "$1" "$2" .state)"; return 1
+}
