@@ -178,10 +178,11 @@ lab_wait_reachable() {
 }
 
 # lab_wait_leader NODE...: until every NODE's store names the same leader
-# (polled every 100 ms, 300 times); prints it.
+# (30 s at most: under TCG each query takes a good part of a second);
+# prints it.
 lab_wait_leader() {
-    local i node leader seen
-    for i in $(seq 300); do
+    local node leader seen deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         leader=""
         for node in "$@"; do
             seen=$(lab_cli "$node" store --json 2>/dev/null | jq -r '.leader // empty')
@@ -202,13 +203,16 @@ lab_vdisk() {
     lab_cli "$1" list --json | jq -r --arg v "$2" ".[] | select(.name == \$v) | ${3:-.}"
 }
 
-# lab_wait_state NODE VDISK STATE: until NODE runs VDISK in STATE (polled
-# every 100 ms, 300 times): the store's changes reach each node on its own.
+# lab_wait_state NODE VDISK STATE: until NODE runs VDISK in STATE (30 s at
+# most; a failure ends the wait): the store's changes reach each node on
+# its own.
 lab_wait_state() {
-    local i
-    for i in $(seq 300); do
-        [ "$(lab_vdisk "$1" "$2" .state)" = "$3" ] && return 0
+    local state deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        state=$(lab_vdisk "$1" "$2" .state)
+        [ "$state" = "$3" ] && return 0
+        case $state in failed:*) break ;; esac
         sleep 0.1
     done
-    echo "$1 never ran $2 in state $3: $(lab_vdisk "$1" "$2" .state)"; return 1
+    echo "$1 never ran $2 in state $3: $state"; return 1
 }

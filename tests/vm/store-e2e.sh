@@ -52,8 +52,8 @@ perms() { stat -c '%u %g %a' "$(dev_of "$1")"; } # node -> owner group mode
 
 # wait_perms NODE "UID GID MODE": nodes apply a change on their own.
 wait_perms() {
-    local i
-    for i in $(seq 100); do
+    local deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         [ "$(perms "$1")" = "$2" ] && return 0
         sleep 0.1
     done
@@ -99,8 +99,8 @@ mapping() {
 
 # wait_epoch NODE EPOCH: until NODE has vd at EPOCH, no move pending.
 wait_epoch() {
-    local i
-    for i in $(seq 100); do
+    local deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         [ "$(lab_vdisk "$1" vd '"\(.epoch) \(.moving_to)"')" = "$2 null" ] && return 0
         sleep 0.1
     done
@@ -203,7 +203,7 @@ test_every_daemon_restarted_keeps_the_configuration() {
     lab_wait_reachable c vd a
     dd if="$(dev_of c)" bs=1M count=4 iflag=direct status=none | cmp - "$WORK/head"
     # And the store takes changes again.
-    lab_wait_leader a b c
+    lab_wait_leader a b c >/dev/null
     lab_cli b set vd --group 2346
     for node in a b c; do wait_perms "$node" "4321 2346 600"; done
 }
@@ -219,7 +219,8 @@ TESTS=(
 
 show_logs() {
     for node in a b c; do
-        echo "    $node's log:"; tail -15 "$LAB_DIR/$node/daemon.log" | sed 's/^/    | /'
+        echo "    $node's log (without openraft's):"
+        grep -v openraft "$LAB_DIR/$node/daemon.log" | tail -20 | cut -c 1-300 | sed 's/^/    | /'
     done
 }
 
