@@ -2,7 +2,8 @@
 # The whole test suite: unit and host integration tests (real io_uring, real
 # redb files, the real daemon over its socket, a cluster in network
 # namespaces), then the end-to-end suites against real /dev/ublkbN devices
-# in the test VM: single-node, and a three-node cluster.
+# in the test VM: single-node, a three-node cluster, and the replicated
+# configuration store across three nodes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,3 +14,5 @@ tests/vm/run.sh --disk-size 2G --timeout 1200 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/e2e.sh
 tests/vm/run.sh --disk-size 2G --timeout 900 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/cluster-e2e.sh
+tests/vm/run.sh --disk-size 2G --timeout 900 -- \
+    env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/store-e2e.sh

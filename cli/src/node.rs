@@ -297,7 +297,8 @@ impl Node {
             },
         };
         device_options(&spec, None)?;
-        self.check_tails(&spec, &spec.placement, config)?;
+        // Before the tail is opened: a tail a vdisk of this node holds
+        // would only say "in use".
         if let Placement::Local { tail, .. } = &spec.placement {
             if let Some(other) = self
                 .vdisks
@@ -314,6 +315,7 @@ impl Node {
                 );
             }
         }
+        self.check_tails(&spec, &spec.placement, config)?;
         Ok(spec)
     }
 

@@ -2,8 +2,10 @@
 # ublkvd's cluster suite, run as root inside the test VM (tests/vm/run.sh):
 # three nodes in network namespaces on two bridged networks (tests/vm/lab.sh).
 # a and b are storage nodes attached to one shared file (a twin-tailed
-# tail); c has no tail and a real /dev/ublkbN for the vdisk. fio --verify on
-# c runs through a kill -9 of the primary and through link cuts: 0 errors.
+# tail); c has no tail and a real /dev/ublkbN for the vdisk. All three vote
+# in the replicated configuration store, so the vdisk is added once, on c.
+# fio --verify on c runs through a kill -9 of the primary (a voter: b and c
+# stay a majority) and through link cuts: 0 errors.
 #
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
 set -uo pipefail
@@ -15,6 +17,7 @@ WORK=$(mktemp -d /tmp/ublkvd-cluster.XXXXXX)
 MNT=/mnt/scratch
 LAB=uvd
 LAB_DIR=$WORK/lab
+LAB_VOTERS="a b c"
 # shellcheck source=tests/vm/lab.sh
 . "$here/lab.sh"
 # shellcheck source=tests/vm/runner.sh
@@ -38,9 +41,9 @@ for node in a b c; do lab_start "$node" || exit 1; done
 # against what their holders announce.
 lab_wait_member a b alive && lab_wait_member b a alive || exit 1
 lab_wait_member c a alive && lab_wait_member c b alive || exit 1
-for node in a b; do
-    lab_cli "$node" add vd --size 512M --primary a:disk0 --secondary b:disk0 || exit 1
-done
+leader=$(lab_wait_leader a b c) || exit 1
+echo "store leader: $leader"
+# One add, on c, for the whole cluster: a and b export their tail.
 DEV=$(lab_cli c add vd --size 512M --primary a:disk0 --secondary b:disk0) || exit 1
 echo "c's device: $DEV"
 
@@ -68,8 +71,13 @@ no_kernel_io_errors() {
 # ---------------------------------------------------------------- the tests
 
 test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c() {
-    [ "$(lab_cli a list --json | jq -r '.[0].state')" = exported ]
-    [ "$(lab_cli b list --json | jq -r '.[0].state')" = exported ]
+    lab_wait_state a vd exported
+    lab_wait_state b vd exported
+    # Added once: a second add anywhere is refused.
+    if lab_cli a add vd --size 512M --primary a:disk0 --secondary b:disk0 2>"$WORK/again"; then
+        echo "a second add of vd succeeded"; return 1
+    fi
+    grep "already exists" "$WORK/again"
     [ "$(lab_cli c list --json | jq -r '.[0].state')" = running ]
     lab_wait_reachable c vd a
     lab_wait_reachable c vd b

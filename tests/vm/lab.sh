@@ -8,6 +8,10 @@
 #
 # Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN.
 # LAB_NETS (default "1 2"): the networks lab_config puts in a config.
+# LAB_VOTERS (default none): nodes voting in the replicated configuration
+# store; when set, every config gets a [store] section (the store answers
+# on port 7200 of network 1), with LAB_STORE_TOML (settings such as
+# move_timeout_ms, one a line) in it.
 
 LAB_NODES=()
 declare -A LAB_PID=()
@@ -72,8 +76,11 @@ lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
 
 lab_gossip() { echo "$(lab_addr "$1" 1):7000"; } # node -> its gossip address
 
+lab_store() { echo "$(lab_addr "$1" 1):7200"; } # node -> its store address
+
 # lab_config NODE DEVICES [EXTRA_TOML]: a config that gossips with the
 # cluster secret; EXTRA_TOML (tails and settings) goes before [gossip].
+# With LAB_VOTERS, a [store] section follows [gossip].
 lab_config() {
     local node=$1 devices=$2 extra=${3:-} dir=$LAB_DIR/$1
     mkdir -p "$dir"
@@ -91,6 +98,14 @@ lab_config() {
         echo "bind = \"$(lab_gossip "$node")\""
         echo "seeds = [\"$(lab_gossip "${LAB_NODES[0]}")\", \"$(lab_gossip "${LAB_NODES[1]:-${LAB_NODES[0]}}")\"]"
         echo "secret_file = \"$LAB_DIR/cluster.key\""
+        if [ -n "${LAB_VOTERS:-}" ]; then
+            local voter voters=""
+            for voter in $LAB_VOTERS; do voters+="${voters:+, }$voter = \"$(lab_store "$voter")\""; done
+            echo "[store]"
+            echo "listen = \"$(lab_store "$node")\""
+            echo "voters = { $voters }"
+            [ -z "${LAB_STORE_TOML:-}" ] || printf '%s\n' "$LAB_STORE_TOML"
+        fi
     } >"$dir/ublkvd.toml"
 }
 
@@ -160,4 +175,44 @@ lab_wait_reachable() {
         sleep 0.05
     done
     echo "$3 never became reachable from $1"; return 1
+}
+
+# lab_wait_leader NODE...: until every NODE's store names the same leader
+# (30 s at most: under TCG each query takes a good part of a second);
+# prints it.
+lab_wait_leader() {
+    local node leader seen deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        leader=""
+        for node in "$@"; do
+            seen=$(lab_cli "$node" store --json 2>/dev/null | jq -r '.leader // empty')
+            [ -n "$seen" ] && [ "${leader:-$seen}" = "$seen" ] || { leader=""; break; }
+            leader=$seen
+        done
+        [ -n "$leader" ] && { echo "$leader"; return 0; }
+        sleep 0.1
+    done
+    echo "no common store leader:" >&2
+    for node in "$@"; do echo "$node: $(lab_cli "$node" store --json | jq -c .)" >&2; done
+    return 1
+}
+
+# lab_vdisk NODE VDISK [FILTER]: VDISK's entry in NODE's list, or what the
+# jq FILTER (".state", say) makes of it.
+lab_vdisk() {
+    lab_cli "$1" list --json | jq -r --arg v "$2" ".[] | select(.name == \$v) | ${3:-.}"
+}
+
+# lab_wait_state NODE VDISK STATE: until NODE runs VDISK in STATE (30 s at
+# most; a failure ends the wait): the store's changes reach each node on
+# its own.
+lab_wait_state() {
+    local state deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        state=$(lab_vdisk "$1" "$2" .state)
+        [ "$state" = "$3" ] && return 0
+        case $state in failed:*) break ;; esac
+        sleep 0.1
+    done
+    echo "$1 never ran $2 in state $3: $state"; return 1
 }

@@ -332,6 +332,13 @@ where
     }
 }
 
+/// Adds a device, asking for `options.device_id` only while no device
+/// holds that number: when libublk's ADD_DEV fails, dropping its control
+/// deletes the device of the number it asked for, so asking for a taken
+/// number deletes the device that holds it (another server's on a kernel
+/// several nodes share, as in the test VM, or a foreign one). The check
+/// and the add run under an exclusive lock on the control device, which
+/// every ublkvd of this kernel takes, so that two never race for a number.
 fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
     let build = |id: Option<u32>| {
         UblkCtrlBuilder::default()
@@ -344,21 +351,45 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
     };
-    let ctrl = match build(options.device_id) {
-        Err(e) if options.device_id.is_some() => {
-            // The number is a preference: a stale or foreign device may hold it.
-            tracing::warn!(
-                id = options.device_id,
-                "cannot reuse ublk device number ({e:?}); taking the next free one"
-            );
-            build(None)
-        }
-        other => other,
-    };
-    ctrl.map_err(|error| FrontendError::Driver {
+    let _lock = ControlLock::take()?;
+    let free = options.device_id.filter(|&id| !number_taken(id));
+    if let (Some(id), None) = (options.device_id, free) {
+        // The number is a preference: a stale or foreign device may hold it.
+        tracing::warn!(id, "ublk device number taken; taking the next free one");
+    }
+    build(free).map_err(|error| FrontendError::Driver {
         action: "add a device",
         error,
     })
+}
+
+/// Whether a ublk device has number `id` on this kernel.
+fn number_taken(id: u32) -> bool {
+    Path::new(&format!("/dev/ublkc{id}")).exists()
+        || Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
+/// An exclusive flock on the ublk control device, held while adding
+/// (released when the file closes).
+struct ControlLock(#[allow(dead_code)] std::fs::File);
+
+impl ControlLock {
+    fn take() -> Result<ControlLock, FrontendError> {
+        use std::os::fd::AsRawFd;
+        let lock_failed = |e: std::io::Error| FrontendError::Driver {
+            action: "lock the control device",
+            error: libublk::UblkError::IOError(e),
+        };
+        let file = std::fs::File::open(CONTROL_PATH).map_err(lock_failed)?;
+        // SAFETY: flock on a descriptor this function owns.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(lock_failed(e));
+            }
+        }
+        Ok(ControlLock(file))
+    }
 }
 
 /// Whether device `id` is one a previous server left for us to take
