@@ -385,24 +385,58 @@ impl Daemon {
     }
 
     /// Waits for every acknowledgement of move `move_id`, at most the move
-    /// timeout; else returns who is missing.
+    /// timeout; else returns who is missing. A member declared down while
+    /// the move waits is acknowledged for by the coordinator: it can do no
+    /// I/O that reaches a tail (its requests are refused as a non-member's,
+    /// and by the epoch once the move commits), and waiting for it would
+    /// only hold everyone's I/O for the whole timeout.
     async fn all_acknowledged(&self, name: &VdiskName, move_id: u64) -> Result<(), Vec<String>> {
+        let deadline = tokio::time::Instant::now() + self.move_timeout;
         let mut changes = self.store.subscribe();
-        let missing = |config: &Configuration| -> Vec<String> {
-            match config.vdisks.get(name).and_then(|r| r.moving.as_ref()) {
+        let mut view = self.gossip.as_ref().map(|g| g.view());
+        let mut vouched = BTreeSet::new();
+        loop {
+            let missing: Vec<String> = match self
+                .store
+                .configuration()
+                .vdisks
+                .get(name)
+                .and_then(|r| r.moving.clone())
+            {
                 Some(m) if m.id == move_id => m.waiting_for.difference(&m.acked).cloned().collect(),
-                _ => vec!["the store (the move ended elsewhere)".to_owned()],
+                _ => return Err(vec!["the store (the move ended elsewhere)".to_owned()]),
+            };
+            if missing.is_empty() {
+                return Ok(());
             }
-        };
-        let all = async move {
-            changes
-                .wait_for(|config| missing(config).is_empty())
-                .await
-                .is_ok()
-        };
-        match tokio::time::timeout(self.move_timeout, all).await {
-            Ok(true) => Ok(()),
-            _ => Err(missing(&self.store.configuration())),
+            let alive = self.live_members();
+            for node in missing.iter().filter(|n| !alive.contains(*n)) {
+                if !vouched.insert(node.clone()) {
+                    continue;
+                }
+                tracing::warn!(vdisk = %name, node = %node, "reconfiguration: acknowledged for a member declared down");
+                let ack = Command::AckMove {
+                    name: name.clone(),
+                    move_id,
+                    node: node.clone(),
+                };
+                if let Err(e) = self.store.write(ack).await {
+                    tracing::warn!(vdisk = %name, "reconfiguration: cannot acknowledge for {node}: {e}");
+                }
+            }
+            let membership_changed = async {
+                match &mut view {
+                    Some(view) => {
+                        let _ = view.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Err(missing) },
+                () = membership_changed => {}
+                () = tokio::time::sleep_until(deadline) => return Err(missing),
+            }
         }
     }
 

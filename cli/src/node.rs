@@ -555,21 +555,15 @@ fn set_permissions(path: &Path, permissions: Permissions) -> anyhow::Result<()> 
         .with_context(|| format!("cannot change the mode of {}", path.display()))
 }
 
-/// Starts a vdisk's device, asking for its cluster-wide number first: on a
-/// kernel that another node shares (a test VM), that number may be taken.
+/// Starts a vdisk's device, asking for its cluster-wide number (the
+/// frontend takes another when this kernel has that one in use), and gives
+/// its node the vdisk's permissions.
 fn start_device<B: backend::BlockBackend + Send + Sync + 'static>(
     spec: &VdiskSpec,
     id: u32,
-    backend: impl Fn() -> anyhow::Result<B>,
+    backend: B,
 ) -> anyhow::Result<Device> {
-    let device = match Device::start(&device_options(spec, Some(id))?, backend()?) {
-        Ok(device) => device,
-        Err(e) if Path::new(&format!("/dev/ublkc{id}")).exists() => {
-            tracing::warn!(vdisk = %spec.name, "device number {id} is not free here ({e:#}): taking another");
-            Device::start(&device_options(spec, None)?, backend()?)?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let device = Device::start(&device_options(spec, Some(id))?, backend)?;
     set_permissions(&device.path(), spec.permissions)?;
     Ok(device)
 }
@@ -584,10 +578,8 @@ fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<Vdisk
     let spec = &record.spec;
     if let Placement::Local { tail, .. } = &spec.placement {
         let io = IoMetrics::default();
-        let device = start_device(spec, record.id, || {
-            let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
-            Ok(Metered::new(local, io.clone()))
-        })?;
+        let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
+        let device = start_device(spec, record.id, Metered::new(local, io.clone()))?;
         return Ok(VdiskState::Served {
             device: Some(device),
             io,
@@ -612,9 +604,7 @@ fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<Vdisk
         cluster.route,
     ));
     let io = IoMetrics::default();
-    let device = start_device(spec, record.id, || {
-        Ok(Metered::new(routed.clone(), io.clone()))
-    })?;
+    let device = start_device(spec, record.id, Metered::new(routed.clone(), io.clone()))?;
     Ok(VdiskState::Served {
         device: Some(device),
         io,

@@ -159,14 +159,18 @@ impl Store {
                 .map(|(name, addr)| (node_id(name), BasicNode::new(addr.to_string())))
                 .collect()
         };
-        if members.contains_key(&id) {
-            // Every voter proposes the same first membership; a store
-            // already started keeps its own.
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Start(e.to_string()))?;
+        if members.contains_key(&id) && !initialized {
+            // Every voter proposes the same first membership; another
+            // voter's may have reached this one first.
             match raft.initialize(members).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(StoreError::Start(e.to_string())),
             }
-        } else {
+        } else if !members.contains_key(&id) {
             let voters: Vec<String> = config.voters.values().map(ToString::to_string).collect();
             let node = BasicNode::new(&addr);
             tasks.push(tokio::spawn(join(

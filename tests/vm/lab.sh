@@ -11,7 +11,8 @@
 # LAB_VOTERS (default none): nodes voting in the replicated configuration
 # store; when set, every config gets a [store] section (the store answers
 # on port 7200 of network 1), with LAB_STORE_TOML (settings such as
-# move_timeout_ms, one a line) in it.
+# move_timeout_ms, one a line) in it. LAB_GOSSIP_TOML: more [gossip]
+# settings (timing), one a line.
 
 LAB_NODES=()
 declare -A LAB_PID=()
@@ -98,6 +99,7 @@ lab_config() {
         echo "bind = \"$(lab_gossip "$node")\""
         echo "seeds = [\"$(lab_gossip "${LAB_NODES[0]}")\", \"$(lab_gossip "${LAB_NODES[1]:-${LAB_NODES[0]}}")\"]"
         echo "secret_file = \"$LAB_DIR/cluster.key\""
+        [ -z "${LAB_GOSSIP_TOML:-}" ] || printf '%s\n' "$LAB_GOSSIP_TOML"
         if [ -n "${LAB_VOTERS:-}" ]; then
             local voter voters=""
             for voter in $LAB_VOTERS; do voters+="${voters:+, }$voter = \"$(lab_store "$voter")\""; done
