@@ -294,9 +294,15 @@ impl Daemon {
             .await?;
         let move_id = begun
             .vdisk
-            .and_then(|r| r.moving.map(|m| m.id))
+            .as_ref()
+            .and_then(|r| r.moving.as_ref().map(|m| m.id))
             .context("the store began no move")?;
         tracing::info!(vdisk = %name, %to, nodes = ?waiting_for, "reconfiguration: asking every live node to suspend");
+        // The acknowledgements are read from this node's copy: it must
+        // have the move first (a follower applies after the leader).
+        self.store
+            .wait_applied(begun.generation, self.move_timeout)
+            .await;
         let acked = self.all_acknowledged(&name, move_id).await;
         let commit = acked.is_ok();
         let ended = self
