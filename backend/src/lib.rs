@@ -3,7 +3,9 @@
 //! The frontend (or, later, the peer server) hands every block request to a
 //! [`BlockBackend`]; this crate knows nothing of ublk. A [`LocalTail`] serves
 //! requests from a file or block device on this node through io_uring, on
-//! whatever [`Ring`] the calling thread owns.
+//! whatever [`Ring`] the calling thread owns. [`mirror`] tracks, durably,
+//! which regions a mirrored vdisk's surviving side changed while the other
+//! was away.
 
 mod block;
 mod buf;
@@ -11,6 +13,7 @@ mod engine;
 mod error;
 pub mod link;
 mod metered;
+pub mod mirror;
 pub mod peer;
 mod ring;
 pub mod route;

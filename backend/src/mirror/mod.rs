@@ -1,0 +1,50 @@
+//! Dirty-region tracking for mirrored vdisks.
+//!
+//! A mirrored vdisk writes every block to two tails on different nodes and
+//! acknowledges once both have it. While one side is unreachable the
+//! survivor goes on alone and records, per region of the device, that the
+//! region changed; when the other side returns only those regions are
+//! copied to it (delta resync) instead of the whole device.
+//!
+//! The record must survive a crash of the survivor, or the restarted
+//! survivor would not know what the other side lacks. Hence
+//! [`DirtyMapFile::mark_durable`]: a region is durable as dirty before the
+//! write it covers is acknowledged. A region already dirty costs nothing,
+//! so the cost is one small write and one fdatasync each time a write
+//! lands in a clean region. Clearing after the copy may be lazy: a region
+//! wrongly left dirty costs a needless copy, never lost data.
+//!
+//! # Choosing the region size
+//!
+//! One bit covers one region, 64 KiB to 4 MiB. Smaller regions resync less
+//! (a 4 KiB write costs a copy of one region) but make scattered writes
+//! find clean regions more often, each such write paying a sync of the map
+//! before it can be acknowledged. Larger regions turn a random-write
+//! workload into few syncs, at the price of copying up to 4 MiB per
+//! scattered write at resync. The bitmap itself stays small either way:
+//! 1 TiB in 64 KiB regions is 2 MiB of bitmap.
+//!
+//! # Layout
+//!
+//! [`DirtyRegions`] is the pure core (geometry, bits, iteration);
+//! [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
+//! through the small [`MapStorage`] seam, which the crash tests replace
+//! with an in-memory twin that can lose unsynced writes.
+
+mod bitmap_file;
+mod dirty;
+mod error;
+mod geometry;
+mod header;
+mod storage;
+
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod sim_disk;
+
+pub use bitmap_file::DirtyMapFile;
+pub use dirty::DirtyRegions;
+pub use error::{DirtyMapFileError, GeometryError, MarkError, OpenError, RangeError};
+pub use geometry::{DirtyGeometry, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub use storage::MapStorage;
