@@ -26,7 +26,9 @@
 //!
 //! # Layout
 //!
-//! [`DirtyRegions`] is the pure core (geometry, bits, iteration);
+//! [`Replica`] is the pure core of the mirrored write path: where each
+//! request goes, when it may complete, when a write's range must be marked
+//! dirty first. [`DirtyRegions`] is the pure core of the map (geometry, bits, iteration);
 //! [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
 //! through the small [`MapStorage`] seam, which the crash tests replace
 //! with an in-memory twin that can lose unsynced writes.
@@ -36,10 +38,13 @@ mod dirty;
 mod error;
 mod geometry;
 mod header;
+mod replica;
 mod storage;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod replica_sim;
 #[cfg(test)]
 mod sim_disk;
 
@@ -47,4 +52,5 @@ pub use bitmap_file::DirtyMapFile;
 pub use dirty::DirtyRegions;
 pub use error::{DirtyMapFileError, GeometryError, MarkError, OpenError, RangeError};
 pub use geometry::{DirtyGeometry, MAX_REGION_SIZE, MIN_REGION_SIZE};
+pub use replica::{Action, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;

@@ -1,0 +1,502 @@
+//! The mirrored write path as a pure state machine: which side each request
+//! goes to, when it may be acknowledged, and what a side's failure costs.
+//! No I/O, no clock: the caller feeds submissions and outcomes and carries
+//! out the returned [`Action`]s ([`MirroredVdisk`](super::MirroredVdisk)
+//! is that caller).
+//!
+//! The rule it keeps: every acknowledged write is on every side, or its
+//! range is durably recorded dirty (so that a resync copies it there). With
+//! both sides in sync that is DRBD's protocol C: a write completes once both
+//! sides have it. When one side fails, the vdisk goes on with the survivor,
+//! and each write completes once the survivor has it *and* the shell
+//! reports its range durable in the dirty map ([`Action::MarkDirty`]).
+//!
+//! A side that returns is [`SideState::Stale`]: it gets writes again (so
+//! that the regions written from now on need no copy) but serves no read
+//! until a resync has copied it what it missed ([`Replica::resynced`]).
+
+use std::collections::BTreeMap;
+
+/// One of a mirror's two copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::A, Side::B];
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+/// How far a side can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideState {
+    /// Holds every acknowledged write: written to, flushed, read from.
+    InSync,
+    /// Failed or unreachable: gets no request. Every write acknowledged
+    /// meanwhile has its range recorded dirty.
+    Down,
+    /// Back after being down, and lacking what was written meanwhile:
+    /// written to and flushed, never read from, until resynced.
+    Stale,
+}
+
+/// What the vdisk was asked. Discards and write-zeroes change data like
+/// writes and are mirrored as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Read,
+    Write { offset: u64, len: u64 },
+    Flush,
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run request `id` on `side`, then report
+    /// [`succeeded`](Replica::succeeded) or [`failed`](Replica::failed).
+    Send { id: u64, side: Side },
+    /// Make the range of write `id` durable as dirty (with
+    /// [`DirtyMapFile::mark_durable`](super::DirtyMapFile::mark_durable)),
+    /// then report [`dirty_marked`](Replica::dirty_marked) or
+    /// [`dirty_mark_failed`](Replica::dirty_mark_failed). The write will
+    /// not complete before.
+    MarkDirty { id: u64, offset: u64, len: u64 },
+    /// Request `id` succeeded: complete it (a read with the data its side
+    /// returned) and forget it.
+    Complete { id: u64 },
+    /// Request `id` cannot be served: no side in sync has it, or its dirty
+    /// mark failed. Complete it with an I/O error.
+    Fail { id: u64 },
+}
+
+/// Tuning of a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// The side reads go to while it is in sync: the one on this node, as
+    /// a local read costs no network round trip.
+    pub read_from: Side,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig { read_from: Side::A }
+    }
+}
+
+/// Whether a write waits for its range to be marked dirty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Every side it was sent to may still take it.
+    NotNeeded,
+    /// A side missed it; the shell is marking its range.
+    Marking,
+    Marked,
+}
+
+#[derive(Debug)]
+struct Pending {
+    request: Request,
+    /// Sides the request is out on, awaiting their answer.
+    out: [bool; 2],
+    /// Sides that answered with success.
+    done: [bool; 2],
+    mark: Mark,
+}
+
+impl Pending {
+    /// A side that will never have this write: neither took it nor may.
+    fn missed(&self, side: Side) -> bool {
+        !self.out[side.index()] && !self.done[side.index()]
+    }
+}
+
+/// The requests in flight on one mirrored vdisk and the state of its sides.
+#[derive(Debug)]
+pub struct Replica {
+    config: ReplicaConfig,
+    states: [SideState; 2],
+    pending: BTreeMap<u64, Pending>,
+}
+
+impl Replica {
+    /// A mirror whose sides are both in sync, as after creation on two
+    /// fresh (zeroed) tails.
+    pub fn new(config: ReplicaConfig) -> Self {
+        Self::with_states(config, [SideState::InSync; 2])
+    }
+
+    /// A mirror restarted in the given states: a side that was not in sync
+    /// when the daemon stopped is still not (its dirty regions say what it
+    /// lacks).
+    pub fn with_states(config: ReplicaConfig, states: [SideState; 2]) -> Self {
+        Replica {
+            config,
+            states,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    pub fn state(&self, side: Side) -> SideState {
+        self.states[side.index()]
+    }
+
+    pub fn states(&self) -> [SideState; 2] {
+        self.states
+    }
+
+    /// Whether some side is not in sync: writes are being recorded dirty.
+    pub fn is_degraded(&self) -> bool {
+        self.states.iter().any(|&s| s != SideState::InSync)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A new request. With no side in sync it fails at once: no copy is
+    /// known to be current, so none may be read, and a write to a stale
+    /// copy alone would be acknowledged on data the store does not trust.
+    pub fn submit(&mut self, id: u64, request: Request) -> Vec<Action> {
+        let Some(reader) = self.reader() else {
+            return vec![Action::Fail { id }];
+        };
+        let mut pending = Pending {
+            request,
+            out: [false; 2],
+            done: [false; 2],
+            mark: Mark::NotNeeded,
+        };
+        let mut actions = Vec::new();
+        match request {
+            Request::Read => {
+                pending.out[reader.index()] = true;
+                actions.push(Action::Send { id, side: reader });
+            }
+            Request::Write { .. } | Request::Flush => {
+                for side in Side::BOTH {
+                    if self.state(side) != SideState::Down {
+                        pending.out[side.index()] = true;
+                        actions.push(Action::Send { id, side });
+                    }
+                }
+                // Marked while the survivor writes: the two overlap, and
+                // the write waits for the slower.
+                if let Some(mark) = start_mark(id, &mut pending) {
+                    actions.push(mark);
+                }
+            }
+        }
+        self.pending.insert(id, pending);
+        actions
+    }
+
+    /// Request `id` succeeded on `side`. A late answer from a side that was
+    /// lost meanwhile is ignored: the request no longer counts on it.
+    pub fn succeeded(&mut self, id: u64, side: Side) -> Vec<Action> {
+        let Some(pending) = self.pending.get_mut(&id) else {
+            return Vec::new();
+        };
+        if !pending.out[side.index()] {
+            return Vec::new();
+        }
+        pending.out[side.index()] = false;
+        pending.done[side.index()] = true;
+        self.settle(id)
+    }
+
+    /// Request `id` failed on `side`. A side that fails any request is
+    /// lost: it may lack a write it answered, or its disk is failing, so it
+    /// is no longer trusted (DRBD's "detach on I/O error").
+    pub fn failed(&mut self, id: u64, side: Side) -> Vec<Action> {
+        match self.pending.get(&id) {
+            Some(pending) if pending.out[side.index()] => self.lose(side),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `side` became unreachable: its requests in flight count as lost.
+    pub fn side_down(&mut self, side: Side) -> Vec<Action> {
+        if self.state(side) == SideState::Down {
+            return Vec::new();
+        }
+        self.lose(side)
+    }
+
+    /// `side` is reachable again. A side that was down comes back stale: it
+    /// missed writes, and only a resync makes it readable.
+    pub fn side_up(&mut self, side: Side) {
+        if self.state(side) == SideState::Down {
+            self.states[side.index()] = SideState::Stale;
+        }
+    }
+
+    /// A resync has copied every region dirty so far to the stale `side`:
+    /// it is in sync again. Refused (returning false) while a write that
+    /// missed the side is still in flight, since the copy may have run
+    /// before that write reached the survivor; or unless `side` is stale.
+    pub fn resynced(&mut self, side: Side) -> bool {
+        let missed = self
+            .pending
+            .values()
+            .any(|p| matches!(p.request, Request::Write { .. }) && p.missed(side));
+        if self.state(side) != SideState::Stale || missed {
+            return false;
+        }
+        self.states[side.index()] = SideState::InSync;
+        true
+    }
+
+    /// The range of write `id` is durable as dirty.
+    pub fn dirty_marked(&mut self, id: u64) -> Vec<Action> {
+        let Some(pending) = self.pending.get_mut(&id) else {
+            return Vec::new();
+        };
+        pending.mark = Mark::Marked;
+        self.settle(id)
+    }
+
+    /// The range of write `id` could not be made durable as dirty: the
+    /// write fails, as acknowledging it would promise the side that missed
+    /// it a resync nobody recorded.
+    pub fn dirty_mark_failed(&mut self, id: u64) -> Vec<Action> {
+        match self.pending.remove(&id) {
+            Some(_) => vec![Action::Fail { id }],
+            None => Vec::new(),
+        }
+    }
+
+    /// The in-sync side to read from: the preferred one if it can.
+    fn reader(&self) -> Option<Side> {
+        let preferred = self.config.read_from;
+        [preferred, preferred.other()]
+            .into_iter()
+            .find(|&side| self.state(side) == SideState::InSync)
+    }
+
+    /// Marks `side` down and moves every request in flight on it on.
+    fn lose(&mut self, side: Side) -> Vec<Action> {
+        self.states[side.index()] = SideState::Down;
+        let reader = self.reader();
+        let affected: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.out[side.index()])
+            .map(|(&id, _)| id)
+            .collect();
+        let mut actions = Vec::new();
+        for id in affected {
+            let Some(pending) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            pending.out[side.index()] = false;
+            match pending.request {
+                Request::Read => {
+                    if let Some(other) = reader {
+                        pending.out[other.index()] = true;
+                        actions.push(Action::Send { id, side: other });
+                        continue;
+                    }
+                }
+                Request::Write { .. } | Request::Flush => {}
+            }
+            let settled = self.settle(id);
+            // A write still pending waits for the survivor, and now for a
+            // mark too; one that failed needs none.
+            if let (true, Some(pending)) = (settled.is_empty(), self.pending.get_mut(&id)) {
+                actions.extend(start_mark(id, pending));
+            }
+            actions.extend(settled);
+        }
+        actions
+    }
+
+    /// Completes or fails request `id` if no side can change its fate.
+    fn settle(&mut self, id: u64) -> Vec<Action> {
+        let Some(pending) = self.pending.get(&id) else {
+            return Vec::new();
+        };
+        if pending.out.iter().any(|&out| out) {
+            return Vec::new();
+        }
+        let on_a_current_side = Side::BOTH
+            .into_iter()
+            .any(|side| pending.done[side.index()] && self.state(side) == SideState::InSync);
+        let everywhere = pending.done.iter().all(|&done| done);
+        let ready = match pending.request {
+            Request::Read | Request::Flush => true,
+            Request::Write { .. } => everywhere || pending.mark == Mark::Marked,
+        };
+        if !on_a_current_side {
+            self.pending.remove(&id);
+            vec![Action::Fail { id }]
+        } else if ready {
+            self.pending.remove(&id);
+            vec![Action::Complete { id }]
+        } else {
+            // Waits for its mark, started when its side was missed.
+            Vec::new()
+        }
+    }
+}
+
+/// The mark a write needs once a side missed it, if not asked for already.
+fn start_mark(id: u64, pending: &mut Pending) -> Option<Action> {
+    let Request::Write { offset, len } = pending.request else {
+        return None;
+    };
+    let missed = Side::BOTH.into_iter().any(|side| pending.missed(side));
+    if !missed || pending.mark != Mark::NotNeeded {
+        return None;
+    }
+    pending.mark = Mark::Marking;
+    Some(Action::MarkDirty { id, offset, len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Side::{A, B};
+
+    const W: Request = Request::Write {
+        offset: 4096,
+        len: 8192,
+    };
+
+    fn send(id: u64, side: Side) -> Action {
+        Action::Send { id, side }
+    }
+
+    fn mark(id: u64) -> Action {
+        Action::MarkDirty {
+            id,
+            offset: 4096,
+            len: 8192,
+        }
+    }
+
+    fn complete(id: u64) -> Vec<Action> {
+        vec![Action::Complete { id }]
+    }
+
+    #[test]
+    fn a_write_in_sync_completes_only_once_both_sides_have_it() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        assert_eq!(r.submit(1, W), [send(1, A), send(1, B)]);
+        assert_eq!(r.succeeded(1, B), []);
+        assert_eq!(r.succeeded(1, A), complete(1));
+        assert!(!r.is_degraded());
+        assert_eq!(r.in_flight(), 0);
+    }
+
+    #[test]
+    fn reads_go_to_the_preferred_side_and_flushes_to_both() {
+        let mut r = Replica::new(ReplicaConfig { read_from: B });
+        assert_eq!(r.submit(1, Request::Read), [send(1, B)]);
+        assert_eq!(r.succeeded(1, B), complete(1));
+        assert_eq!(r.submit(2, Request::Flush), [send(2, A), send(2, B)]);
+        assert_eq!(r.succeeded(2, A), []);
+        assert_eq!(r.succeeded(2, B), complete(2));
+    }
+
+    #[test]
+    fn a_side_failing_a_write_degrades_and_the_write_completes_once_marked_dirty() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.submit(1, W);
+        assert_eq!(r.succeeded(1, A), []);
+        assert_eq!(r.failed(1, B), [mark(1)]);
+        assert_eq!(r.state(B), SideState::Down);
+        assert_eq!(r.dirty_marked(1), complete(1));
+    }
+
+    #[test]
+    fn a_write_submitted_while_degraded_goes_to_the_survivor_and_is_marked_at_once() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        assert_eq!(r.side_down(A), []);
+        assert_eq!(r.submit(1, W), [send(1, B), mark(1)]);
+        assert_eq!(r.dirty_marked(1), []);
+        assert_eq!(r.succeeded(1, B), complete(1));
+    }
+
+    #[test]
+    fn a_failed_dirty_mark_fails_the_write() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.side_down(B);
+        r.submit(1, W);
+        r.succeeded(1, A);
+        assert_eq!(r.dirty_mark_failed(1), [Action::Fail { id: 1 }]);
+        assert_eq!(r.dirty_marked(1), []);
+    }
+
+    #[test]
+    fn a_read_on_a_lost_side_moves_to_the_other_and_its_late_answer_is_ignored() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.submit(1, Request::Read);
+        assert_eq!(r.side_down(A), [send(1, B)]);
+        assert_eq!(r.succeeded(1, A), []);
+        assert_eq!(r.succeeded(1, B), complete(1));
+    }
+
+    #[test]
+    fn a_side_that_returns_is_stale_written_to_but_not_read_until_resynced() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.side_down(A);
+        r.side_up(A);
+        assert_eq!(r.state(A), SideState::Stale);
+        assert_eq!(r.submit(1, Request::Read), [send(1, B)]);
+        // Both sides take the write: no mark needed once both have it.
+        assert_eq!(r.submit(2, W), [send(2, A), send(2, B)]);
+        r.succeeded(2, A);
+        assert_eq!(r.succeeded(2, B), complete(2));
+        assert!(r.resynced(A));
+        assert_eq!(r.submit(3, Request::Read), [send(3, A)]);
+        assert!(!r.is_degraded());
+    }
+
+    #[test]
+    fn resync_is_refused_while_a_write_that_missed_the_side_is_in_flight() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.side_down(A);
+        r.submit(1, W);
+        r.side_up(A);
+        assert!(!r.resynced(A));
+        r.succeeded(1, B);
+        r.dirty_marked(1);
+        assert!(r.resynced(A));
+    }
+
+    #[test]
+    fn with_no_side_in_sync_requests_fail() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.submit(1, W);
+        r.side_down(A);
+        assert_eq!(r.side_down(B), [Action::Fail { id: 1 }]);
+        r.side_up(A);
+        assert_eq!(r.submit(2, Request::Read), [Action::Fail { id: 2 }]);
+        assert_eq!(r.submit(3, W), [Action::Fail { id: 3 }]);
+    }
+
+    #[test]
+    fn a_write_only_the_stale_side_took_fails() {
+        let mut r = Replica::new(ReplicaConfig::default());
+        r.side_down(A);
+        r.side_up(A);
+        r.submit(1, W);
+        r.succeeded(1, A);
+        assert_eq!(r.failed(1, B), [Action::Fail { id: 1 }]);
+    }
+}
