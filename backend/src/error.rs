@@ -20,6 +20,10 @@ pub enum IoError {
     /// The request cannot be expressed to a tail (too long for one frame).
     #[error("request of {len} bytes is too long")]
     TooLong { len: u64 },
+    /// No copy of a mirrored vdisk known to be current could take the
+    /// request, or its write could not be recorded for the other copy.
+    #[error("no current copy of the mirrored vdisk could take the request")]
+    NoCurrentCopy,
     /// The vdisk is being removed and takes no more requests.
     #[error("vdisk is shutting down")]
     ShuttingDown,
@@ -30,7 +34,9 @@ impl IoError {
     pub fn errno(&self) -> i32 {
         match self {
             IoError::Os(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-            IoError::ShortTransfer { .. } | IoError::Unreachable { .. } => -libc::EIO,
+            IoError::ShortTransfer { .. }
+            | IoError::Unreachable { .. }
+            | IoError::NoCurrentCopy => -libc::EIO,
             IoError::TooLong { .. } => -libc::EINVAL,
             IoError::ShuttingDown => -libc::ESHUTDOWN,
         }

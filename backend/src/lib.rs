@@ -3,7 +3,7 @@
 //! The frontend (or, later, the peer server) hands every block request to a
 //! [`BlockBackend`]; this crate knows nothing of ublk. A [`LocalTail`] serves
 //! requests from a file or block device on this node through io_uring, on
-//! whatever [`Ring`] the calling thread owns. [`mirror`] tracks, durably,
+//! whatever [`Ring`] the calling thread owns. [`mirror`] writes a vdisk to two tails and tracks, durably,
 //! which regions a mirrored vdisk's surviving side changed while the other
 //! was away.
 

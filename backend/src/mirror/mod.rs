@@ -1,4 +1,4 @@
-//! Dirty-region tracking for mirrored vdisks.
+//! Mirrored vdisks: the write path and its dirty-region tracking.
 //!
 //! A mirrored vdisk writes every block to two tails on different nodes and
 //! acknowledges once both have it. While one side is unreachable the
@@ -28,7 +28,8 @@
 //!
 //! [`Replica`] is the pure core of the mirrored write path: where each
 //! request goes, when it may complete, when a write's range must be marked
-//! dirty first. [`DirtyRegions`] is the pure core of the map (geometry, bits, iteration);
+//! dirty first; [`MirroredVdisk`] is its tokio shell over two
+//! [`TailPath`](crate::route::TailPath)s. [`DirtyRegions`] is the pure core of the map (geometry, bits, iteration);
 //! [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
 //! through the small [`MapStorage`] seam, which the crash tests replace
 //! with an in-memory twin that can lose unsynced writes.
@@ -40,6 +41,7 @@ mod geometry;
 mod header;
 mod replica;
 mod storage;
+mod vdisk;
 
 #[cfg(test)]
 mod crash_tests;
@@ -54,3 +56,4 @@ pub use error::{DirtyMapFileError, GeometryError, MarkError, OpenError, RangeErr
 pub use geometry::{DirtyGeometry, MAX_REGION_SIZE, MIN_REGION_SIZE};
 pub use replica::{Action, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;
+pub use vdisk::{MirrorStatus, MirroredVdisk};

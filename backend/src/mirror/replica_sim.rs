@@ -191,7 +191,6 @@ fn acknowledged_writes_are_on_both_sides_or_dirty_and_reads_see_them_under_rando
         degraded += w.degraded_writes;
     }
     // The simulation exercised both paths, not just the happy one.
-    eprintln!("completed {completed}, degraded {degraded}");
     assert!(completed > 20_000, "{completed}");
     assert!(degraded > 1_000, "{degraded}");
 }

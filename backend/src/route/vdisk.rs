@@ -30,7 +30,7 @@ impl TailPath {
         }
     }
 
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         vdisk: u64,
         epoch: u64,
