@@ -29,8 +29,8 @@
 //! [`Replica`] is the pure core of the mirrored write path: where each
 //! request goes, when it may complete, when a write's range must be marked
 //! dirty first; [`MirroredVdisk`] is its tokio shell over two
-//! [`TailPath`](crate::route::TailPath)s. [`DirtyRegions`] is the pure core of the map (geometry, bits, iteration);
-//! [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
+//! [`TailPath`](crate::route::TailPath)s. [`DirtyRegions`] is the pure
+//! core of the map (geometry, bits, iteration); [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
 //! through the small [`MapStorage`] seam, which the crash tests replace
 //! with an in-memory twin that can lose unsynced writes.
 
