@@ -124,10 +124,7 @@ fi
 
 # ------------------------------------------------- 3. failover stalls
 if wants stall; then
-    mkfs.ext4 -q -F "$SCRATCH"
-    mkdir -p /mnt/bench
-    mount "$SCRATCH" /mnt/bench
-    truncate -s 1G /mnt/bench/shared.img
+    lab_shared_file /mnt/bench
     LAB=stlb LAB_NETS="1 2" LAB_DIR=$WORK/stlb
     lab_up a b c
     for node in a b; do

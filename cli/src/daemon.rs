@@ -83,7 +83,8 @@ impl Daemon {
     }
 
     /// Follows the store until `stop` turns true: each applied
-    /// configuration is reconciled.
+    /// configuration is reconciled, and between changes pending moves are
+    /// checked for a coordinator that went away.
     pub async fn follow_store(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
         loop {
@@ -91,10 +92,17 @@ impl Daemon {
             if let Err(e) = self.reconcile(config).await {
                 tracing::error!("{e:#}");
             }
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                _ = stop.wait_for(|&s| s) => return,
-                () = tokio::time::sleep(RECHECK) => {}
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|&s| s) => return,
+                    () = tokio::time::sleep(RECHECK) => {
+                        self.end_abandoned_moves(&self.store.configuration());
+                    }
+                }
             }
         }
     }
@@ -336,7 +344,8 @@ impl Daemon {
     /// says which tail is in charge, and the old primary's node, back,
     /// serves as the secondary at the new epoch.
     pub async fn follow_membership(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let (Some(after), Some(gossip)) = (self.failover_move, self.gossip.clone()) else {
+        // Without gossip no member is ever seen down.
+        let (Some(after), true) = (self.failover_move, self.gossip.is_some()) else {
             return;
         };
         // Since when each vdisk (at its epoch) has had its primary down.
@@ -350,13 +359,7 @@ impl Daemon {
                 down_since.clear();
                 continue;
             }
-            let alive = {
-                let view = gossip.view();
-                let view = view.borrow();
-                let mut alive: BTreeSet<String> = view.alive.keys().cloned().collect();
-                alive.insert(self.name.clone());
-                alive
-            };
+            let alive = self.live_members();
             let config = self.store.configuration();
             let now = Instant::now();
             let mut stranded = BTreeMap::new();

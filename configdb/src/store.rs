@@ -109,9 +109,7 @@ pub fn lan_raft_config() -> Arc<openraft::Config> {
 
 /// A node's Raft id: FNV-1a of its name, the same on every node.
 pub fn node_id(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::vdisk::fnv1a(name)
 }
 
 impl Store {

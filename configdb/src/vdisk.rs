@@ -28,11 +28,16 @@ impl VdiskName {
     /// that a vdisk added on several nodes under one name is one vdisk.
     /// FNV-1a over the name; never 0, which heartbeats use.
     pub fn id(&self) -> u64 {
-        let hash = self.0.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        hash.max(1)
+        fnv1a(&self.0).max(1)
     }
+}
+
+/// FNV-1a of `text`: a hash that is the same on every node and in every
+/// build, for ids derived from names.
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether `name` is safe as a vdisk, node or tail name: 1 to 64 of

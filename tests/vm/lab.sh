@@ -6,7 +6,8 @@
 # port 7100 of both and gossips on port 7000 of network 1, with the lab's
 # first two nodes as seeds.
 #
-# Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN.
+# Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN;
+# SCRATCH (the scratch disk) for lab_shared_file.
 # LAB_NETS (default "1 2"): the networks lab_config puts in a config.
 # LAB_VOTERS (default none): nodes voting in the replicated configuration
 # store; when set, every config gets a [store] section (the store answers
@@ -74,6 +75,16 @@ lab_down() {
 # lab_link NODE NET up|down: the switch side of NODE's cable to network NET,
 # so a cut loses packets silently, as a pulled cable does.
 lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
+
+# lab_shared_file DIR: a fresh ext4 on the scratch disk $SCRATCH mounted at
+# DIR, holding a 1 GiB DIR/shared.img: the tail two lab nodes attach as one
+# (twin-tailed).
+lab_shared_file() {
+    mkfs.ext4 -q -F "$SCRATCH"
+    mkdir -p "$1"
+    mount "$SCRATCH" "$1"
+    truncate -s 1G "$1/shared.img"
+}
 
 lab_gossip() { echo "$(lab_addr "$1" 1):7000"; } # node -> its gossip address
 

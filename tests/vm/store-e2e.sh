@@ -29,10 +29,7 @@ LAB_GOSSIP_TOML="suspect_to_down_ms = 8000"
 . "$here/runner.sh"
 
 modprobe -a ublk_drv ext4
-mkfs.ext4 -q -F "$SCRATCH"
-mkdir -p "$MNT"
-mount "$SCRATCH" "$MNT"
-truncate -s 1G "$MNT/shared.img"
+lab_shared_file "$MNT"
 trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 
 lab_up a b c
