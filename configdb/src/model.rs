@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
+use crate::{MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
 
 /// How many recent requests are remembered with their outcome, so that a
 /// client retrying after a lost reply gets the first outcome instead of
@@ -55,6 +55,15 @@ pub enum Command {
     },
     /// Records a node's links and tails, replacing an earlier record.
     RegisterNode(NodeRecord),
+    /// The primary of mirrored vdisk `name` records what its mirror's copy
+    /// is, as of `epoch`: refused from a primary the vdisk has moved on
+    /// from (another epoch), and while a move is under way, so that a
+    /// takeover and a stale mark cannot both succeed.
+    SetMirrorCopy {
+        name: VdiskName,
+        epoch: u64,
+        copy: MirrorCopy,
+    },
 }
 
 impl Command {
@@ -66,7 +75,8 @@ impl Command {
             | Command::SetPermissions { name, .. }
             | Command::BeginMove { name, .. }
             | Command::AckMove { name, .. }
-            | Command::EndMove { name, .. } => Some(name),
+            | Command::EndMove { name, .. }
+            | Command::SetMirrorCopy { name, .. } => Some(name),
             Command::RegisterNode(_) => None,
         }
     }
@@ -202,6 +212,12 @@ impl Configuration {
                     ));
                 }
                 let record = self.get_mut(name)?;
+                if *commit && record.mirror_copy != MirrorCopy::Current {
+                    return Err(format!(
+                        "move of {name} cannot commit: its mirror's copy is {}",
+                        record.mirror_copy
+                    ));
+                }
                 if let Some(moving) = record.moving.take() {
                     if *commit {
                         record.spec.placement = moving.to;
@@ -213,6 +229,26 @@ impl Configuration {
             Command::RegisterNode(node) => {
                 self.nodes.insert(node.name.clone(), node.clone());
                 Ok(None)
+            }
+            Command::SetMirrorCopy { name, epoch, copy } => {
+                let record = self.get_mut(name)?;
+                if !matches!(record.spec.placement, Placement::Mirror { .. }) {
+                    return Err(format!("vdisk {name} is not mirrored"));
+                }
+                if record.epoch != *epoch {
+                    return Err(format!(
+                        "vdisk {name} moved on (epoch {} is not {epoch})",
+                        record.epoch
+                    ));
+                }
+                if let Some(moving) = &record.moving {
+                    return Err(format!(
+                        "vdisk {name} is being moved by {}",
+                        moving.coordinator
+                    ));
+                }
+                record.mirror_copy = *copy;
+                Ok(Some(record.clone()))
             }
         }
     }
@@ -232,6 +268,12 @@ impl Configuration {
             id,
             epoch: 1,
             moving: None,
+            // A new mirror's tails may hold anything: the primary copies
+            // its whole tail to the mirror first.
+            mirror_copy: match spec.placement {
+                Placement::Mirror { .. } => MirrorCopy::Blank,
+                _ => MirrorCopy::Current,
+            },
         };
         self.vdisks.insert(spec.name.clone(), record.clone());
         Ok(record)
@@ -245,14 +287,30 @@ impl Configuration {
         waiting_for: &BTreeSet<String>,
         from_epoch: u64,
     ) -> Result<Option<VdiskRecord>, String> {
-        if !matches!(to, Placement::Cluster { .. }) {
-            return Err("a vdisk moves to cluster tails (NODE:TAIL)".into());
-        }
         self.check_tails_free(name, to)?;
         let generation = self.generation;
         let record = self.get_mut(name)?;
-        if !matches!(record.spec.placement, Placement::Cluster { .. }) {
-            return Err(format!("vdisk {name} is local to one node: it cannot move"));
+        match (&record.spec.placement, to) {
+            (Placement::Local { .. }, _) => {
+                return Err(format!("vdisk {name} is local to one node: it cannot move"));
+            }
+            (Placement::Cluster { .. }, Placement::Cluster { .. }) => {}
+            (Placement::Cluster { .. }, _) => {
+                return Err("a vdisk moves to cluster tails (NODE:TAIL)".into());
+            }
+            (from @ Placement::Mirror { .. }, to) => {
+                if *to != from.switched_over() {
+                    return Err(format!(
+                        "mirrored vdisk {name} can only switch its primary and its mirror"
+                    ));
+                }
+                if record.mirror_copy != MirrorCopy::Current {
+                    return Err(format!(
+                        "vdisk {name}'s mirror cannot take over: its copy is {}",
+                        record.mirror_copy
+                    ));
+                }
+            }
         }
         if let Some(moving) = &record.moving {
             return Err(format!(
@@ -498,5 +556,134 @@ mod tests {
             },
         );
         assert!(r.refused.unwrap().contains("vdisk y"));
+    }
+
+    fn mirror(name: &str) -> VdiskSpec {
+        VdiskSpec {
+            placement: Placement::Mirror {
+                primary: "a:d0".parse().unwrap(),
+                mirror: "b:d1".parse().unwrap(),
+                region_size: 1 << 20,
+            },
+            ..spec(name, "unused:x")
+        }
+    }
+
+    fn set_copy(c: &mut Configuration, id: u64, epoch: u64, copy: MirrorCopy) -> Response {
+        let name = name("m");
+        apply(c, id, Command::SetMirrorCopy { name, epoch, copy })
+    }
+
+    fn switch_over(c: &mut Configuration, id: u64) -> Response {
+        let to = c.vdisks[&name("m")].spec.placement.switched_over();
+        let epoch = c.vdisks[&name("m")].epoch;
+        let begun = apply(
+            c,
+            id,
+            Command::BeginMove {
+                name: name("m"),
+                to,
+                coordinator: "c".into(),
+                waiting_for: BTreeSet::new(),
+                from_epoch: epoch,
+            },
+        );
+        let Some(moving) = begun.vdisk.clone().and_then(|v| v.moving) else {
+            return begun;
+        };
+        apply(
+            c,
+            id + 1,
+            Command::EndMove {
+                name: name("m"),
+                move_id: moving.id,
+                commit: true,
+            },
+        )
+    }
+
+    #[test]
+    fn a_new_mirror_is_blank_and_only_its_primary_at_its_epoch_records_its_copy() {
+        let mut c = Configuration::default();
+        let added = apply(&mut c, 1, Command::AddVdisk(mirror("m")));
+        assert_eq!(added.vdisk.unwrap().mirror_copy, MirrorCopy::Blank);
+        let stale = set_copy(&mut c, 2, 7, MirrorCopy::Current);
+        assert!(stale.refused.unwrap().contains("moved on"));
+        assert_eq!(c.vdisks[&name("m")].mirror_copy, MirrorCopy::Blank);
+        let synced = set_copy(&mut c, 3, 1, MirrorCopy::Current);
+        assert_eq!(synced.refused, None);
+        assert_eq!(c.vdisks[&name("m")].mirror_copy, MirrorCopy::Current);
+        let plain = apply(&mut c, 4, Command::AddVdisk(spec("p", "a:d5")));
+        assert_eq!(plain.vdisk.unwrap().mirror_copy, MirrorCopy::Current);
+        let not_mirrored = apply(
+            &mut c,
+            5,
+            Command::SetMirrorCopy {
+                name: name("p"),
+                epoch: 1,
+                copy: MirrorCopy::Stale,
+            },
+        );
+        assert!(not_mirrored.refused.unwrap().contains("not mirrored"));
+    }
+
+    #[test]
+    fn only_a_current_mirror_takes_over_and_then_the_old_primary_cannot_mark_it() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(mirror("m")));
+        let blank = switch_over(&mut c, 2);
+        assert!(blank.refused.unwrap().contains("blank"), "a blank mirror");
+        set_copy(&mut c, 4, 1, MirrorCopy::Current);
+        let done = switch_over(&mut c, 5).vdisk.unwrap();
+        assert_eq!(done.epoch, 2);
+        let Placement::Mirror { primary, mirror, .. } = &done.spec.placement else {
+            panic!("still a mirror: {:?}", done.spec.placement);
+        };
+        assert_eq!((primary.node.as_str(), mirror.node.as_str()), ("b", "a"));
+        // The old primary, cut off, tries to go on alone: refused.
+        let late = set_copy(&mut c, 7, 1, MirrorCopy::Stale);
+        assert!(late.refused.is_some());
+        assert_eq!(c.vdisks[&name("m")].mirror_copy, MirrorCopy::Current);
+        // The new primary marks the old one stale: it cannot take back.
+        set_copy(&mut c, 8, 2, MirrorCopy::Stale);
+        let back = switch_over(&mut c, 9);
+        assert!(back.refused.unwrap().contains("stale"));
+        assert_eq!(c.vdisks[&name("m")].epoch, 2);
+    }
+
+    #[test]
+    fn a_mirror_moves_only_by_switching_and_marks_wait_for_a_move_to_end() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(mirror("m")));
+        set_copy(&mut c, 2, 1, MirrorCopy::Current);
+        let elsewhere = apply(
+            &mut c,
+            3,
+            Command::BeginMove {
+                name: name("m"),
+                to: Placement::Cluster {
+                    primary: "c:d2".parse().unwrap(),
+                    secondary: None,
+                },
+                coordinator: "c".into(),
+                waiting_for: BTreeSet::new(),
+                from_epoch: 1,
+            },
+        );
+        assert!(elsewhere.refused.unwrap().contains("only switch"));
+        let to = c.vdisks[&name("m")].spec.placement.switched_over();
+        apply(
+            &mut c,
+            4,
+            Command::BeginMove {
+                name: name("m"),
+                to,
+                coordinator: "c".into(),
+                waiting_for: nodes(&["a", "b"]),
+                from_epoch: 1,
+            },
+        );
+        let during = set_copy(&mut c, 5, 1, MirrorCopy::Stale);
+        assert!(during.refused.unwrap().contains("being moved"));
     }
 }

@@ -141,6 +141,17 @@ pub enum Placement {
         primary: TailRef,
         secondary: Option<TailRef>,
     },
+    /// Two copies on tails of two nodes (seed 001): requests go to the
+    /// primary, which writes each block to its own tail and to the
+    /// mirror's, and acknowledges once both have it. The mirror's node
+    /// takes over when the primary's fails, if its copy is current (see
+    /// [`MirrorCopy`]). The primary records the regions the mirror misses
+    /// while it is unreachable in a map of `region_size`-byte regions.
+    Mirror {
+        primary: TailRef,
+        mirror: TailRef,
+        region_size: u32,
+    },
 }
 
 impl Placement {
@@ -154,6 +165,9 @@ impl Placement {
         let (primary, secondary) = match self {
             Placement::Local { .. } => (None, None),
             Placement::Cluster { primary, secondary } => (Some(primary), secondary.as_ref()),
+            Placement::Mirror {
+                primary, mirror, ..
+            } => (Some(primary), Some(mirror)),
         };
         primary.into_iter().chain(secondary)
     }
@@ -163,7 +177,24 @@ impl Placement {
     pub fn has_device_on(&self, node: &str) -> bool {
         match self {
             Placement::Local { node: owner, .. } => owner == node,
-            Placement::Cluster { .. } => true,
+            Placement::Cluster { .. } | Placement::Mirror { .. } => true,
+        }
+    }
+
+    /// A mirror with its primary and its mirror switched: what a takeover
+    /// makes of it. Any other placement stays as it is.
+    pub fn switched_over(&self) -> Placement {
+        match self {
+            Placement::Mirror {
+                primary,
+                mirror,
+                region_size,
+            } => Placement::Mirror {
+                primary: mirror.clone(),
+                mirror: primary.clone(),
+                region_size: *region_size,
+            },
+            other => other.clone(),
         }
     }
 
@@ -190,6 +221,9 @@ impl fmt::Display for Placement {
                 secondary: Some(secondary),
             } => write!(f, "{primary},{secondary}"),
             Placement::Cluster { primary, .. } => write!(f, "{primary}"),
+            Placement::Mirror {
+                primary, mirror, ..
+            } => write!(f, "{primary}<->{mirror}"),
         }
     }
 }
@@ -244,6 +278,37 @@ pub struct VdiskRecord {
     pub epoch: u64,
     /// A reconfiguration under way.
     pub moving: Option<PendingMove>,
+    /// For a mirrored vdisk, whether the mirror's copy is current; the
+    /// primary's always is.
+    #[serde(default)]
+    pub mirror_copy: MirrorCopy,
+}
+
+/// What the store knows of a mirrored vdisk's second copy. Only a current
+/// copy may take over: the primary records the mirror stale before it
+/// acknowledges a write the mirror missed, so a primary cut off from the
+/// store's majority cannot acknowledge such a write, and a mirror whose
+/// copy the store calls current has every acknowledged write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorCopy {
+    /// Holds every acknowledged write.
+    #[default]
+    Current,
+    /// Lacks the writes of the regions the primary's dirty map records.
+    Stale,
+    /// Never synced (a new vdisk): lacks anything, a full resync is owed.
+    Blank,
+}
+
+impl fmt::Display for MirrorCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MirrorCopy::Current => "current",
+            MirrorCopy::Stale => "stale",
+            MirrorCopy::Blank => "blank",
+        })
+    }
 }
 
 /// A move between its start and its end: the new placement, and which
