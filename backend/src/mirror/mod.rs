@@ -54,6 +54,6 @@ pub use bitmap_file::DirtyMapFile;
 pub use dirty::DirtyRegions;
 pub use error::{DirtyMapFileError, GeometryError, MarkError, OpenError, RangeError};
 pub use geometry::{DirtyGeometry, MAX_REGION_SIZE, MIN_REGION_SIZE};
-pub use replica::{Action, Replica, ReplicaConfig, Request, Side, SideState};
+pub use replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;
 pub use vdisk::{MirrorStatus, MirroredVdisk};

@@ -340,6 +340,7 @@ impl MirrorTask {
                     };
                     queue.extend(outcome);
                 }
+                Action::RecordStale => todo!(),
                 Action::Complete { id } => {
                     if let Some(pending) = self.pending.remove(&id) {
                         let _ = pending.submission.done.send(Ok(pending.data));
