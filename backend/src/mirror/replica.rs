@@ -647,13 +647,14 @@ mod tests {
         r.submit(1, W);
         assert_eq!(r.failed(1, B), [Action::RecordStale, mark(1)]);
         assert_eq!(r.succeeded(1, A), []);
-        assert_eq!(r.dirty_marked(1), [], "marked, but the store still calls B current");
+        assert_eq!(
+            r.dirty_marked(1),
+            [],
+            "marked, but the store still calls B current"
+        );
         assert_eq!(r.submit(2, Request::Read), [], "held while recording");
         assert_eq!(r.recorded(), Recorded::RecordingStale);
-        assert_eq!(
-            r.stale_recorded(),
-            [Action::Complete { id: 1 }, send(2, A)]
-        );
+        assert_eq!(r.stale_recorded(), [Action::Complete { id: 1 }, send(2, A)]);
         // Stale from now on: a write only needs its mark.
         assert_eq!(r.submit(3, W), [send(3, A), mark(3)]);
     }
@@ -671,7 +672,11 @@ mod tests {
             r.stale_record_failed(),
             [Action::Fail { id: 1 }, Action::Fail { id: 3 }]
         );
-        assert_eq!(r.succeeded(2, A), complete(2), "a read already out completes");
+        assert_eq!(
+            r.succeeded(2, A),
+            complete(2),
+            "a read already out completes"
+        );
         assert_eq!(r.submit(4, Request::Read), [Action::Fail { id: 4 }]);
         // A retried record went through: service resumes.
         assert_eq!(r.stale_recorded(), []);
@@ -692,7 +697,11 @@ mod tests {
         assert!(r.record_current());
         assert_eq!(r.side_down(B), [Action::RecordStale]);
         r.current_recorded();
-        assert_eq!(r.recorded(), Recorded::RecordingStale, "the later record stands");
+        assert_eq!(
+            r.recorded(),
+            Recorded::RecordingStale,
+            "the later record stands"
+        );
         assert!(!r.record_current(), "B is down");
     }
 

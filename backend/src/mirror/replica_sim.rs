@@ -123,7 +123,10 @@ impl World {
             (Some(false), false) => {
                 // The replica asked only with every acknowledged write on B.
                 for &write in &self.acked {
-                    assert!(self.holds(Side::B, write), "B recorded current, lacks {write}");
+                    assert!(
+                        self.holds(Side::B, write),
+                        "B recorded current, lacks {write}"
+                    );
                 }
                 self.store_current = true;
                 r.current_recorded();
