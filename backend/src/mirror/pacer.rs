@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 /// The resync's limits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacerConfig {
     /// Never faster than this, in bytes per second.
     pub rate_max: u64,

@@ -45,7 +45,7 @@ pub trait CopyRecorder: Send + Sync {
 }
 
 /// Timing of a mirror.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorConfig {
     /// A side that has not answered a request for this long is lost.
     pub request_timeout: Duration,
