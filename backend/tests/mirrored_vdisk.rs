@@ -13,6 +13,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ const BLOCK: usize = 4096;
 const SIZE: u64 = 4 << 20;
 const REGION: u64 = 64 << 10;
 
+/// The last byte of the next side's loopback address.
+static NEXT_HOST: AtomicU8 = AtomicU8::new(1);
+
 /// A temp file served by its own peer server, stoppable.
 struct TestSide {
     _dir: tempfile::TempDir,
@@ -47,7 +51,11 @@ impl TestSide {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let path = dir.path().join("tail");
         File::create(&path).unwrap().set_len(SIZE).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // An address of its own: a side stopped and restarted keeps its
+        // port, which another test's listener must not take meanwhile.
+        let host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+        let ip = std::net::Ipv4Addr::new(127, 0, 1, host);
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let mut side = TestSide {
             addr: listener.local_addr().unwrap(),
             _dir: dir,
@@ -85,9 +93,11 @@ impl TestSide {
 
     /// A peer path to this side whose links are up already.
     async fn path(&self, name: &str) -> TailPath {
+        // A stopped server closes its connections at once; heartbeats
+        // only need to outlast a loaded machine's pauses.
         let health = HealthConfig {
-            interval: Duration::from_millis(20),
-            allowed_misses: 3,
+            interval: Duration::from_millis(50),
+            allowed_misses: 10,
         };
         let peer = PeerLinks::new(name, health);
         peer.set_membership(Some(&[self.addr]));
@@ -465,5 +475,29 @@ fn a_former_primary_takes_back_exactly_its_dirty_regions_from_the_new_one() {
         }
         let durable = DirtyMapFile::open(&dir.path().join("dirty"), geometry()).unwrap();
         assert_eq!(durable.regions().count(), 0, "the clears are durable");
+    });
+}
+
+#[test]
+fn a_full_resync_asked_for_a_replaced_disk_copies_it_whole_and_tells_the_store_first() {
+    runtime().block_on(async {
+        let (a, b) = (TestSide::start().await, TestSide::start().await);
+        let m = mirror(&a, &b).await;
+        write_regions(&m, 0..=63, 0x21).await;
+        // b's disk replaced by a blank one, unknown to the mirror.
+        std::fs::write(&b.path, vec![0; SIZE as usize]).unwrap();
+        m.vdisk.full_resync(Side::B).await.unwrap();
+        let done = m
+            .wait("resynced", |s| {
+                s.sides == [SideState::InSync; 2] && s.recorded == Recorded::Current && !s.full
+            })
+            .await;
+        assert_eq!(done.resynced_bytes, SIZE);
+        assert_eq!(
+            m.records(),
+            [false, true],
+            "stale before the copy, current after"
+        );
+        assert!(same_files(&a, &b));
     });
 }

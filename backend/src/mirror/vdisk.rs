@@ -140,6 +140,11 @@ struct Submission {
 enum Input {
     Submit(Submission),
     Verify(oneshot::Sender<Result<VerifyReport, VerifyError>>),
+    /// Copy the whole device to `side` (a replaced disk).
+    FullResync {
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Background work on one region, one at a time, with writes to the
@@ -286,6 +291,20 @@ impl MirroredVdisk {
             .send(Input::Verify(done))
             .map_err(|_| VerifyError::ShuttingDown)?;
         report.await.map_err(|_| VerifyError::ShuttingDown)?
+    }
+
+    /// Marks the whole device dirty for `side` and treats it as lost: the
+    /// store is told it is stale, and once it answers it is copied whole.
+    /// For a disk replaced under a side, which the mirror cannot tell from
+    /// the one it knew.
+    pub async fn full_resync(&self, side: Side) -> Result<(), String> {
+        let (done, outcome) = oneshot::channel();
+        self.inputs
+            .send(Input::FullResync { side, done })
+            .map_err(|_| "vdisk is shutting down".to_owned())?;
+        outcome
+            .await
+            .map_err(|_| "vdisk is shutting down".to_owned())?
     }
 
     async fn submit_range(
@@ -450,6 +469,7 @@ impl MirrorTask {
                         self.start_verify(done);
                         Vec::new()
                     }
+                    Some(Input::FullResync { side, done }) => self.full_resync(side, done),
                     // The vdisk is gone: finish what is in flight, so that
                     // no caller is left without an answer and no attempt
                     // outlives its buffer.
@@ -954,6 +974,26 @@ impl MirrorTask {
             actions.extend(self.replica.submit(id, request));
         }
         actions
+    }
+
+    fn full_resync(
+        &mut self,
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    ) -> Vec<Action> {
+        let size = self.dirty.geometry().device_size();
+        if let Err(e) = self.dirty.mark_durable(0, size) {
+            let _ = done.send(Err(format!("cannot mark the whole device dirty: {e}")));
+            return Vec::new();
+        }
+        tracing::warn!(
+            vdisk = self.vdisk,
+            side = self.name(side),
+            "full resync asked for: the side's disk counts as blank"
+        );
+        self.full = true;
+        let _ = done.send(Ok(()));
+        self.replica.side_down(side)
     }
 
     fn start_verify(&mut self, done: oneshot::Sender<Result<VerifyReport, VerifyError>>) {
