@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
@@ -51,6 +51,9 @@ pub struct MirrorConfig {
     pub request_timeout: Duration,
     /// How often a lost side is asked whether it is back.
     pub probe_interval: Duration,
+    /// While both sides are in sync, a region not written for this long
+    /// (and at most twice as long) is cleared from the dirty map.
+    pub activity_sweep: Duration,
     pub pacer: PacerConfig,
 }
 
@@ -59,6 +62,7 @@ impl Default for MirrorConfig {
         MirrorConfig {
             request_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            activity_sweep: Duration::from_secs(2),
             pacer: PacerConfig::default(),
         }
     }
@@ -263,6 +267,8 @@ impl MirroredVdisk {
             record_retry_at: None,
             probing: [false; 2],
             next_probe: now,
+            touched: BTreeSet::new(),
+            next_sweep: now + config.activity_sweep,
         };
         runtime.spawn(task.run(inbox, events_rx));
         MirroredVdisk { inputs, status }
@@ -437,6 +443,9 @@ struct MirrorTask {
     /// Sides with a probe out.
     probing: [bool; 2],
     next_probe: Instant,
+    /// Regions written since the last sweep.
+    touched: BTreeSet<u64>,
+    next_sweep: Instant,
 }
 
 impl MirrorTask {
@@ -456,6 +465,10 @@ impl MirrorTask {
             self.start_record();
             self.publish_status(now);
             if !open && self.idle() {
+                // Stopped cleanly: no write is half done, so in sync
+                // nothing is left for the next start to resync.
+                self.touched.clear();
+                self.sweep();
                 break;
             }
             let wake = self.next_wake();
@@ -492,6 +505,21 @@ impl MirrorTask {
 
     fn submit(&mut self, id: u64, submission: Submission) -> Vec<Action> {
         let request = request_of(submission.op);
+        if let Request::Write { offset, len } = request {
+            // The activity log: a write's regions are durably dirty before
+            // either side has it, so that a crash of this node with the
+            // write half done leaves them to resync. Hot regions cost
+            // nothing; the sweep clears cold ones while in sync.
+            if let Err(e) = self.dirty.mark_durable(offset, len) {
+                tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a region being written: the write fails");
+                let _ = submission.done.send(Err(IoError::NoCurrentCopy));
+                return Vec::new();
+            }
+            let geometry = self.dirty.geometry();
+            let last = offset.saturating_add(len.max(1) - 1);
+            self.touched
+                .extend(geometry.region_of(offset)..=geometry.region_of(last));
+        }
         self.pending.insert(
             id,
             Pending {
@@ -675,6 +703,10 @@ impl MirrorTask {
     /// Timers: probes of lost sides, a retry of a refused record, and the
     /// record of a side found in sync. Returns what they lead to.
     fn tick(&mut self, now: Instant) -> Vec<Action> {
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.activity_sweep;
+            self.sweep();
+        }
         if now >= self.next_probe {
             self.next_probe = now + self.config.probe_interval;
             for side in Side::BOTH {
@@ -713,8 +745,47 @@ impl MirrorTask {
         });
     }
 
+    /// Clears from the dirty map the regions no write touched since the
+    /// last sweep and none is writing now, while both sides are in sync and
+    /// the store knows it: what a crash would have left to resync is then
+    /// only what was written lately.
+    fn sweep(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let in_sync = self.replica.states() == [SideState::InSync; 2]
+            && self.replica.recorded() == Recorded::Current;
+        if !in_sync || self.job.is_some() {
+            return;
+        }
+        let geometry = self.dirty.geometry();
+        let writing: Vec<Range<u64>> = self
+            .pending
+            .values()
+            .filter_map(|p| written(p.request))
+            .collect();
+        let cold: Vec<u64> = self
+            .dirty
+            .regions()
+            .iter()
+            .filter(|region| !touched.contains(region))
+            .filter(|&region| {
+                let start = region * geometry.region_size();
+                let range = start..start + geometry.region_len(region);
+                !writing.iter().any(|w| overlaps(w, &range))
+            })
+            .collect();
+        if cold.is_empty() {
+            return;
+        }
+        for region in cold {
+            self.dirty.clear(region);
+        }
+        if let Err(e) = self.dirty.flush() {
+            tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the swept dirty map: a crash would resync those regions too");
+        }
+    }
+
     fn next_wake(&self) -> Instant {
-        let mut wake = self.next_probe;
+        let mut wake = self.next_probe.min(self.next_sweep);
         if let Some(at) = self.record_retry_at {
             wake = wake.min(at);
         }
@@ -834,11 +905,31 @@ impl MirrorTask {
                 }
             }
         }
+        if self.verify.is_none() {
+            return;
+        }
+        if let Some(side) = Side::BOTH
+            .into_iter()
+            .find(|&s| self.replica.state(s) == SideState::Down)
+        {
+            if let Some(run) = self.verify.take() {
+                let _ = run
+                    .done
+                    .send(Err(VerifyError::SideDown(self.name(side).into())));
+            }
+            return;
+        }
         let Some(run) = &mut self.verify else {
             return;
         };
         let geometry = self.dirty.geometry();
-        while run.next < geometry.region_count() && self.dirty.regions().is_dirty(run.next) {
+        // In sync, a dirty region is one written lately, on both sides:
+        // compared like any. Otherwise it is one a side lacks.
+        let lacking = self.replica.states() != [SideState::InSync; 2];
+        while run.next < geometry.region_count()
+            && lacking
+            && self.dirty.regions().is_dirty(run.next)
+        {
             run.skipped_dirty += 1;
             run.next += 1;
         }
@@ -850,17 +941,6 @@ impl MirrorTask {
                     differing: run.differing,
                     skipped_dirty: run.skipped_dirty,
                 }));
-            }
-            return;
-        }
-        if let Some(side) = Side::BOTH
-            .into_iter()
-            .find(|&s| self.replica.state(s) == SideState::Down)
-        {
-            if let Some(run) = self.verify.take() {
-                let _ = run
-                    .done
-                    .send(Err(VerifyError::SideDown(self.name(side).into())));
             }
             return;
         }
