@@ -24,7 +24,8 @@ use backend::mirror::{
 };
 use backend::peer::{serve, Exports};
 use backend::route::TailPath;
-use backend::{BlockBackend, Engine, LocalTail};
+use backend::wire::Op;
+use backend::{AlignedBuf, Engine, IoError, LocalTail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -190,6 +191,30 @@ impl Mirror {
         }
     }
 
+    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        let mut payload = AlignedBuf::new(data.len())?;
+        payload.copy_from_slice(data);
+        let op = Op::Write {
+            offset,
+            len: data.len() as u32,
+        };
+        self.vdisk.call(op, Some(Arc::new(payload))).await.map(drop)
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let op = Op::Read {
+            offset,
+            len: buf.len() as u32,
+        };
+        let data = self.vdisk.call(op, None).await?.unwrap();
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        self.vdisk.call(Op::Flush, None).await.map(drop)
+    }
+
     fn records(&self) -> Vec<bool> {
         self.store.records.lock().unwrap().clone()
     }
@@ -204,7 +229,22 @@ async fn mirror(a: &TestSide, b: &TestSide) -> Mirror {
 async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: bool) -> Mirror {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let map_path = dir.path().join("dirty");
-    let map = DirtyMapFile::create(&map_path, geometry()).unwrap();
+    DirtyMapFile::create(&map_path, geometry()).unwrap();
+    let store_current = states[1] == SideState::InSync;
+    mirror_on(a, b, dir, states, store_current, full).await
+}
+
+/// A mirror of `a` to `b` from the dirty map in `dir`, as a restart finds
+/// it: in `states`, the store calling b current or not.
+async fn mirror_on(
+    a: &TestSide,
+    b: &TestSide,
+    dir: tempfile::TempDir,
+    states: [SideState; 2],
+    store_current: bool,
+    full: bool,
+) -> Mirror {
+    let map_path = dir.path().join("dirty");
     let store = Arc::new(TestStore::default());
     let vdisk = MirroredVdisk::spawn(
         &tokio::runtime::Handle::current(),
@@ -213,9 +253,9 @@ async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: b
             wire_id: VDISK,
             epoch: EPOCH,
             sides: [a.path("a").await, b.path("b").await],
-            dirty: map,
+            dirty: DirtyMapFile::open(&map_path, geometry()).unwrap(),
             states,
-            store_current: states[1] == SideState::InSync,
+            store_current,
             replica: ReplicaConfig {
                 read_from: Side::A,
                 tracked: Some(Side::B),
@@ -248,8 +288,7 @@ fn same_files(a: &TestSide, b: &TestSide) -> bool {
 
 async fn write_regions(m: &Mirror, regions: std::ops::RangeInclusive<u64>, seed: u8) {
     for r in regions {
-        m.vdisk
-            .write(region_block(r) * BLOCK as u64, &block(r as u8 ^ seed))
+        m.write(region_block(r) * BLOCK as u64, &block(r as u8 ^ seed))
             .await
             .unwrap();
     }
@@ -260,12 +299,11 @@ fn writes_land_on_both_tails_and_leave_no_dirty_region() {
         let (a, b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
         for r in 0..16 {
-            m.vdisk
-                .write(region_block(r) * BLOCK as u64, &block(r as u8))
+            m.write(region_block(r) * BLOCK as u64, &block(r as u8))
                 .await
                 .unwrap();
         }
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         for r in 0..16 {
             assert_eq!(a.block(region_block(r)), block(r as u8), "a, region {r}");
             assert_eq!(b.block(region_block(r)), block(r as u8), "b, region {r}");
@@ -288,17 +326,16 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
     runtime().block_on(async {
         let (mut a, b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
-        m.vdisk.write(0, &block(1)).await.unwrap();
+        m.write(0, &block(1)).await.unwrap();
         m.wait("swept", |s| s.dirty_bytes == 0).await;
 
         a.kill().await;
         for r in 1..=10 {
-            m.vdisk
-                .write(region_block(r) * BLOCK as u64, &block(r as u8 + 100))
+            m.write(region_block(r) * BLOCK as u64, &block(r as u8 + 100))
                 .await
                 .unwrap();
         }
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         let status = m.status();
         assert_eq!(status.sides, [SideState::Down, SideState::InSync]);
         // Every region written while degraded, and only those (the first
@@ -318,8 +355,7 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
         // Reads, though side A is preferred, come from the survivor.
         for r in 0..=10 {
             let mut back = vec![0; BLOCK];
-            m.vdisk
-                .read(region_block(r) * BLOCK as u64, &mut back)
+            m.read(region_block(r) * BLOCK as u64, &mut back)
                 .await
                 .unwrap();
             let expected = if r == 0 {
@@ -341,7 +377,7 @@ fn a_returning_side_gets_exactly_the_dirty_regions_and_is_recorded_current_after
         m.wait("swept", |s| s.dirty_bytes == 0).await;
         b.kill().await;
         write_regions(&m, 5..=12, 0x55).await;
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         assert_eq!(
             m.records(),
             [false],
@@ -429,19 +465,19 @@ fn a_primary_whose_store_cannot_record_the_loss_fails_requests_until_it_can() {
         write_regions(&m, 0..=3, 0).await;
         *m.store.refuse.lock().unwrap() = true;
         b.kill().await;
-        let refused = m.vdisk.write(0, &block(9)).await;
+        let refused = m.write(0, &block(9)).await;
         assert!(
             refused.is_err(),
             "acknowledged while the store calls b current"
         );
         let mut back = vec![0; BLOCK];
-        assert!(m.vdisk.read(0, &mut back).await.is_err(), "a read, too");
+        assert!(m.read(0, &mut back).await.is_err(), "a read, too");
         assert_eq!(m.status().recorded, Recorded::Unrecordable);
 
         // The store is back: the retried record goes through.
         *m.store.refuse.lock().unwrap() = false;
         m.wait("recorded", |s| s.recorded == Recorded::Stale).await;
-        m.vdisk.write(0, &block(9)).await.unwrap();
+        m.write(0, &block(9)).await.unwrap();
         assert_eq!(a.block(0), block(9));
         assert_eq!(b.block(0), block(0), "b missed it");
         assert!(m.records().len() >= 2 && m.records().iter().all(|&current| !current));
@@ -529,40 +565,13 @@ fn regions_being_written_when_the_primary_stops_are_resynced_at_its_next_start()
                 .unwrap();
         }
         // Restarted: the store still calls b current, yet b lacks them.
-        let store = Arc::new(TestStore::default());
-        let vdisk = MirroredVdisk::spawn(
-            &tokio::runtime::Handle::current(),
-            MirrorSetup {
-                vdisk: VDISK,
-                wire_id: VDISK,
-                epoch: EPOCH,
-                sides: [a.path("a").await, b.path("b").await],
-                dirty: DirtyMapFile::open(&map_path, geometry()).unwrap(),
-                states: [SideState::InSync, SideState::Stale],
-                store_current: true,
-                replica: ReplicaConfig {
-                    read_from: Side::A,
-                    tracked: Some(Side::B),
-                },
-                config: MirrorConfig::default(),
-                recorder: Some(store.clone()),
-                full: false,
-            },
-        );
-        let mut status = vdisk.status();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            status.wait_for(|s| s.sides == [SideState::InSync; 2]),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(vdisk.status().borrow().resynced_bytes, 2 * REGION);
+        let states = [SideState::InSync, SideState::Stale];
+        let m = mirror_on(&a, &b, dir, states, true, false).await;
+        let done = m
+            .wait("resynced", |s| s.sides == [SideState::InSync; 2])
+            .await;
+        assert_eq!(done.resynced_bytes, 2 * REGION);
         assert!(same_files(&a, &b));
-        assert_eq!(
-            *store.records.lock().unwrap(),
-            [],
-            "the store never called b stale"
-        );
+        assert_eq!(m.records(), [], "the store never called b stale");
     });
 }

@@ -15,7 +15,7 @@ use super::{
 use crate::link::Reply;
 use crate::route::TailPath;
 use crate::wire::{Op, Status};
-use crate::{AlignedBuf, BlockBackend, IoError};
+use crate::{AlignedBuf, IoError};
 
 /// The largest single transfer of a resync or a verify: a region is copied
 /// in pieces this size, so that a foreground request never queues behind
@@ -311,56 +311,6 @@ impl MirroredVdisk {
         outcome
             .await
             .map_err(|_| "vdisk is shutting down".to_owned())?
-    }
-
-    async fn submit_range(
-        &self,
-        offset: u64,
-        len: u64,
-        op: fn(u64, u32) -> Op,
-    ) -> Result<(), IoError> {
-        self.call(op(offset, wire_len(len)?), None).await.map(drop)
-    }
-}
-
-fn wire_len(len: u64) -> Result<u32, IoError> {
-    u32::try_from(len).map_err(|_| IoError::TooLong { len })
-}
-
-impl BlockBackend for MirroredVdisk {
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let len = wire_len(buf.len() as u64)?;
-        let data = self
-            .call(Op::Read { offset, len }, None)
-            .await?
-            .ok_or(IoError::ShortTransfer { offset })?;
-        // The task has checked the length of every read's data.
-        buf.copy_from_slice(&data[..buf.len()]);
-        Ok(())
-    }
-
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
-        let len = wire_len(buf.len() as u64)?;
-        // Copied once, shared by both sides' attempts.
-        let mut data = AlignedBuf::new(buf.len())?;
-        data.copy_from_slice(buf);
-        self.call(Op::Write { offset, len }, Some(Arc::new(data)))
-            .await
-            .map(drop)
-    }
-
-    async fn flush(&self) -> Result<(), IoError> {
-        self.call(Op::Flush, None).await.map(drop)
-    }
-
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::Discard { offset, len })
-            .await
-    }
-
-    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::WriteZeroes { offset, len })
-            .await
     }
 }
 
