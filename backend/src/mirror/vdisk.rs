@@ -409,9 +409,8 @@ impl MirrorTask {
         let mut open = true;
         loop {
             let now = Instant::now();
-            let mut actions = self.tick(now);
+            self.tick(now);
             self.start_job(now);
-            self.carry_out(std::mem::take(&mut actions));
             self.start_record();
             self.publish_status(now);
             if !open && self.idle() {
@@ -422,7 +421,7 @@ impl MirrorTask {
                 break;
             }
             let wake = self.next_wake();
-            actions = tokio::select! {
+            let actions = tokio::select! {
                 input = inbox.recv(), if open => match input {
                     Some(Input::Submit(submission)) => {
                         next_id += 1;
@@ -650,9 +649,9 @@ impl MirrorTask {
         });
     }
 
-    /// Timers: probes of lost sides, a retry of a refused record, and the
-    /// record of a side found in sync. Returns what they lead to.
-    fn tick(&mut self, now: Instant) -> Vec<Action> {
+    /// Timers: the activity sweep, probes of lost sides, a retry of a
+    /// refused record, and the record of a side found in sync.
+    fn tick(&mut self, now: Instant) {
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.activity_sweep;
             self.sweep();
@@ -675,7 +674,6 @@ impl MirrorTask {
         if !self.recording && self.records.is_empty() && self.replica.record_current() {
             self.records.push_back(true);
         }
-        Vec::new()
     }
 
     fn probe(&self, side: Side) {
