@@ -165,7 +165,9 @@ window_rate() {
 log_mark() { wc -l <"$LAB_DIR/a/daemon.log"; }
 log_since() { tail -n +"$(($1 + 1))" "$LAB_DIR/a/daemon.log"; }
 log_time() { date -d "${1%% *}" +%s.%N; }
-field() { grep -o "$1=[0-9]*" <<<"$2" | head -1 | cut -d= -f2; } # name line -> value
+# field NAME LINE: the first NAME=NUMBER of LINE (awk, not grep | head:
+# with pipefail, a reader that stops early fails the pipe).
+field() { awk -v n="$1" '{ for (i = 1; i <= NF; i++) if (index($i, n "=") == 1) { print substr($i, length(n) + 2); exit } }' <<<"$2"; }
 
 # p99 [read|write]: fio's completion-latency p99 of the last run_fio, ms.
 p99() {
@@ -199,7 +201,7 @@ full_sync() {
     sampler_stop
     step "$vd in sync"
     warnings a "$mark"
-    done_line=$(log_since "$mark" | grep "mirror resync done" | head -1)
+    done_line=$(log_since "$mark" | awk '/mirror resync done/ && !f { print; f = 1 }')
     read -r t0 r0 < <(awk '$2 == "resyncing" { print $1, $4; exit }' "$samples") || { t0=$start r0=0; }
     t1=$(log_time "$done_line")
     r1=$(field resynced_bytes "$done_line")
@@ -293,8 +295,8 @@ if wants resync; then
         step "mv in sync"
         warnings a "$mark"
         warnings b "$b_mark"
-        back=$(log_since "$mark" | grep "mirror side back" | head -1)
-        done_line=$(log_since "$mark" | grep "mirror resync done" | head -1)
+        back=$(log_since "$mark" | awk '/mirror side back/ && !f { print; f = 1 }')
+        done_line=$(log_since "$mark" | awk '/mirror resync done/ && !f { print; f = 1 }')
         dirty=$(field dirty_bytes "$back")
         secs=$(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')
         reported=$(awk '$2 == "resyncing" { print $5 / 1048576 }' "$samples" | median)
@@ -337,8 +339,8 @@ if wants resync; then
         step "mv in sync"
         warnings a "$mark"
         warnings b "$b_mark"
-        back=$(log_since "$mark" | grep "mirror side back" | head -1)
-        done_line=$(log_since "$mark" | grep "mirror resync done" | head -1)
+        back=$(log_since "$mark" | awk '/mirror side back/ && !f { print; f = 1 }')
+        done_line=$(log_since "$mark" | awk '/mirror resync done/ && !f { print; f = 1 }')
         dirty=$(field dirty_bytes "$back")
         secs=$(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')
         lat_rows+=("| $i | 4k randread QD1 | $rr_idle_p ms ($rr_idle IOPS) | $rr_load_p ms ($rr_load IOPS) | $(ratio "$rr_load_p" "$rr_idle_p")x | $s1 |")
