@@ -74,7 +74,7 @@ diagnose() {
     local pid=${LAB_PID[$1]}
     tail -n +"$(($2 + 1))" "$LAB_DIR/$1/daemon.log" | tail -40 | sed "s/^/  $1 log: /" >&2
     for task in /proc/"$pid"/task/*; do echo "  $1 thread $(cat "$task/comm") $(cat "$task/wchan")" >&2; done
-    timeout 120 gdb -p "$pid" -batch -ex 'thread apply all bt 12' 2>/dev/null |
+    timeout -k 5 60 gdb -p "$pid" -batch -ex 'thread apply all bt 12' 2>/dev/null |
         grep -E '^(Thread|#)' | sed "s/^/  $1 gdb: /" >&2 || true
 }
 
@@ -302,6 +302,7 @@ if wants resync; then
         reported=$(awk '$2 == "resyncing" { print $5 / 1048576 }' "$samples" | median)
         idle_rows+=("| $i | $((dirty / MIB)) MiB | $wall s | $secs s | $(mibs "$dirty" "$secs") MiB/s | ${reported:-–} MiB/s |")
         echo "  samples: $(awk '{ printf "%s/%s ", $2, $4 }' "$samples")" >&2
+        echo "  ${idle_rows[-1]}" >&2
     done
 
     # Under load: idle p99 first, then b stale with the whole vdisk dirty,
@@ -350,6 +351,8 @@ if wants resync; then
         load_rows+=("| $i | 4k randwrite QD16 | $(window_rate "$samples" "$(awk -v a="$w2" 'BEGIN { print a + 1 }')" "$w3") MiB/s | $heavy IOPS (p99 $heavy_p ms); $s3 at its end |")
         load_rows+=("| $i | none (after fio) | $(window_rate "$samples" "$w4" "$w5") MiB/s | whole resync: $((dirty / MIB)) MiB in $secs s, $(mibs "$dirty" "$secs") MiB/s |")
         echo "  samples: $(awk '{ printf "%s/%s/%s ", $2, $4, $5 }' "$samples")" >&2
+        # Shown now too: a later hang must not lose them.
+        printf '  %s\n' "${lat_rows[@]: -2}" "${load_rows[@]: -4}" >&2
     done
 
 fi
