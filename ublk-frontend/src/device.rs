@@ -395,9 +395,11 @@ impl ControlLock {
 /// Whether device `id` is one a previous server left for us to take
 /// over, and if so starts the takeover (START_USER_RECOVERY). A device
 /// that cannot be ours (no such device, not recoverable, served by a live
-/// process) is left alone: a new device is created instead. One left by a
-/// dead server but with another geometry could never be served again and
-/// would hold its I/O forever: it is deleted, which fails that I/O.
+/// process) is left alone: a new device is created instead. So is one
+/// left by a dead server with another geometry: it is not this vdisk's (on
+/// a kernel several test nodes share, it is another node's, whose daemon
+/// is restarting), and deleting it would fail I/O someone may still wait
+/// for; an admin deletes it once nobody does.
 fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, FrontendError> {
     init_control_ring()?;
     let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
@@ -437,10 +439,8 @@ fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, FrontendError> 
     {
         tracing::warn!(
             id,
-            "ublk device left by a previous server has another geometry: deleting it, which fails its held I/O"
+            "ublk device left by a previous server has another geometry: left alone, another number is taken"
         );
-        let _ = ctrl.kill_dev();
-        let _ = ctrl.del_dev();
         return Ok(false);
     }
     match ctrl.start_user_recover() {
