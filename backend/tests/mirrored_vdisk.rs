@@ -1,7 +1,10 @@
 //! A mirrored vdisk over two real peer servers on loopback, each serving
 //! its own temp-file tail: writes land on both files; with one server
 //! stopped, writes still complete on the survivor, their regions are
-//! durably dirty, and reads come from the survivor.
+//! durably dirty, and reads come from the survivor; when it returns, the
+//! dirty regions (only) are copied and the files end identical; a verify
+//! finds a region changed behind the mirror's back; and a primary whose
+//! store cannot record the loss of its mirror fails requests.
 
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
@@ -10,11 +13,14 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backend::link::{HealthConfig, PeerLinks};
-use backend::mirror::{DirtyGeometry, DirtyMapFile, MirroredVdisk, ReplicaConfig, Side, SideState};
+use backend::mirror::{
+    CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorConfig, MirrorSetup, MirrorStatus,
+    MirroredVdisk, PacerConfig, RecordFuture, Recorded, ReplicaConfig, Side, SideState,
+};
 use backend::peer::{serve, Exports};
 use backend::route::TailPath;
 use backend::{BlockBackend, Engine, LocalTail};
@@ -31,7 +37,7 @@ const REGION: u64 = 64 << 10;
 struct TestSide {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    _engine: Engine,
+    engine: Engine,
     addr: SocketAddr,
     stop: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
@@ -41,30 +47,40 @@ impl TestSide {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let path = dir.path().join("tail");
         File::create(&path).unwrap().set_len(SIZE).unwrap();
-        let engine = Engine::start(64).unwrap();
-        let tail = LocalTail::open(&path, 4096, false, engine.ring()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut side = TestSide {
+            addr: listener.local_addr().unwrap(),
+            _dir: dir,
+            path,
+            engine: Engine::start(64).unwrap(),
+            stop: None,
+        };
+        side.serve(listener);
+        side
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let tail = LocalTail::open(&self.path, 4096, false, self.engine.ring()).unwrap();
         let exports = Arc::new(Exports::new());
         exports.insert(VDISK, EPOCH, Arc::new(tail));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, exports, async {
             let _ = stopped.await;
         }));
         let task = tokio::spawn(async move { task.await.unwrap().unwrap() });
-        TestSide {
-            _dir: dir,
-            path,
-            _engine: engine,
-            addr,
-            stop: Some((stop, task)),
-        }
+        self.stop = Some((stop, task));
     }
 
     async fn kill(&mut self) {
         let (stop, task) = self.stop.take().unwrap();
         stop.send(()).unwrap();
         task.await.unwrap();
+    }
+
+    /// Serves the same file on the same address again.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
     }
 
     /// A peer path to this side whose links are up already.
@@ -119,31 +135,113 @@ fn geometry() -> DirtyGeometry {
     DirtyGeometry::new(SIZE, REGION).unwrap()
 }
 
+/// The store's part, as a test sees it: every record asked for, in order,
+/// answered as `accept` says.
+#[derive(Default)]
+struct TestStore {
+    records: Mutex<Vec<bool>>,
+    refuse: Mutex<bool>,
+}
+
+impl CopyRecorder for TestStore {
+    fn record(&self, current: bool) -> RecordFuture {
+        self.records.lock().unwrap().push(current);
+        let refused = *self.refuse.lock().unwrap();
+        Box::pin(async move {
+            match refused {
+                true => Err("no majority".to_owned()),
+                false => Ok(()),
+            }
+        })
+    }
+}
+
 struct Mirror {
     vdisk: MirroredVdisk,
     map_path: PathBuf,
+    store: Arc<TestStore>,
     _map_dir: tempfile::TempDir,
 }
 
+impl Mirror {
+    fn status(&self) -> MirrorStatus {
+        *self.vdisk.status().borrow()
+    }
+
+    /// Waits until the status satisfies `done`.
+    async fn wait(&self, what: &str, done: impl Fn(&MirrorStatus) -> bool) -> MirrorStatus {
+        let mut status = self.vdisk.status();
+        let waited = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| done(s)))
+            .await
+            .map(|seen| seen.map(|s| *s));
+        match waited {
+            Ok(Ok(status)) => status,
+            _ => panic!("{what}: still {:?}", self.status()),
+        }
+    }
+
+    fn records(&self) -> Vec<bool> {
+        self.store.records.lock().unwrap().clone()
+    }
+}
+
 async fn mirror(a: &TestSide, b: &TestSide) -> Mirror {
+    mirror_from(a, b, [SideState::InSync; 2], false).await
+}
+
+/// A mirror of `a` (side A) to `b` (side B, tracked by a test store),
+/// started in `states`; `full` marks every region dirty.
+async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: bool) -> Mirror {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let map_path = dir.path().join("dirty");
     let map = DirtyMapFile::create(&map_path, geometry()).unwrap();
+    let store = Arc::new(TestStore::default());
     let vdisk = MirroredVdisk::spawn(
         &tokio::runtime::Handle::current(),
-        VDISK,
-        EPOCH,
-        [a.path("a").await, b.path("b").await],
-        map,
-        ReplicaConfig { read_from: Side::A },
+        MirrorSetup {
+            vdisk: VDISK,
+            wire_id: VDISK,
+            epoch: EPOCH,
+            sides: [a.path("a").await, b.path("b").await],
+            dirty: map,
+            states,
+            replica: ReplicaConfig {
+                read_from: Side::A,
+                tracked: Some(Side::B),
+            },
+            config: MirrorConfig {
+                request_timeout: Duration::from_secs(2),
+                probe_interval: Duration::from_millis(50),
+                pacer: PacerConfig {
+                    rate_max: 1 << 30,
+                    rate_min: 64 << 20,
+                    latency_target: Duration::from_millis(50),
+                },
+            },
+            recorder: Some(store.clone()),
+            full,
+        },
     );
     Mirror {
         vdisk,
         map_path,
+        store,
         _map_dir: dir,
     }
 }
 
+fn same_files(a: &TestSide, b: &TestSide) -> bool {
+    std::fs::read(&a.path).unwrap() == std::fs::read(&b.path).unwrap()
+}
+
+async fn write_regions(m: &Mirror, regions: std::ops::RangeInclusive<u64>, seed: u8) {
+    for r in regions {
+        m.vdisk
+            .write(region_block(r) * BLOCK as u64, &block(r as u8 ^ seed))
+            .await
+            .unwrap();
+    }
+}
 #[test]
 fn writes_land_on_both_tails_and_leave_no_dirty_region() {
     runtime().block_on(async {
@@ -164,9 +262,10 @@ fn writes_land_on_both_tails_and_leave_no_dirty_region() {
             std::fs::read(&a.path).unwrap(),
             std::fs::read(&b.path).unwrap()
         );
-        let status = *m.vdisk.status().borrow();
+        let status = m.status();
         assert_eq!(status.sides, [SideState::InSync; 2]);
-        assert_eq!(status.dirty_regions, 0);
+        assert_eq!(status.dirty_bytes, 0);
+        assert_eq!(m.records(), [], "nothing to tell the store");
     });
 }
 
@@ -185,11 +284,12 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
                 .unwrap();
         }
         m.vdisk.flush().await.unwrap();
-        let status = *m.vdisk.status().borrow();
+        let status = m.status();
         assert_eq!(status.sides, [SideState::Down, SideState::InSync]);
         // Every region written while degraded, and only those (the first
         // write landed on both sides before the failure).
-        assert_eq!(status.dirty_regions, 10);
+        assert_eq!(status.dirty_bytes, 10 * REGION);
+        assert_eq!(m.records(), [], "A is not the side the store tracks");
         let durable = DirtyMapFile::open(&m.map_path, geometry()).unwrap();
         assert_eq!(
             durable.regions().iter().collect::<Vec<_>>(),
@@ -214,5 +314,119 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
             };
             assert_eq!(back, expected, "region {r}");
         }
+    });
+}
+
+#[test]
+fn a_returning_side_gets_exactly_the_dirty_regions_and_is_recorded_current_after_stale() {
+    runtime().block_on(async {
+        let (a, mut b) = (TestSide::start().await, TestSide::start().await);
+        let m = mirror(&a, &b).await;
+        write_regions(&m, 0..=63, 0).await;
+        b.kill().await;
+        write_regions(&m, 5..=12, 0x55).await;
+        m.vdisk.flush().await.unwrap();
+        assert_eq!(
+            m.records(),
+            [false],
+            "the loss is recorded before a write completes"
+        );
+        assert_eq!(m.status().recorded, Recorded::Stale);
+        assert!(!same_files(&a, &b));
+
+        b.restart().await;
+        let done = m
+            .wait("resynced", |s| {
+                s.sides == [SideState::InSync; 2] && s.recorded == Recorded::Current
+            })
+            .await;
+        assert_eq!(
+            done.resynced_bytes,
+            8 * REGION,
+            "only the regions written while b was away"
+        );
+        assert_eq!(done.dirty_bytes, 0);
+        assert_eq!(m.records(), [false, true]);
+        assert!(same_files(&a, &b));
+        // Cleared for good: a restart would copy nothing.
+        let durable = DirtyMapFile::open(&m.map_path, geometry()).unwrap();
+        assert_eq!(durable.regions().count(), 0);
+    });
+}
+
+#[test]
+fn a_full_resync_copies_everything_while_writes_go_on() {
+    runtime().block_on(async {
+        let (a, b) = (TestSide::start().await, TestSide::start().await);
+        std::fs::write(
+            &a.path,
+            (0..SIZE).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let m = mirror_from(&a, &b, [SideState::InSync, SideState::Stale], true).await;
+        assert!(m.status().full);
+        // Foreground writes during the resync reach both sides.
+        write_regions(&m, 0..=63, 0x33).await;
+        let done = m
+            .wait("resynced", |s| s.sides == [SideState::InSync; 2] && !s.full)
+            .await;
+        // Written regions are still dirty: a write does not clean them.
+        assert_eq!(done.resynced_bytes, SIZE, "{done:?}");
+        assert!(same_files(&a, &b));
+        let report = m.vdisk.verify().await.unwrap();
+        assert_eq!((report.regions, report.differing.len()), (SIZE / REGION, 0));
+    });
+}
+
+#[test]
+fn verify_finds_a_region_changed_behind_the_mirror_and_skips_dirty_ones() {
+    runtime().block_on(async {
+        let (a, mut b) = (TestSide::start().await, TestSide::start().await);
+        let m = mirror(&a, &b).await;
+        write_regions(&m, 0..=63, 7).await;
+        let clean = m.vdisk.verify().await.unwrap();
+        assert_eq!(clean.differing, Vec::<u64>::new());
+        assert_eq!(clean.skipped_dirty, 0);
+
+        // A bit flips on b's disk, unknown to the mirror.
+        File::options()
+            .write(true)
+            .open(&b.path)
+            .unwrap()
+            .write_all_at(&[0xff], 9 * REGION + 17)
+            .unwrap();
+        assert_eq!(m.vdisk.verify().await.unwrap().differing, [9]);
+
+        // With b away, verify refuses: it compares both copies.
+        b.kill().await;
+        write_regions(&m, 20..=21, 1).await;
+        assert!(m.vdisk.verify().await.is_err());
+    });
+}
+
+#[test]
+fn a_primary_whose_store_cannot_record_the_loss_fails_requests_until_it_can() {
+    runtime().block_on(async {
+        let (a, mut b) = (TestSide::start().await, TestSide::start().await);
+        let m = mirror(&a, &b).await;
+        write_regions(&m, 0..=3, 0).await;
+        *m.store.refuse.lock().unwrap() = true;
+        b.kill().await;
+        let refused = m.vdisk.write(0, &block(9)).await;
+        assert!(
+            refused.is_err(),
+            "acknowledged while the store calls b current"
+        );
+        let mut back = vec![0; BLOCK];
+        assert!(m.vdisk.read(0, &mut back).await.is_err(), "a read, too");
+        assert_eq!(m.status().recorded, Recorded::Unrecordable);
+
+        // The store is back: the retried record goes through.
+        *m.store.refuse.lock().unwrap() = false;
+        m.wait("recorded", |s| s.recorded == Recorded::Stale).await;
+        m.vdisk.write(0, &block(9)).await.unwrap();
+        assert_eq!(a.block(0), block(9));
+        assert_eq!(b.block(0), block(0), "b missed it");
+        assert!(m.records().len() >= 2 && m.records().iter().all(|&current| !current));
     });
 }

@@ -66,6 +66,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show how a mirrored vdisk's copies stand: in sync, degraded, or
+    /// resyncing (progress, rate, ETA). Run on the vdisk's primary node
+    Resync {
+        /// The vdisk's name
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Show a live progress bar until the copies are in sync
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Compare both copies of a mirrored vdisk online, region by region
+    /// (CRC32C); exits non-zero if any differ. Run on its primary node
+    Verify {
+        /// The vdisk's name
+        name: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. `ublkvd completions bash >
     /// /etc/bash_completion.d/ublkvd`)
     Completions {
@@ -110,6 +131,20 @@ pub struct AddArgs {
     /// The cluster tail requests go to when the primary cannot take them
     #[arg(long, value_name = "NODE:TAIL", requires = "primary")]
     pub secondary: Option<TailRef>,
+    /// A tail of another node that keeps a second copy: each write
+    /// completes once both copies have it, and the mirror takes over if
+    /// the primary's node fails
+    #[arg(
+        long,
+        value_name = "NODE:TAIL",
+        requires = "primary",
+        conflicts_with = "secondary"
+    )]
+    pub mirror: Option<TailRef>,
+    /// A mirror's dirty-region size (64K to 4M, a power of two): what one
+    /// write costs to resync
+    #[arg(long, value_name = "SIZE", value_parser = parse_region_size, requires = "mirror")]
+    pub region_size: Option<u32>,
     /// Logical block size of the device
     #[arg(long, default_value_t = 4096, value_parser = parse_block_size)]
     pub block_size: u32,
@@ -202,6 +237,20 @@ fn parse_block_size(text: &str) -> Result<u32, String> {
         "4096" => Ok(4096),
         _ => Err(format!("block size must be 512 or 4096, not {text:?}")),
     }
+}
+
+/// A mirror's region size: a size within the dirty map's bounds.
+fn parse_region_size(text: &str) -> Result<u32, String> {
+    use backend::mirror::{MAX_REGION_SIZE, MIN_REGION_SIZE};
+    let size = parse_size(text)?;
+    if !(MIN_REGION_SIZE..=MAX_REGION_SIZE).contains(&size) || !size.is_power_of_two() {
+        return Err(format!(
+            "{text}: a region is a power of two from {} KiB to {} MiB",
+            MIN_REGION_SIZE >> 10,
+            MAX_REGION_SIZE >> 20
+        ));
+    }
+    u32::try_from(size).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

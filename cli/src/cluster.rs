@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use backend::link::{HealthConfig, PeerLinks};
-use backend::peer::{serve, Exports};
+use backend::mirror::MirrorConfig;
+use backend::peer::{serve, Exports, Served};
 use backend::route::RouteConfig;
 use backend::{Engine, EngineRing, LocalTail};
 use configdb::TailRef;
@@ -30,6 +31,9 @@ pub struct Cluster {
     pub route: RouteConfig,
     /// Whether vdisks get a `/dev/ublkbN` on this node.
     pub devices: bool,
+    pub mirror: MirrorConfig,
+    /// Where the dirty maps of the mirrors this node is primary of live.
+    pub maps_dir: PathBuf,
     tails: BTreeMap<String, PathBuf>,
     health: HealthConfig,
     /// The peers some vdisk of this node goes to, by name; each follows
@@ -79,6 +83,8 @@ impl Cluster {
             runtime: Handle::current(),
             route: config.route,
             devices: config.devices,
+            mirror: config.mirror,
+            maps_dir: config.data_dir.join("mirror"),
             tails: config.tails.clone(),
             health: config.health,
             peers,
@@ -254,10 +260,10 @@ impl Cluster {
             .collect()
     }
 
-    /// Serves `tail` to peers as vdisk `vdisk` at `epoch` (older epochs
-    /// are refused) until the returned handle drops.
-    pub fn export(&self, vdisk: u64, epoch: u64, tail: Arc<LocalTail<EngineRing>>) -> Export {
-        self.exports.insert(vdisk, epoch, tail);
+    /// Serves a tail or a mirror to peers as vdisk `vdisk` at `epoch`
+    /// (older epochs are refused) until the returned handle drops.
+    pub fn export(&self, vdisk: u64, epoch: u64, served: impl Into<Served>) -> Export {
+        self.exports.insert(vdisk, epoch, served);
         Export {
             exports: self.exports.clone(),
             vdisk,

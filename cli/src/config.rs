@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use backend::link::HealthConfig;
+use backend::mirror::{MirrorConfig, PacerConfig};
 use backend::route::RouteConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::size::parse_size;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
 pub const DEFAULT_SOCKET: &str = "/run/ublkvd/ublkvd.sock";
@@ -53,6 +56,46 @@ pub struct ConfigFile {
     /// The application sees an I/O error only when no path has answered a
     /// request for this long. Default 30000 (the SCSI disk default).
     pub io_timeout_ms: Option<u64>,
+    /// How the mirrored vdisks this node is primary of resync.
+    pub mirror: Option<MirrorFile>,
+}
+
+/// The `[mirror]` section: the resync's pace.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    /// The resync's cap per vdisk, a size per second ("200M"). Default 200M.
+    pub resync_rate_max: Option<String>,
+    /// The resync's floor, so that it ends under any load. Default 4M.
+    pub resync_rate_min: Option<String>,
+    /// The foreground latency the resync slows down to keep. Default 20.
+    pub resync_latency_target_ms: Option<u64>,
+}
+
+impl MirrorFile {
+    fn resolve(self, route: RouteConfig) -> anyhow::Result<MirrorConfig> {
+        let default = MirrorConfig::default();
+        let rate = |text: Option<String>, default: u64| match text {
+            Some(text) => parse_size(&text).map_err(|e| anyhow::anyhow!("[mirror] {e}")),
+            None => Ok(default),
+        };
+        let pacer = PacerConfig {
+            rate_max: rate(self.resync_rate_max, default.pacer.rate_max)?,
+            rate_min: rate(self.resync_rate_min, default.pacer.rate_min)?,
+            latency_target: self
+                .resync_latency_target_ms
+                .map_or(default.pacer.latency_target, Duration::from_millis),
+        };
+        if pacer.rate_min == 0 || pacer.rate_min > pacer.rate_max {
+            bail!("[mirror] resync_rate_min must be above 0 and at most resync_rate_max");
+        }
+        Ok(MirrorConfig {
+            // A side silent for as long as a path would be is lost.
+            request_timeout: route.request_timeout,
+            pacer,
+            ..default
+        })
+    }
 }
 
 /// The `[gossip]` section: where this node gossips, whom it asks to join,
@@ -225,6 +268,7 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub health: HealthConfig,
     pub route: RouteConfig,
+    pub mirror: MirrorConfig,
 }
 
 impl NodeConfig {
@@ -243,6 +287,14 @@ impl NodeConfig {
             Some(store) => store.resolve(&node)?,
             None => StoreSettings::default(),
         };
+        let route = RouteConfig {
+            request_timeout: file
+                .request_timeout_ms
+                .map_or(route_default.request_timeout, ms),
+            io_timeout: file.io_timeout_ms.map_or(route_default.io_timeout, ms),
+            ..route_default
+        };
+        let mirror = file.mirror.unwrap_or_default().resolve(route)?;
         let config = NodeConfig {
             node,
             store,
@@ -265,13 +317,8 @@ impl NodeConfig {
                     .heartbeat_misses
                     .unwrap_or(health_default.allowed_misses),
             },
-            route: RouteConfig {
-                request_timeout: file
-                    .request_timeout_ms
-                    .map_or(route_default.request_timeout, ms),
-                io_timeout: file.io_timeout_ms.map_or(route_default.io_timeout, ms),
-                ..route_default
-            },
+            route,
+            mirror,
         };
         config.check()?;
         Ok(config)
@@ -436,12 +483,14 @@ mod tests {
         let json = serde_json::to_value(&file).unwrap();
         let gossip = json["gossip"].as_object().unwrap().clone();
         let store = json["store"].as_object().unwrap().clone();
+        let mirror = json["mirror"].as_object().unwrap().clone();
         let keys = json
             .as_object()
             .unwrap()
             .iter()
             .chain(gossip.iter())
-            .chain(store.iter());
+            .chain(store.iter())
+            .chain(mirror.iter());
         for (key, value) in keys {
             assert!(
                 !value.is_null(),

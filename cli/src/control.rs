@@ -16,12 +16,22 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Add(AddRequest),
-    Del { name: String },
+    Del {
+        name: String,
+    },
     Set(SetRequest),
     Move(MoveRequest),
     List,
     Members,
     Store,
+    /// How a mirrored vdisk's resync stands; answered by its primary.
+    Resync {
+        name: String,
+    },
+    /// Compare both copies of a mirrored vdisk; answered by its primary.
+    Verify {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +46,13 @@ pub struct AddRequest {
     pub primary: Option<TailRef>,
     /// The cluster tail requests go to when the primary cannot take them.
     pub secondary: Option<TailRef>,
+    /// A tail of another node that holds a second copy: every write of the
+    /// primary reaches it too.
+    #[serde(default)]
+    pub mirror: Option<TailRef>,
+    /// A mirror's dirty-region size in bytes.
+    #[serde(default)]
+    pub region_size: Option<u32>,
     pub block_size: u32,
     pub queues: u16,
     pub queue_depth: u16,
@@ -72,7 +89,46 @@ pub enum Response {
     Ok { vdisks: Vec<VdiskInfo> },
     Members(MembersInfo),
     Store(StoreInfo),
+    Resync(ResyncInfo),
+    Verify(VerifyInfo),
     Error { message: String },
+}
+
+/// A mirrored vdisk's copies as its primary sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncInfo {
+    pub vdisk: String,
+    pub primary: TailRef,
+    pub mirror: TailRef,
+    /// `in sync`, `degraded` (the mirror is unreachable), `resyncing`, or
+    /// `fenced` (the store cannot be told of the mirror's loss, so the
+    /// vdisk takes no request).
+    pub state: String,
+    /// What the store says of the mirror's copy: current, stale or blank.
+    pub mirror_copy: String,
+    pub size_bytes: u64,
+    pub region_size: u64,
+    /// What is left to copy.
+    pub dirty_bytes: u64,
+    /// What the resync copied since this primary started serving.
+    pub resynced_bytes: u64,
+    pub rate_bytes_per_sec: u64,
+    /// At the current rate, while resyncing.
+    pub eta_secs: Option<u64>,
+    /// The resync copies the whole device (a new mirror, or a lost map).
+    pub full: bool,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyInfo {
+    pub vdisk: String,
+    pub regions: u64,
+    pub region_size: u64,
+    /// Regions whose copies differ though none is recorded dirty.
+    pub differing: Vec<u64>,
+    /// Regions recorded dirty, not compared: a resync will copy them.
+    pub skipped_dirty: u64,
 }
 
 /// The membership as one node sees it.
@@ -121,6 +177,15 @@ pub struct VdiskInfo {
     pub tail: Option<PathBuf>,
     pub primary: Option<TailRef>,
     pub secondary: Option<TailRef>,
+    /// A mirrored vdisk's second copy.
+    #[serde(default)]
+    pub mirror: Option<TailRef>,
+    /// What the store says of the mirror's copy: current, stale or blank.
+    #[serde(default)]
+    pub mirror_copy: Option<String>,
+    /// How the copies stand, on the mirrored vdisk's primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncInfo>,
     pub block_size: u32,
     pub read_only: bool,
     pub owner: u32,
@@ -178,6 +243,26 @@ pub fn store(socket: &Path) -> anyhow::Result<StoreInfo> {
     }
 }
 
+/// Asks the daemon at `socket`, the primary of mirrored vdisk `name`, how
+/// its resync stands.
+pub fn resync(socket: &Path, name: &str) -> anyhow::Result<ResyncInfo> {
+    let request = Request::Resync { name: name.into() };
+    match exchange(socket, &request)? {
+        Response::Resync(info) => Ok(info),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// Asks the daemon at `socket`, the primary of mirrored vdisk `name`, to
+/// compare both copies.
+pub fn verify(socket: &Path, name: &str) -> anyhow::Result<VerifyInfo> {
+    let request = Request::Verify { name: name.into() };
+    match exchange(socket, &request)? {
+        Response::Verify(info) => Ok(info),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
 /// Asks the daemon at `socket` for the membership.
 pub fn members(socket: &Path) -> anyhow::Result<MembersInfo> {
     match exchange(socket, &Request::Members)? {
@@ -228,6 +313,8 @@ mod tests {
                 tail: None,
                 primary: Some("a:disk0".parse().unwrap()),
                 secondary: Some("b:disk0".parse().unwrap()),
+                mirror: None,
+                region_size: None,
                 block_size: 4096,
                 queues: 1,
                 queue_depth: 128,
@@ -254,6 +341,8 @@ mod tests {
                 tail: Some("/srv/a.img".into()),
                 primary: None,
                 secondary: None,
+                mirror: None,
+                region_size: None,
                 block_size: 4096,
                 queues: 1,
                 queue_depth: 128,

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use configdb::{
-    node_id, Command, Configuration, NodeRecord, Placement, Store, VdiskName, VdiskRecord,
+    node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, VdiskName,
+    VdiskRecord,
 };
 use gossip::Gossip;
 use tokio::sync::watch;
 
-use crate::control::{AddRequest, MoveRequest, SetRequest, StoreInfo, VdiskInfo};
+use crate::control::{
+    AddRequest, MoveRequest, ResyncInfo, SetRequest, StoreInfo, VdiskInfo, VerifyInfo,
+};
 use crate::node::{Node, Suspension};
 
 /// How long a client change waits for this node to run it.
@@ -26,7 +29,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 
 pub struct Daemon {
     pub node: Arc<Mutex<Node>>,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub gossip: Option<Arc<Gossip>>,
     name: String,
     voters: BTreeSet<String>,
@@ -41,7 +44,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(
         node: Node,
-        store: Store,
+        store: Arc<Store>,
         gossip: Option<Arc<Gossip>>,
         voters: BTreeSet<String>,
         move_timeout: Duration,
@@ -271,9 +274,25 @@ impl Daemon {
         let Some(record) = config.vdisks.get(&name) else {
             bail!("no vdisk named {name}");
         };
-        let to = Placement::Cluster {
-            primary: request.primary,
-            secondary: request.secondary,
+        let to = match &record.spec.placement {
+            // A mirror's copies stay where they are: only which one is the
+            // primary changes.
+            Placement::Mirror {
+                primary, mirror, ..
+            } => {
+                if request.primary != *mirror
+                    || request.secondary.as_ref().is_some_and(|s| s != primary)
+                {
+                    bail!(
+                        "vdisk {name} is mirrored: it can only switch to its mirror ({mirror}) as primary"
+                    );
+                }
+                record.spec.placement.switched_over()
+            }
+            _ => Placement::Cluster {
+                primary: request.primary,
+                secondary: request.secondary,
+            },
         };
         if to == record.spec.placement {
             bail!("vdisk {name} is already on {to}");
@@ -364,12 +383,15 @@ impl Daemon {
             let now = Instant::now();
             let mut stranded = BTreeMap::new();
             for record in config.vdisks.values().filter(|r| r.moving.is_none()) {
-                let Placement::Cluster {
-                    primary,
-                    secondary: Some(secondary),
-                } = &record.spec.placement
-                else {
-                    continue;
+                let (primary, secondary) = match &record.spec.placement {
+                    Placement::Cluster {
+                        primary,
+                        secondary: Some(secondary),
+                    } => (primary, secondary),
+                    Placement::Mirror {
+                        primary, mirror, ..
+                    } => (primary, mirror),
+                    _ => continue,
                 };
                 if alive.contains(&primary.node) || !alive.contains(&secondary.node) {
                     continue;
@@ -380,9 +402,20 @@ impl Daemon {
                 if now.duration_since(since) < after {
                     continue;
                 }
-                let to = Placement::Cluster {
-                    primary: secondary.clone(),
-                    secondary: Some(primary.clone()),
+                let to = match &record.spec.placement {
+                    Placement::Mirror { .. } if record.mirror_copy != MirrorCopy::Current => {
+                        // Logged once per epoch: the mirror lacks writes
+                        // only the dead primary has.
+                        if now.duration_since(since) < after + RECHECK {
+                            tracing::error!(vdisk = %record.spec.name, down = %primary.node, copy = %record.mirror_copy, "primary's node down, and the mirror cannot take over: its copy is not current; the vdisk waits for its primary");
+                        }
+                        continue;
+                    }
+                    Placement::Mirror { .. } => record.spec.placement.switched_over(),
+                    _ => Placement::Cluster {
+                        primary: secondary.clone(),
+                        secondary: Some(primary.clone()),
+                    },
                 };
                 tracing::warn!(vdisk = %record.spec.name, down = %primary.node, "primary's node down: moving the vdisk to its secondary");
                 if let Err(e) = self.reconfigure(record, to).await {
@@ -462,6 +495,35 @@ impl Daemon {
     pub fn list(&self) -> Vec<VdiskInfo> {
         let config = self.store.configuration();
         lock(&self.node).list(&config)
+    }
+
+    /// How mirrored vdisk `name`'s copies stand; only its primary knows.
+    pub fn resync(&self, name: &str) -> anyhow::Result<ResyncInfo> {
+        let name: VdiskName = name.parse()?;
+        let config = self.store.configuration();
+        lock(&self.node).resync_info(&name, &config)
+    }
+
+    /// Compares both copies of mirrored vdisk `name`; only its primary can.
+    pub async fn verify(&self, name: &str) -> anyhow::Result<VerifyInfo> {
+        let name: VdiskName = name.parse()?;
+        let config = self.store.configuration();
+        // Checks that it is mirrored, and says who its primary is if not
+        // this node.
+        lock(&self.node).resync_info(&name, &config)?;
+        let mirror = config
+            .vdisks
+            .get(&name)
+            .and_then(|record| lock(&self.node).mirror(&name, record))
+            .with_context(|| format!("vdisk {name} is not mirrored by this node"))?;
+        let report = mirror.verify().await?;
+        Ok(VerifyInfo {
+            vdisk: name.to_string(),
+            regions: report.regions,
+            region_size: report.region_size,
+            differing: report.differing,
+            skipped_dirty: report.skipped_dirty,
+        })
     }
 
     /// The store as this node sees it, with node names for Raft ids.

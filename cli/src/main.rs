@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod daemon;
 mod metrics;
+mod mirror;
 mod node;
 mod server;
 mod size;
@@ -107,6 +108,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Resync { name, json, watch } => {
+            if watch {
+                return mirror::watch(&socket, &name);
+            }
+            let info = control::resync(&socket, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{}", mirror::describe(&info));
+            }
+            Ok(())
+        }
+        Command::Verify { name, json } => {
+            let report = control::verify(&socket, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", mirror::describe_verify(&report));
+            }
+            if !report.differing.is_empty() {
+                anyhow::bail!(
+                    "{} region(s) of {} differ between its copies",
+                    report.differing.len(),
+                    report.vdisk
+                );
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());
@@ -138,6 +167,8 @@ fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
         tail,
         primary: args.primary,
         secondary: args.secondary,
+        mirror: args.mirror,
+        region_size: args.region_size,
         block_size: args.block_size,
         queues: args.queues,
         queue_depth: args.queue_depth,
@@ -280,6 +311,10 @@ fn placement(v: &VdiskInfo) -> String {
             Some(node) => format!("{node}:{}", tail.display()),
             None => tail.display().to_string(),
         };
+    }
+    if let (Some(primary), Some(mirror)) = (&v.primary, &v.mirror) {
+        let copy = v.mirror_copy.as_deref().unwrap_or("unknown");
+        return format!("{primary}<->{mirror} (mirror {copy})");
     }
     let tails: Vec<String> = v
         .primary

@@ -269,6 +269,45 @@ impl Collector for NodeCollector {
             )?;
         }
 
+        let mirrors: Vec<_> = vdisks
+            .iter()
+            .filter_map(|v| Some((vdisk(&v.info.name), v.info.resync.as_ref()?)))
+            .collect();
+        let per_mirror = |f: &dyn Fn(&crate::control::ResyncInfo) -> u64| {
+            mirrors
+                .iter()
+                .map(|(labels, r)| (labels.clone(), ConstGauge::new(f(r) as i64)))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "ublkvd_mirror_in_sync",
+            "1 while both copies of a mirrored vdisk this node is primary of hold every write",
+            per_mirror(&|r| u64::from(r.state == "in sync")),
+        )?;
+        family(
+            e,
+            "ublkvd_mirror_dirty_bytes",
+            "Bytes of the regions the mirror lacks: what the resync has left to copy",
+            per_mirror(&|r| r.dirty_bytes),
+        )?;
+        family(
+            e,
+            "ublkvd_mirror_resync_rate_bytes_per_second",
+            "How fast the resync copies now",
+            per_mirror(&|r| r.rate_bytes_per_sec),
+        )?;
+        let resynced = mirrors
+            .iter()
+            .map(|(labels, r)| (labels.clone(), ConstCounter::new(r.resynced_bytes)))
+            .collect();
+        family(
+            e,
+            "ublkvd_mirror_resynced_bytes",
+            "Bytes the resync copied since this node became the primary",
+            resynced,
+        )?;
+
         let store = self.daemon.store_info();
         let one = |value: u64| vec![(Labels::new(), ConstGauge::new(value as i64))];
         family(

@@ -9,17 +9,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use backend::mirror::{
+    copy_id, CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorSetup, MirrorStatus, MirroredVdisk,
+    RecordFuture, Recorded, ReplicaConfig, Side, SideState,
+};
 use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
-use backend::{IoMetrics, LocalTail, Metered};
-use configdb::{Configuration, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
+use backend::{EngineRing, IoMetrics, LocalTail, Metered};
+use configdb::{
+    Command, Configuration, MirrorCopy, Permissions, Placement, Store, TailRef, VdiskName,
+    VdiskRecord, VdiskSpec,
+};
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
 use crate::cluster::{Cluster, Export, LinkMetrics};
-use crate::control::{AddRequest, LinkInfo, PathInfo, VdiskInfo};
+use crate::control::{AddRequest, LinkInfo, PathInfo, ResyncInfo, VdiskInfo};
 use crate::size::format_size;
 
 pub struct Node {
     cluster: Cluster,
+    /// Where the mirrors this node is primary of record their copies.
+    store: Arc<Store>,
     vdisks: BTreeMap<VdiskName, Vdisk>,
     /// Moves this node has been asked to suspend for and is acknowledging.
     acking: BTreeSet<u64>,
@@ -62,17 +71,21 @@ enum VdiskState {
         io: IoMetrics,
         /// The device's backend, shared to suspend and remap it.
         routed: Option<Arc<RoutedVdisk>>,
-        /// This node's tail served to peers, while the mapping has one.
+        /// This node's tail, or its mirror, served to peers, while the
+        /// mapping has one.
         export: Option<Export>,
+        /// The mirror this node runs as a mirrored vdisk's primary.
+        mirror: Option<Arc<MirroredVdisk>>,
     },
     /// Recorded but not served: why it could not be started.
     Failed(String),
 }
 
 impl Node {
-    pub fn new(cluster: Cluster) -> Self {
+    pub fn new(cluster: Cluster, store: Arc<Store>) -> Self {
         Node {
             cluster,
+            store,
             vdisks: BTreeMap::new(),
             acking: BTreeSet::new(),
         }
@@ -133,7 +146,7 @@ impl Node {
     fn update(&mut self, record: &VdiskRecord) {
         let name = record.spec.name.clone();
         let Some(vdisk) = self.vdisks.get_mut(&name) else {
-            let state = start(record, &self.cluster);
+            let state = start(record, &self.cluster, &self.store);
             match &state {
                 VdiskState::Served { device, .. } => {
                     let how = match device {
@@ -165,7 +178,7 @@ impl Node {
         }
         if let VdiskState::Failed(_) = vdisk.state {
             if vdisk.record != *record {
-                vdisk.state = start(record, &self.cluster);
+                vdisk.state = start(record, &self.cluster, &self.store);
                 vdisk.record = record.clone();
             }
             return;
@@ -179,7 +192,7 @@ impl Node {
             }
         }
         if record.epoch != vdisk.record.epoch {
-            match remap(vdisk, record, &self.cluster) {
+            match remap(vdisk, record, &self.cluster, &self.store) {
                 Ok(()) => tracing::info!(
                     vdisk = %name,
                     epoch = record.epoch,
@@ -259,6 +272,14 @@ impl Node {
                 tracing::error!(vdisk = %name, "stopping its device: {e:#}");
             }
         }
+        // A dirty map says what a mirror lacks only while this node serves
+        // it; a vdisk that comes back here starts from the store's word.
+        let map = map_path(&self.cluster, name);
+        if map.exists() {
+            if let Err(e) = std::fs::remove_file(&map) {
+                tracing::warn!(vdisk = %name, map = %map.display(), "cannot remove the dirty map: {e}");
+            }
+        }
         tracing::info!(vdisk = %name, "vdisk removed from this node");
     }
 
@@ -273,13 +294,27 @@ impl Node {
         if config.vdisks.contains_key(&name) {
             bail!("vdisk {name} already exists");
         }
-        let placement = match (request.tail, request.primary, request.secondary) {
-            (Some(tail), None, None) => Placement::Local {
+        let placement = match (
+            request.tail,
+            request.primary,
+            request.secondary,
+            request.mirror,
+        ) {
+            (Some(tail), None, None, None) => Placement::Local {
                 node: self.cluster.node.clone(),
                 tail,
             },
-            (None, Some(primary), secondary) => Placement::Cluster { primary, secondary },
-            _ => bail!("give either --tail, or --primary with an optional --secondary"),
+            (None, Some(primary), secondary, None) => Placement::Cluster { primary, secondary },
+            (None, Some(primary), None, Some(mirror)) => {
+                let region_size = request.region_size.unwrap_or(DEFAULT_REGION_SIZE);
+                DirtyGeometry::new(request.size_bytes, u64::from(region_size))?;
+                Placement::Mirror {
+                    primary,
+                    mirror,
+                    region_size,
+                }
+            }
+            _ => bail!("give either --tail, or --primary with an optional --secondary or --mirror"),
         };
         let default = Permissions::default();
         let spec = VdiskSpec {
@@ -305,7 +340,7 @@ impl Node {
                 .values()
                 .find(|v| match &v.record.spec.placement {
                     Placement::Local { tail: t, .. } => same_file(t, tail),
-                    Placement::Cluster { .. } => false,
+                    Placement::Cluster { .. } | Placement::Mirror { .. } => false,
                 })
             {
                 bail!(
@@ -336,9 +371,16 @@ impl Node {
                     local.geometry().size_bytes,
                 )
             }
-            Placement::Cluster { primary, secondary } => {
-                if secondary.as_ref().is_some_and(|s| s.node == primary.node) {
-                    bail!("the primary and the secondary must be tails of different nodes");
+            Placement::Cluster { .. } | Placement::Mirror { .. } => {
+                let mut tails = placement.cluster_tails();
+                if let (Some(primary), Some(other)) = (tails.next(), tails.next()) {
+                    if primary.node == other.node {
+                        let what = match placement {
+                            Placement::Mirror { .. } => "mirror",
+                            _ => "secondary",
+                        };
+                        bail!("the primary and the {what} must be tails of different nodes");
+                    }
                 }
                 for tail in placement.cluster_tails() {
                     self.cluster.check_remote_tail(tail)?;
@@ -387,13 +429,23 @@ impl Node {
             .get(&record.spec.name)
             .filter(|v| v.record.id == record.id);
         let (device, state, paths) = match local.map(|v| (v, &v.state)) {
-            Some((vdisk, VdiskState::Served { device, routed, .. })) => {
+            Some((
+                vdisk,
+                VdiskState::Served {
+                    device,
+                    routed,
+                    mirror,
+                    ..
+                },
+            )) => {
                 let state = if vdisk.deleted {
                     "deleted: device still in use here"
                 } else if vdisk.suspended_for.is_some() {
                     "suspended"
                 } else if device.is_some() {
                     "running"
+                } else if mirror.is_some() {
+                    "mirroring"
                 } else {
                     "exported"
                 };
@@ -411,6 +463,22 @@ impl Node {
             Placement::Cluster { primary, secondary } => {
                 (None, None, Some(primary.clone()), secondary.clone())
             }
+            Placement::Mirror { primary, .. } => (None, None, Some(primary.clone()), None),
+        };
+        let (mirror, mirror_copy, resync) = match &spec.placement {
+            Placement::Mirror {
+                primary, mirror, ..
+            } => {
+                let resync = self
+                    .mirror(&spec.name, record)
+                    .map(|m| resync_info(record, primary, mirror, &m.status().borrow()));
+                (
+                    Some(mirror.clone()),
+                    Some(record.mirror_copy.to_string()),
+                    resync,
+                )
+            }
+            _ => (None, None, None),
         };
         VdiskInfo {
             name: spec.name.to_string(),
@@ -422,6 +490,9 @@ impl Node {
             tail,
             primary,
             secondary,
+            mirror,
+            mirror_copy,
+            resync,
             block_size: spec.block_size,
             read_only: spec.read_only,
             owner: spec.permissions.owner,
@@ -430,6 +501,36 @@ impl Node {
             state,
             moving_to: record.moving.as_ref().map(|m| m.to.to_string()),
             paths,
+        }
+    }
+
+    /// How mirrored vdisk `name`'s copies stand, if this node is its
+    /// primary; else who to ask.
+    pub fn resync_info(
+        &self,
+        name: &VdiskName,
+        config: &Configuration,
+    ) -> anyhow::Result<ResyncInfo> {
+        let (record, primary, mirror) = mirror_record(name, config)?;
+        let Some(status) = self.mirror(name, record).map(|m| *m.status().borrow()) else {
+            bail!(
+                "vdisk {name}'s copies are kept by its primary, node {}: ask there",
+                primary.node
+            );
+        };
+        Ok(resync_info(record, primary, mirror, &status))
+    }
+
+    /// The mirror this node runs for vdisk `name` as its primary, if it is
+    /// serving `record`'s mapping.
+    pub fn mirror(&self, name: &VdiskName, record: &VdiskRecord) -> Option<Arc<MirroredVdisk>> {
+        match self.vdisks.get(name) {
+            Some(Vdisk {
+                record: running,
+                state: VdiskState::Served { mirror, .. },
+                ..
+            }) if running.id == record.id && running.epoch == record.epoch => mirror.clone(),
+            _ => None,
         }
     }
 
@@ -570,11 +671,15 @@ fn start_device<B: backend::BlockBackend + Send + Sync + 'static>(
 
 /// Starts serving a vdisk on this node as its record says; never fails,
 /// but records why it could not.
-fn start(record: &VdiskRecord, cluster: &Cluster) -> VdiskState {
-    start_served(record, cluster).unwrap_or_else(|e| VdiskState::Failed(format!("{e:#}")))
+fn start(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> VdiskState {
+    start_served(record, cluster, store).unwrap_or_else(|e| VdiskState::Failed(format!("{e:#}")))
 }
 
-fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<VdiskState> {
+fn start_served(
+    record: &VdiskRecord,
+    cluster: &Cluster,
+    store: &Arc<Store>,
+) -> anyhow::Result<VdiskState> {
     let spec = &record.spec;
     if let Placement::Local { tail, .. } = &spec.placement {
         let io = IoMetrics::default();
@@ -585,15 +690,21 @@ fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<Vdisk
             io,
             routed: None,
             export: None,
+            mirror: None,
         });
     }
-    let (paths, export) = cluster_paths(record, cluster)?;
+    let Mapping {
+        paths,
+        export,
+        mirror,
+    } = mapping(record, cluster, store)?;
     if !(cluster.devices && spec.placement.has_device_on(&cluster.node)) {
         return Ok(VdiskState::Served {
             device: None,
             io: IoMetrics::default(),
             routed: None,
             export,
+            mirror,
         });
     }
     let routed = Arc::new(RoutedVdisk::spawn(
@@ -610,23 +721,58 @@ fn start_served(record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<Vdisk
         io,
         routed: Some(routed),
         export,
+        mirror,
     })
 }
 
-/// A cluster vdisk's paths in order of preference: this node's own tail
-/// (exported to peers at the record's epoch), then the primary, then the
-/// secondary.
-fn cluster_paths(
-    record: &VdiskRecord,
-    cluster: &Cluster,
-) -> anyhow::Result<(Vec<TailPath>, Option<Export>)> {
+/// What this node runs for a cluster or mirrored vdisk's mapping.
+struct Mapping {
+    /// Its device's paths, in order of preference.
+    paths: Vec<TailPath>,
+    /// What it serves to peers.
+    export: Option<Export>,
+    /// The mirror it runs as a mirrored vdisk's primary.
+    mirror: Option<Arc<MirroredVdisk>>,
+}
+
+/// A vdisk's mapping on this node. A cluster vdisk's paths: this node's own
+/// tail (exported to peers at the record's epoch), then the primary, then
+/// the secondary. A mirrored vdisk's: its primary, which on the primary's
+/// node is the mirror itself, exported to peers; the mirror's node exports
+/// its copy for the primary to write.
+fn mapping(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> anyhow::Result<Mapping> {
     let spec = &record.spec;
     let id = spec.name.id();
+    if let Placement::Mirror {
+        primary, mirror, ..
+    } = &spec.placement
+    {
+        if primary.node == cluster.node {
+            let tail = open_own_tail(spec, primary, cluster)?;
+            let mirrored = Arc::new(start_mirror(record, tail, mirror, cluster, store)?);
+            return Ok(Mapping {
+                paths: vec![TailPath::Mirror(mirrored.clone())],
+                export: Some(cluster.export(id, record.epoch, mirrored.clone())),
+                mirror: Some(mirrored),
+            });
+        }
+        let export = match mirror.node == cluster.node {
+            true => {
+                let tail = open_own_tail(spec, mirror, cluster)?;
+                Some(cluster.export(copy_id(id), record.epoch, tail))
+            }
+            false => None,
+        };
+        return Ok(Mapping {
+            paths: vec![TailPath::Peer(cluster.peer(&primary.node)?)],
+            export,
+            mirror: None,
+        });
+    }
     let mut paths = Vec::new();
     let mut export = None;
     if let Some(own) = spec.placement.tail_on(&cluster.node) {
-        let tail = cluster.open_tail(&own.tail, spec.block_size, spec.read_only)?;
-        check_fits(spec, &own.to_string(), tail.geometry().size_bytes)?;
+        let tail = open_own_tail(spec, own, cluster)?;
         export = Some(cluster.export(id, record.epoch, tail.clone()));
         paths.push(TailPath::Local(tail));
     }
@@ -637,22 +783,220 @@ fn cluster_paths(
     {
         paths.push(TailPath::Peer(cluster.peer(&remote.node)?));
     }
-    Ok((paths, export))
+    Ok(Mapping {
+        paths,
+        export,
+        mirror: None,
+    })
+}
+
+fn open_own_tail(
+    spec: &VdiskSpec,
+    own: &TailRef,
+    cluster: &Cluster,
+) -> anyhow::Result<Arc<LocalTail<EngineRing>>> {
+    let tail = cluster.open_tail(&own.tail, spec.block_size, spec.read_only)?;
+    check_fits(spec, &own.to_string(), tail.geometry().size_bytes)?;
+    Ok(tail)
+}
+
+/// A mirror's dirty-region size when `add` gives none: a 4 KiB write
+/// costs at most 1 MiB of resync, and 1 TiB needs a 128 KiB map.
+pub const DEFAULT_REGION_SIZE: u32 = 1 << 20;
+
+/// Starts the mirror of a vdisk this node is primary of, from what the
+/// store says of the mirror's copy and what the dirty map holds.
+fn start_mirror(
+    record: &VdiskRecord,
+    tail: Arc<LocalTail<EngineRing>>,
+    mirror: &TailRef,
+    cluster: &Cluster,
+    store: &Arc<Store>,
+) -> anyhow::Result<MirroredVdisk> {
+    let spec = &record.spec;
+    let Placement::Mirror { region_size, .. } = spec.placement else {
+        bail!("vdisk {} is not mirrored", spec.name);
+    };
+    let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
+    let (mut dirty, lost) = open_map(&map_path(cluster, &spec.name), geometry)?;
+    let name = &spec.name;
+    let (mirror_state, full) = match record.mirror_copy {
+        MirrorCopy::Current => {
+            // The mirror has every acknowledged write: regions left dirty
+            // from an earlier time as primary are moot.
+            let dirty_regions: Vec<u64> = dirty.regions().iter().collect();
+            for region in dirty_regions {
+                dirty.clear(region);
+            }
+            dirty
+                .flush()
+                .with_context(|| format!("cannot write the dirty map of {name}"))?;
+            (SideState::InSync, false)
+        }
+        MirrorCopy::Stale if lost => {
+            tracing::warn!(vdisk = %name, "the mirror's copy is stale and this node has no record of what it lacks: full resync");
+            (SideState::Down, true)
+        }
+        MirrorCopy::Stale => (SideState::Down, false),
+        MirrorCopy::Blank => {
+            tracing::info!(vdisk = %name, "new mirror: full resync from the primary");
+            (SideState::Down, true)
+        }
+    };
+    let recorder = StoreRecorder {
+        store: store.clone(),
+        name: name.clone(),
+        epoch: record.epoch,
+    };
+    Ok(MirroredVdisk::spawn(
+        &cluster.runtime,
+        MirrorSetup {
+            vdisk: name.id(),
+            wire_id: copy_id(name.id()),
+            epoch: record.epoch,
+            sides: [
+                TailPath::Local(tail),
+                TailPath::Peer(cluster.peer(&mirror.node)?),
+            ],
+            dirty,
+            states: [SideState::InSync, mirror_state],
+            replica: ReplicaConfig {
+                // Local reads cost no round trip.
+                read_from: Side::A,
+                tracked: Some(Side::B),
+            },
+            config: cluster.mirror,
+            recorder: Some(Arc::new(recorder)),
+            full,
+        },
+    ))
+}
+
+/// Where the dirty map of mirrored vdisk `name` lives on its primary.
+fn map_path(cluster: &Cluster, name: &VdiskName) -> std::path::PathBuf {
+    cluster.maps_dir.join(format!("{name}.map"))
+}
+
+/// Opens a dirty map, or creates it; says whether an earlier map was
+/// missing or unreadable (its record of what the mirror lacks is lost).
+fn open_map(path: &Path, geometry: DirtyGeometry) -> anyhow::Result<(DirtyMapFile, bool)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        match DirtyMapFile::open(path, geometry) {
+            Ok(map) => return Ok((map, false)),
+            Err(e) => {
+                tracing::warn!(map = %path.display(), "unreadable dirty map ({e:#}): starting a new one");
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    Ok((DirtyMapFile::create(path, geometry)?, true))
+}
+
+/// Records a mirror's copy in the configuration store, as of the epoch its
+/// primary serves: a primary the vdisk moved on from is refused.
+struct StoreRecorder {
+    store: Arc<Store>,
+    name: VdiskName,
+    epoch: u64,
+}
+
+impl CopyRecorder for StoreRecorder {
+    fn record(&self, current: bool) -> RecordFuture {
+        let store = self.store.clone();
+        let command = Command::SetMirrorCopy {
+            name: self.name.clone(),
+            epoch: self.epoch,
+            copy: match current {
+                true => MirrorCopy::Current,
+                false => MirrorCopy::Stale,
+            },
+        };
+        Box::pin(async move {
+            let response = store.write(command).await.map_err(|e| e.to_string())?;
+            match response.refused {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// A mirrored vdisk's record and its two tails.
+fn mirror_record<'a>(
+    name: &VdiskName,
+    config: &'a Configuration,
+) -> anyhow::Result<(&'a VdiskRecord, &'a TailRef, &'a TailRef)> {
+    let Some(record) = config.vdisks.get(name) else {
+        bail!("no vdisk named {name}");
+    };
+    match &record.spec.placement {
+        Placement::Mirror {
+            primary, mirror, ..
+        } => Ok((record, primary, mirror)),
+        _ => bail!("vdisk {name} is not mirrored"),
+    }
+}
+
+fn resync_info(
+    record: &VdiskRecord,
+    primary: &TailRef,
+    mirror: &TailRef,
+    status: &MirrorStatus,
+) -> ResyncInfo {
+    let state = match (status.recorded, status.sides[Side::B.index()]) {
+        (Recorded::Unrecordable, _) => "fenced",
+        (_, SideState::InSync) => "in sync",
+        (_, SideState::Down) => "degraded",
+        (_, SideState::Stale) => "resyncing",
+    };
+    let eta_secs =
+        (state == "resyncing" && status.rate > 0).then(|| status.dirty_bytes.div_ceil(status.rate));
+    ResyncInfo {
+        vdisk: record.spec.name.to_string(),
+        primary: primary.clone(),
+        mirror: mirror.clone(),
+        state: state.to_owned(),
+        mirror_copy: record.mirror_copy.to_string(),
+        size_bytes: record.spec.size_bytes,
+        region_size: status.region_size,
+        dirty_bytes: status.dirty_bytes,
+        resynced_bytes: status.resynced_bytes,
+        rate_bytes_per_sec: status.rate,
+        eta_secs,
+        full: status.full,
+    }
 }
 
 /// Moves a running vdisk to its record's new mapping: its own tail's
-/// export follows, and its device's held requests go out on the new paths
-/// with the new epoch.
-fn remap(vdisk: &mut Vdisk, record: &VdiskRecord, cluster: &Cluster) -> anyhow::Result<()> {
-    let VdiskState::Served { routed, export, .. } = &mut vdisk.state else {
+/// export (or mirror) follows, and its device's held requests go out on
+/// the new paths with the new epoch.
+fn remap(
+    vdisk: &mut Vdisk,
+    record: &VdiskRecord,
+    cluster: &Cluster,
+    store: &Arc<Store>,
+) -> anyhow::Result<()> {
+    let VdiskState::Served {
+        routed,
+        export,
+        mirror,
+        ..
+    } = &mut vdisk.state
+    else {
         return Ok(());
     };
     // The old export goes first: the new one may serve the same tail.
     *export = None;
-    let (paths, new_export) = cluster_paths(record, cluster)?;
-    *export = new_export;
+    *mirror = None;
+    let new = mapping(record, cluster, store)?;
+    *export = new.export;
+    *mirror = new.mirror;
     if let Some(routed) = routed {
-        routed.resume(Some((record.epoch, paths)));
+        routed.resume(Some((record.epoch, new.paths)));
     }
     Ok(())
 }

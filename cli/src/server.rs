@@ -57,8 +57,9 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             links,
             tails: cluster.tail_sizes(),
         };
+        let store = Arc::new(store);
         let daemon = Daemon::new(
-            Node::new(cluster),
+            Node::new(cluster, store.clone()),
             store,
             gossip.clone(),
             config.store.voters.keys().cloned().collect(),
@@ -225,6 +226,22 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
     let outcome = match request {
         Request::Members => return members(daemon.gossip.as_deref()).await,
         Request::Store => return Response::Store(daemon.store_info()),
+        Request::Resync { name } => {
+            return match daemon.resync(&name) {
+                Ok(info) => Response::Resync(info),
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            }
+        }
+        Request::Verify { name } => {
+            return match daemon.verify(&name).await {
+                Ok(info) => Response::Verify(info),
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            }
+        }
         Request::Add(add) => daemon.add(add).await.map(one),
         Request::Del { name } => daemon.del(&name).await.map(|()| Vec::new()),
         Request::Set(set) => daemon.set(set).await.map(one),

@@ -32,6 +32,10 @@ pub struct VdiskStatus {
     pub active_path: Option<String>,
     /// Links up over links, per peer path: "b 2/2".
     pub links: Vec<String>,
+    /// A mirrored vdisk's copies: on its primary, how the resync stands;
+    /// elsewhere, what the store says of the mirror's copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 /// Composes the status; `members` is `None` on a node without gossip.
@@ -129,7 +133,34 @@ fn vdisk_status(v: &VdiskInfo, problems: &mut Vec<String>) -> VdiskStatus {
             ));
         }
     }
+    let mirror = match (&v.resync, &v.mirror, &v.mirror_copy) {
+        (Some(resync), _, _) => {
+            match resync.state.as_str() {
+                "degraded" => problems.push(format!(
+                    "vdisk {}: its mirror {} is unreachable: it runs on one copy",
+                    v.name, resync.mirror
+                )),
+                "fenced" => problems.push(format!(
+                    "vdisk {}: the store cannot be told its mirror is lost: it takes no requests",
+                    v.name
+                )),
+                _ => {}
+            }
+            Some(crate::mirror::describe(resync))
+        }
+        (None, Some(mirror), Some(copy)) => Some(format!(
+            "mirror {mirror}, copy {copy} (its primary shows the resync)"
+        )),
+        _ => None,
+    };
+    if v.mirror_copy.as_deref().is_some_and(|c| c != "current") {
+        problems.push(format!(
+            "vdisk {}: its mirror's copy is not current: it cannot take over until resynced",
+            v.name
+        ));
+    }
     VdiskStatus {
+        mirror,
         name: v.name.clone(),
         state: v.state.clone(),
         device: v.device.as_ref().map(|d| d.display().to_string()),
@@ -162,6 +193,9 @@ pub fn render(status: &Status) -> String {
             out += &format!("  links {}", v.links.join(", "));
         }
         out += "\n";
+        if let Some(mirror) = &v.mirror {
+            out += &format!("    {mirror}\n");
+        }
     }
     if status.problems.is_empty() {
         out += "healthy\n";
@@ -206,6 +240,9 @@ mod tests {
             tail: None,
             primary: Some("a:disk0".parse().unwrap()),
             secondary: Some("b:disk0".parse().unwrap()),
+            mirror: None,
+            mirror_copy: None,
+            resync: None,
             block_size: 4096,
             read_only: false,
             owner: 0,

@@ -14,7 +14,6 @@ mod vdisk;
 pub use model::{Command, Configuration, Response};
 pub use store::{node_id, Store, StoreConfig, StoreError, StoreStatus};
 pub use vdisk::{
-    MirrorCopy,
-    is_safe_name, NodeRecord, PendingMove, Permissions, Placement, TailRef, TailRefError,
-    VdiskName, VdiskNameError, VdiskRecord, VdiskSpec,
+    is_safe_name, MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, TailRef,
+    TailRefError, VdiskName, VdiskNameError, VdiskRecord, VdiskSpec,
 };

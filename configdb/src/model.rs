@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec};
+use crate::{
+    MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec,
+};
 
 /// How many recent requests are remembered with their outcome, so that a
 /// client retrying after a lost reply gets the first outcome instead of
@@ -636,7 +638,10 @@ mod tests {
         set_copy(&mut c, 4, 1, MirrorCopy::Current);
         let done = switch_over(&mut c, 5).vdisk.unwrap();
         assert_eq!(done.epoch, 2);
-        let Placement::Mirror { primary, mirror, .. } = &done.spec.placement else {
+        let Placement::Mirror {
+            primary, mirror, ..
+        } = &done.spec.placement
+        else {
             panic!("still a mirror: {:?}", done.spec.placement);
         };
         assert_eq!((primary.node.as_str(), mirror.node.as_str()), ("b", "a"));

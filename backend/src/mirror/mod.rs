@@ -34,11 +34,21 @@
 //! through the small [`MapStorage`] seam, which the crash tests replace
 //! with an in-memory twin that can lose unsynced writes.
 
+/// The id a mirror's copy is served under on its tail's node: the vdisk's
+/// id with its top bit flipped. The vdisk's own id is its primary's
+/// service, which mirrors every write; the copy's id lets the primary write
+/// the mirror's tail itself. Vdisk ids are hashes of names, so a copy's id
+/// colliding with another vdisk's is as unlikely as two names colliding.
+pub fn copy_id(vdisk: u64) -> u64 {
+    vdisk ^ (1 << 63)
+}
+
 mod bitmap_file;
 mod dirty;
 mod error;
 mod geometry;
 mod header;
+mod pacer;
 mod replica;
 mod storage;
 mod vdisk;
@@ -54,6 +64,10 @@ pub use bitmap_file::DirtyMapFile;
 pub use dirty::DirtyRegions;
 pub use error::{DirtyMapFileError, GeometryError, MarkError, OpenError, RangeError};
 pub use geometry::{DirtyGeometry, MAX_REGION_SIZE, MIN_REGION_SIZE};
-pub use replica::{Action, Replica, ReplicaConfig, Request, Side, SideState};
+pub use pacer::{PacerConfig, ResyncPacer};
+pub use replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;
-pub use vdisk::{MirrorStatus, MirroredVdisk};
+pub use vdisk::{
+    CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, MirroredVdisk, RecordFuture,
+    VerifyError, VerifyReport,
+};

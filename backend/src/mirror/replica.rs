@@ -79,9 +79,16 @@ pub enum Action {
     /// Request `id` succeeded: complete it (a read with the data its side
     /// returned) and forget it.
     Complete { id: u64 },
-    /// Request `id` cannot be served: no side in sync has it, or its dirty
-    /// mark failed. Complete it with an I/O error.
+    /// Request `id` cannot be served: no side in sync has it, its dirty
+    /// mark failed, or the store could not be told that a side it calls
+    /// current missed it. Complete it with an I/O error.
     Fail { id: u64 },
+    /// The tracked side was lost while the store calls its copy current:
+    /// record it stale in the store, then report
+    /// [`stale_recorded`](Replica::stale_recorded) or
+    /// [`stale_record_failed`](Replica::stale_record_failed). Meanwhile
+    /// new requests are held and no write that missed the side completes.
+    RecordStale,
 }
 
 /// Tuning of a mirror.
@@ -90,12 +97,40 @@ pub struct ReplicaConfig {
     /// The side reads go to while it is in sync: the one on this node, as
     /// a local read costs no network round trip.
     pub read_from: Side,
+    /// The side whose copy the configuration store vouches for: the
+    /// mirror's. While the store calls it current it may take over, so no
+    /// write it missed completes before the store has recorded it stale.
+    /// `None`: the store is not told (a mirror used alone).
+    pub tracked: Option<Side>,
 }
 
 impl Default for ReplicaConfig {
     fn default() -> Self {
-        ReplicaConfig { read_from: Side::A }
+        ReplicaConfig {
+            read_from: Side::A,
+            tracked: None,
+        }
     }
+}
+
+/// What the store says of the tracked side's copy, as far as the replica
+/// knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Current: losing the side must be recorded before a write it missed
+    /// completes.
+    Current,
+    /// The shell is recording it stale; requests wait.
+    RecordingStale,
+    /// Stale: writes it misses only need their regions marked dirty.
+    Stale,
+    /// The store could not be told (no majority, or the vdisk moved on):
+    /// this node may no longer be the primary, so requests fail until a
+    /// retry of the record succeeds.
+    Unrecordable,
+    /// In sync again and being recorded current; a loss meanwhile is
+    /// recorded stale after it.
+    RecordingCurrent,
 }
 
 /// Whether a write waits for its range to be marked dirty.
@@ -130,7 +165,10 @@ impl Pending {
 pub struct Replica {
     config: ReplicaConfig,
     states: [SideState; 2],
+    recorded: Recorded,
     pending: BTreeMap<u64, Pending>,
+    /// Requests submitted while a stale record was being made, in order.
+    held: Vec<(u64, Request)>,
 }
 
 impl Replica {
@@ -143,12 +181,25 @@ impl Replica {
     /// A mirror restarted in the given states: a side that was not in sync
     /// when the daemon stopped is still not (its dirty regions say what it
     /// lacks).
+    /// The tracked side, if any, is as the store last recorded it:
+    /// current if in sync, stale otherwise.
     pub fn with_states(config: ReplicaConfig, states: [SideState; 2]) -> Self {
+        let recorded = match config.tracked {
+            Some(side) if states[side.index()] == SideState::InSync => Recorded::Current,
+            _ => Recorded::Stale,
+        };
         Replica {
             config,
             states,
+            recorded,
             pending: BTreeMap::new(),
+            held: Vec::new(),
         }
+    }
+
+    /// What the store says of the tracked side.
+    pub fn recorded(&self) -> Recorded {
+        self.recorded
     }
 
     pub fn state(&self, side: Side) -> SideState {
@@ -165,13 +216,21 @@ impl Replica {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.held.len()
     }
 
     /// A new request. With no side in sync it fails at once: no copy is
     /// known to be current, so none may be read, and a write to a stale
     /// copy alone would be acknowledged on data the store does not trust.
     pub fn submit(&mut self, id: u64, request: Request) -> Vec<Action> {
+        match self.recorded {
+            Recorded::RecordingStale => {
+                self.held.push((id, request));
+                return Vec::new();
+            }
+            Recorded::Unrecordable => return vec![Action::Fail { id }],
+            Recorded::Current | Recorded::Stale | Recorded::RecordingCurrent => {}
+        }
         let Some(reader) = self.reader() else {
             return vec![Action::Fail { id }];
         };
@@ -261,6 +320,61 @@ impl Replica {
         true
     }
 
+    /// The store recorded the tracked side stale: writes it missed may
+    /// complete, and held requests go out.
+    pub fn stale_recorded(&mut self) -> Vec<Action> {
+        self.recorded = Recorded::Stale;
+        self.release()
+    }
+
+    /// The store could not record the tracked side stale: held requests
+    /// and writes the side missed fail, and so do new requests until
+    /// [`stale_recorded`](Replica::stale_recorded).
+    pub fn stale_record_failed(&mut self) -> Vec<Action> {
+        self.recorded = Recorded::Unrecordable;
+        self.release()
+    }
+
+    /// The tracked side is in sync and the shell starts recording it
+    /// current. Returns false (nothing to record) unless it is in sync and
+    /// recorded stale.
+    pub fn record_current(&mut self) -> bool {
+        let Some(side) = self.config.tracked else {
+            return false;
+        };
+        if self.recorded != Recorded::Stale || self.state(side) != SideState::InSync {
+            return false;
+        }
+        self.recorded = Recorded::RecordingCurrent;
+        true
+    }
+
+    /// The store recorded the tracked side current. A loss while the
+    /// record was made has asked for a stale record after it, which stands.
+    pub fn current_recorded(&mut self) {
+        if self.recorded == Recorded::RecordingCurrent {
+            self.recorded = Recorded::Current;
+        }
+    }
+
+    /// The store could not record the tracked side current: it stays
+    /// stale, which costs nothing but a takeover it could have made.
+    pub fn current_record_failed(&mut self) {
+        if self.recorded == Recorded::RecordingCurrent {
+            self.recorded = Recorded::Stale;
+        }
+    }
+
+    /// Settles what waited for a stale record, and submits what was held.
+    fn release(&mut self) -> Vec<Action> {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        let mut actions: Vec<Action> = ids.into_iter().flat_map(|id| self.settle(id)).collect();
+        for (id, request) in std::mem::take(&mut self.held) {
+            actions.extend(self.submit(id, request));
+        }
+        actions
+    }
+
     /// The range of write `id` is durable as dirty.
     pub fn dirty_marked(&mut self, id: u64) -> Vec<Action> {
         let Some(pending) = self.pending.get_mut(&id) else {
@@ -291,6 +405,16 @@ impl Replica {
     /// Marks `side` down and moves every request in flight on it on.
     fn lose(&mut self, side: Side) -> Vec<Action> {
         self.states[side.index()] = SideState::Down;
+        let mut actions = Vec::new();
+        if self.config.tracked == Some(side)
+            && matches!(
+                self.recorded,
+                Recorded::Current | Recorded::RecordingCurrent
+            )
+        {
+            self.recorded = Recorded::RecordingStale;
+            actions.push(Action::RecordStale);
+        }
         let reader = self.reader();
         let affected: Vec<u64> = self
             .pending
@@ -298,7 +422,6 @@ impl Replica {
             .filter(|(_, p)| p.out[side.index()])
             .map(|(&id, _)| id)
             .collect();
-        let mut actions = Vec::new();
         for id in affected {
             let Some(pending) = self.pending.get_mut(&id) else {
                 continue;
@@ -337,11 +460,19 @@ impl Replica {
             .into_iter()
             .any(|side| pending.done[side.index()] && self.state(side) == SideState::InSync);
         let everywhere = pending.done.iter().all(|&done| done);
+        // A write the tracked side missed waits for the store to hear of it.
+        let missed_tracked = matches!(pending.request, Request::Write { .. })
+            && self.config.tracked.is_some_and(|side| pending.missed(side));
         let ready = match pending.request {
             Request::Read | Request::Flush => true,
-            Request::Write { .. } => everywhere || pending.mark == Mark::Marked,
+            Request::Write { .. } => {
+                everywhere
+                    || (pending.mark == Mark::Marked
+                        && (!missed_tracked || self.recorded == Recorded::Stale))
+            }
         };
-        if !on_a_current_side {
+        let unrecordable = missed_tracked && self.recorded == Recorded::Unrecordable;
+        if !on_a_current_side || unrecordable {
             self.pending.remove(&id);
             vec![Action::Fail { id }]
         } else if ready {
@@ -405,7 +536,10 @@ mod tests {
 
     #[test]
     fn reads_go_to_the_preferred_side_and_flushes_to_both() {
-        let mut r = Replica::new(ReplicaConfig { read_from: B });
+        let mut r = Replica::new(ReplicaConfig {
+            read_from: B,
+            tracked: None,
+        });
         assert_eq!(r.submit(1, Request::Read), [send(1, B)]);
         assert_eq!(r.succeeded(1, B), complete(1));
         assert_eq!(r.submit(2, Request::Flush), [send(2, A), send(2, B)]);
@@ -498,5 +632,85 @@ mod tests {
         r.submit(1, W);
         r.succeeded(1, A);
         assert_eq!(r.failed(1, B), [Action::Fail { id: 1 }]);
+    }
+
+    fn tracked() -> Replica {
+        Replica::new(ReplicaConfig {
+            read_from: A,
+            tracked: Some(B),
+        })
+    }
+
+    #[test]
+    fn losing_the_tracked_side_holds_everything_until_the_store_records_it_stale() {
+        let mut r = tracked();
+        r.submit(1, W);
+        assert_eq!(r.failed(1, B), [Action::RecordStale, mark(1)]);
+        assert_eq!(r.succeeded(1, A), []);
+        assert_eq!(
+            r.dirty_marked(1),
+            [],
+            "marked, but the store still calls B current"
+        );
+        assert_eq!(r.submit(2, Request::Read), [], "held while recording");
+        assert_eq!(r.recorded(), Recorded::RecordingStale);
+        assert_eq!(r.stale_recorded(), [Action::Complete { id: 1 }, send(2, A)]);
+        // Stale from now on: a write only needs its mark.
+        assert_eq!(r.submit(3, W), [send(3, A), mark(3)]);
+    }
+
+    #[test]
+    fn a_primary_the_store_does_not_hear_fails_what_b_missed_and_all_new_requests() {
+        let mut r = tracked();
+        r.submit(1, W);
+        r.submit(2, Request::Read);
+        r.side_down(B);
+        r.dirty_marked(1);
+        r.succeeded(1, A);
+        assert_eq!(r.submit(3, W), []);
+        assert_eq!(
+            r.stale_record_failed(),
+            [Action::Fail { id: 1 }, Action::Fail { id: 3 }]
+        );
+        assert_eq!(
+            r.succeeded(2, A),
+            complete(2),
+            "a read already out completes"
+        );
+        assert_eq!(r.submit(4, Request::Read), [Action::Fail { id: 4 }]);
+        // A retried record went through: service resumes.
+        assert_eq!(r.stale_recorded(), []);
+        assert_eq!(r.submit(5, Request::Read), [send(5, A)]);
+    }
+
+    #[test]
+    fn a_loss_while_recording_current_is_recorded_stale_after_it() {
+        let mut r = Replica::with_states(
+            ReplicaConfig {
+                read_from: A,
+                tracked: Some(B),
+            },
+            [SideState::InSync, SideState::Stale],
+        );
+        assert_eq!(r.recorded(), Recorded::Stale);
+        assert!(r.resynced(B));
+        assert!(r.record_current());
+        assert_eq!(r.side_down(B), [Action::RecordStale]);
+        r.current_recorded();
+        assert_eq!(
+            r.recorded(),
+            Recorded::RecordingStale,
+            "the later record stands"
+        );
+        assert!(!r.record_current(), "B is down");
+    }
+
+    #[test]
+    fn losing_the_untracked_side_needs_no_record() {
+        let mut r = tracked();
+        r.submit(1, W);
+        assert_eq!(r.failed(1, A), [mark(1)]);
+        assert_eq!(r.succeeded(1, B), []);
+        assert_eq!(r.dirty_marked(1), complete(1));
     }
 }

@@ -1,12 +1,13 @@
 //! A seeded simulation of the mirrored write path: requests are answered
 //! in random order, sides fail and return, dirty marks fail now and then,
-//! stale sides are resynced. Each side's "disk" is the set of writes that
+//! stale sides are resynced, and (with side B tracked by a store) the
+//! store's records of B succeed or fail. Each side's "disk" is the set of writes that
 //! physically landed on it (late answers of a lost side included); the
 //! checks are against that, not against what the core believes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::replica::{Action, Replica, ReplicaConfig, Request, Side, SideState};
+use super::replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
 use super::sim_disk::XorShift;
 
 /// Writes go to one of this many blocks; the block stands for its range.
@@ -32,6 +33,14 @@ struct World {
     ended: BTreeSet<u64>,
     completed: u64,
     degraded_writes: u64,
+    /// Side B is tracked by the store.
+    tracked: bool,
+    /// What the store says of B: it could take over while this is true.
+    store_current: bool,
+    /// Records of B the shell makes, one after another: stale (true) or
+    /// current (false).
+    records: VecDeque<bool>,
+    stale_records: u64,
 }
 
 impl World {
@@ -59,6 +68,7 @@ impl World {
                     self.sends.push((id, side));
                 }
                 Action::MarkDirty { id, .. } => self.marks.push(id),
+                Action::RecordStale => self.records.push_back(true),
                 Action::Complete { id } | Action::Fail { id } => {
                     assert!(self.ended.insert(id), "request {id} ended twice");
                     if matches!(action, Action::Fail { .. }) {
@@ -72,6 +82,10 @@ impl World {
                                 "write {id} acknowledged, missing on {side:?} and not dirty"
                             );
                         }
+                        assert!(
+                            !(self.tracked && self.store_current && !self.holds(Side::B, id)),
+                            "write {id} acknowledged, missing on B, which the store calls current"
+                        );
                         if !Side::BOTH.iter().all(|&s| self.holds(s, id)) {
                             self.degraded_writes += 1;
                         }
@@ -91,11 +105,50 @@ impl World {
     }
 }
 
+impl World {
+    /// The store carries out the shell's oldest record of B.
+    fn record(&mut self, r: &mut Replica, refused: bool) -> Vec<Action> {
+        match (self.records.pop_front(), refused) {
+            (None, _) => Vec::new(),
+            (Some(true), true) => r.stale_record_failed(),
+            (Some(true), false) => {
+                self.store_current = false;
+                self.stale_records += 1;
+                r.stale_recorded()
+            }
+            (Some(false), true) => {
+                r.current_record_failed();
+                Vec::new()
+            }
+            (Some(false), false) => {
+                // The replica asked only with every acknowledged write on B.
+                for &write in &self.acked {
+                    assert!(
+                        self.holds(Side::B, write),
+                        "B recorded current, lacks {write}"
+                    );
+                }
+                self.store_current = true;
+                r.current_recorded();
+                Vec::new()
+            }
+        }
+    }
+}
+
 fn run(seed: u64, steps: u64) -> World {
     let mut rng = XorShift::new(seed);
     let read_from = if rng.one_in(2) { Side::A } else { Side::B };
-    let mut r = Replica::new(ReplicaConfig { read_from });
-    let mut w = World::default();
+    let tracked = rng.one_in(2);
+    let mut r = Replica::new(ReplicaConfig {
+        read_from,
+        tracked: tracked.then_some(Side::B),
+    });
+    let mut w = World {
+        tracked,
+        store_current: true,
+        ..World::default()
+    };
     let side = |rng: &mut XorShift| if rng.one_in(2) { Side::A } else { Side::B };
     for id in 0..steps {
         let actions = match rng.below(100) {
@@ -153,6 +206,15 @@ fn run(seed: u64, steps: u64) -> World {
                     w.copy(s.other(), s);
                     r.resynced(s);
                 }
+                if r.record_current() {
+                    w.records.push_back(false);
+                }
+                Vec::new()
+            }
+            92..=95 => w.record(&mut r, rng.one_in(10)),
+            // The shell retries a stale record the store refused.
+            96 if r.recorded() == Recorded::Unrecordable && w.records.is_empty() => {
+                w.records.push_back(true);
                 Vec::new()
             }
             _ => Vec::new(),
@@ -163,9 +225,11 @@ fn run(seed: u64, steps: u64) -> World {
             break;
         }
     }
-    // Drain: answer everything, carry out every mark.
-    while !w.sends.is_empty() || !w.marks.is_empty() {
-        let actions = if let Some((req, s)) = w.sends.pop() {
+    // Drain: answer everything, carry out every mark and record.
+    while !w.sends.is_empty() || !w.marks.is_empty() || !w.records.is_empty() {
+        let actions = if !w.records.is_empty() {
+            w.record(&mut r, false)
+        } else if let Some((req, s)) = w.sends.pop() {
             if let Some(&block) = w.block_of.get(&req) {
                 w.disks[s.index()].entry(block).or_default().insert(req);
             }
@@ -184,12 +248,14 @@ fn run(seed: u64, steps: u64) -> World {
 
 #[test]
 fn acknowledged_writes_are_on_both_sides_or_dirty_and_reads_see_them_under_random_failures() {
-    let (mut completed, mut degraded) = (0, 0);
+    let (mut completed, mut degraded, mut stale_records) = (0, 0, 0);
     for seed in 0..200 {
         let w = run(seed, 3_000);
         completed += w.completed;
         degraded += w.degraded_writes;
+        stale_records += w.stale_records;
     }
+    assert!(stale_records > 100, "{stale_records}");
     // The simulation exercised both paths, not just the happy one.
     assert!(completed > 20_000, "{completed}");
     assert!(degraded > 1_000, "{degraded}");

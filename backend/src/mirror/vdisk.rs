@@ -1,22 +1,130 @@
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Action, DirtyMapFile, Replica, ReplicaConfig, Request, Side, SideState};
-use crate::link::{LinkError, Reply};
+use super::{
+    Action, DirtyMapFile, PacerConfig, Recorded, Replica, ReplicaConfig, Request, ResyncPacer,
+    Side, SideState,
+};
+use crate::link::Reply;
 use crate::route::TailPath;
 use crate::wire::{Op, Status};
 use crate::{AlignedBuf, BlockBackend, IoError};
 
-/// What an admin (and later `ublkvd status`) sees of a mirror.
+/// The largest single transfer of a resync or a verify: a region is copied
+/// in pieces this size, so that a foreground request never queues behind
+/// a whole 4 MiB region.
+const COPY_CHUNK: u64 = 512 << 10;
+
+/// How soon a record the store refused is tried again.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// How soon a job that had to wait (for writes to its region, or for a
+/// write the stale side missed) is tried again.
+const JOB_RETRY: Duration = Duration::from_millis(5);
+
+/// The window over which the resync rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// What a record of the mirror's copy resolves to: the store's refusal or
+/// error, as text for the log.
+pub type RecordFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Tells the configuration store what the tracked side's copy is. The
+/// backend knows no store: the daemon implements this.
+pub trait CopyRecorder: Send + Sync {
+    /// Records the copy current (`true`: it holds every acknowledged
+    /// write) or stale.
+    fn record(&self, current: bool) -> RecordFuture;
+}
+
+/// Timing of a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// A side that has not answered a request for this long is lost.
+    pub request_timeout: Duration,
+    /// How often a lost side is asked whether it is back.
+    pub probe_interval: Duration,
+    pub pacer: PacerConfig,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            request_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
+            pacer: PacerConfig::default(),
+        }
+    }
+}
+
+/// Everything a mirror starts from.
+pub struct MirrorSetup {
+    /// The vdisk's id, for logs.
+    pub vdisk: u64,
+    /// The id the sides serve the copies under.
+    pub wire_id: u64,
+    pub epoch: u64,
+    /// Side A's path, then side B's.
+    pub sides: [TailPath; 2],
+    pub dirty: DirtyMapFile,
+    /// The sides as the store and the dirty map left them.
+    pub states: [SideState; 2],
+    pub replica: ReplicaConfig,
+    pub config: MirrorConfig,
+    /// Required when `replica.tracked` names a side.
+    pub recorder: Option<Arc<dyn CopyRecorder>>,
+    /// The stale side lacks an unknown part (a new or replaced disk): every
+    /// region is marked dirty at start, and a resync copies all of it.
+    pub full: bool,
+}
+
+/// What an admin (`ublkvd status`, `ublkvd resync`) sees of a mirror.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MirrorStatus {
     /// Side A's and side B's state, in that order.
     pub sides: [SideState; 2],
-    /// Regions recorded dirty: what a resync of the other side would copy.
-    pub dirty_regions: u64,
+    /// What the store says of the tracked side, as far as known here.
+    pub recorded: Recorded,
+    pub region_size: u64,
+    /// Bytes of the regions recorded dirty: what is left to resync.
+    pub dirty_bytes: u64,
+    /// Bytes the resync copied since the mirror started.
+    pub resynced_bytes: u64,
+    /// Bytes per second the resync copied lately; 0 when it is not running.
+    pub rate: u64,
+    /// The resync under way copies the whole device.
+    pub full: bool,
+}
+
+/// The outcome of an online comparison of both copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub regions: u64,
+    pub region_size: u64,
+    /// Regions whose copies differ although neither is recorded dirty.
+    pub differing: Vec<u64>,
+    /// Regions recorded dirty: they differ until resynced, so they were
+    /// not compared.
+    pub skipped_dirty: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("both copies must be reachable to compare them; the {0} side is not")]
+    SideDown(String),
+    #[error("reading the {side} side failed: {why}")]
+    SideFailed { side: String, why: String },
+    #[error("a verify of this mirror is already running")]
+    AlreadyRunning,
+    #[error("vdisk is shutting down")]
+    ShuttingDown,
 }
 
 type Completion = Result<Option<AlignedBuf>, IoError>;
@@ -27,56 +135,126 @@ struct Submission {
     done: oneshot::Sender<Completion>,
 }
 
+enum Input {
+    Submit(Submission),
+    Verify(oneshot::Sender<Result<VerifyReport, VerifyError>>),
+}
+
+/// Background work on one region, one at a time, with writes to the
+/// region held meanwhile.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// Copy a dirty region from `source` (in sync) to `target` (stale).
+    Copy {
+        region: u64,
+        source: Side,
+        target: Side,
+    },
+    /// Compare the region's copies.
+    Compare { region: u64 },
+}
+
 enum Event {
     /// An attempt of request `id` on `side` ended.
     Attempt {
         id: u64,
         side: Side,
-        result: Result<Reply, LinkError>,
+        result: Result<Reply, String>,
     },
-    /// A peer side's reachability changed.
-    Reachable { side: Side, up: bool },
+    /// A peer side's links went down.
+    Unreachable { side: Side },
+    /// A lost side answered a probe, or did not.
+    Probed { side: Side, answered: bool },
+    Recorded {
+        current: bool,
+        result: Result<(), String>,
+    },
+    /// A job ended: for a compare, whether the copies are equal; or the
+    /// side that failed it.
+    JobDone {
+        job: Job,
+        took: Duration,
+        result: Result<bool, (Side, String)>,
+    },
 }
 
 /// A vdisk written to two tails at once ([`Replica`] decides, this shell
 /// carries out): a write completes once both have it, or, while one side
-/// is down, once the survivor has it and its range is durable in the dirty
-/// map. Reads go to one in-sync side, the preferred one if it can.
+/// is down, once the survivor has it, its range is durable in the dirty
+/// map, and the store has heard that the other side is stale. A side that
+/// returns is resynced in the background (dirty regions only) at a rate
+/// that yields to foreground requests. Reads go to one in-sync side, the
+/// preferred one if it can.
 ///
 /// Dropping it ends its task once the requests in flight are done.
 pub struct MirroredVdisk {
-    inputs: mpsc::UnboundedSender<Submission>,
+    inputs: mpsc::UnboundedSender<Input>,
     status: watch::Receiver<MirrorStatus>,
 }
 
 impl MirroredVdisk {
-    /// Starts the mirror task of vdisk `vdisk` on `runtime`, sending under
-    /// `epoch` to `sides` (side A, then side B), with both sides in sync.
-    /// `dirty` records what a side misses while the other is down.
-    pub fn spawn(
-        runtime: &Handle,
-        vdisk: u64,
-        epoch: u64,
-        sides: [TailPath; 2],
-        dirty: DirtyMapFile,
-        config: ReplicaConfig,
-    ) -> MirroredVdisk {
-        let replica = Replica::new(config);
-        let (publish, status) = watch::channel(MirrorStatus {
+    /// Starts the mirror task on `runtime`.
+    pub fn spawn(runtime: &Handle, setup: MirrorSetup) -> MirroredVdisk {
+        let MirrorSetup {
+            vdisk,
+            wire_id,
+            epoch,
+            sides,
+            mut dirty,
+            states,
+            replica,
+            config,
+            recorder,
+            full,
+        } = setup;
+        let geometry = dirty.geometry();
+        if full {
+            if let Err(e) = dirty.mark_durable(0, geometry.device_size()) {
+                // The stale side stays stale: the map marks what it can,
+                // and a resync never starts from a map that failed.
+                tracing::error!(vdisk, error = %e, "cannot mark the whole mirror dirty for a full resync");
+            }
+        }
+        let replica = Replica::with_states(replica, states);
+        let initial = MirrorStatus {
             sides: replica.states(),
-            dirty_regions: dirty.regions().count(),
-        });
+            recorded: replica.recorded(),
+            region_size: geometry.region_size(),
+            dirty_bytes: dirty.regions().dirty_bytes(),
+            resynced_bytes: 0,
+            rate: 0,
+            full,
+        };
+        let (publish, status) = watch::channel(initial);
         let (inputs, inbox) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
         let task = MirrorTask {
             vdisk,
+            wire_id,
             epoch,
             sides: sides.map(Arc::new),
             replica,
             dirty,
+            config,
+            recorder,
+            full,
             publish,
             events,
             pending: HashMap::new(),
+            deferred: Vec::new(),
+            job: None,
+            job_not_before: now,
+            resync_cursor: 0,
+            pacer: ResyncPacer::new(config.pacer),
+            copies: VecDeque::new(),
+            resynced_bytes: 0,
+            verify: None,
+            records: VecDeque::new(),
+            recording: false,
+            record_retry_at: None,
+            probing: [false; 2],
+            next_probe: now,
         };
         runtime.spawn(task.run(inbox, events_rx));
         MirroredVdisk { inputs, status }
@@ -87,12 +265,24 @@ impl MirroredVdisk {
         self.status.clone()
     }
 
-    async fn submit(&self, op: Op, payload: Option<Arc<AlignedBuf>>) -> Completion {
+    /// Runs `op` on the mirror: what a peer's request for the vdisk, or
+    /// this node's own device, asks of it.
+    pub async fn call(&self, op: Op, payload: Option<Arc<AlignedBuf>>) -> Completion {
         let (done, completion) = oneshot::channel();
         self.inputs
-            .send(Submission { op, payload, done })
+            .send(Input::Submit(Submission { op, payload, done }))
             .map_err(|_| IoError::ShuttingDown)?;
         completion.await.map_err(|_| IoError::ShuttingDown)?
+    }
+
+    /// Compares both copies region by region, online: writes to the region
+    /// being compared wait for it. Regions recorded dirty are skipped.
+    pub async fn verify(&self) -> Result<VerifyReport, VerifyError> {
+        let (done, report) = oneshot::channel();
+        self.inputs
+            .send(Input::Verify(done))
+            .map_err(|_| VerifyError::ShuttingDown)?;
+        report.await.map_err(|_| VerifyError::ShuttingDown)?
     }
 
     async fn submit_range(
@@ -101,9 +291,7 @@ impl MirroredVdisk {
         len: u64,
         op: fn(u64, u32) -> Op,
     ) -> Result<(), IoError> {
-        self.submit(op(offset, wire_len(len)?), None)
-            .await
-            .map(drop)
+        self.call(op(offset, wire_len(len)?), None).await.map(drop)
     }
 }
 
@@ -115,7 +303,7 @@ impl BlockBackend for MirroredVdisk {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = wire_len(buf.len() as u64)?;
         let data = self
-            .submit(Op::Read { offset, len }, None)
+            .call(Op::Read { offset, len }, None)
             .await?
             .ok_or(IoError::ShortTransfer { offset })?;
         // The task has checked the length of every read's data.
@@ -128,13 +316,13 @@ impl BlockBackend for MirroredVdisk {
         // Copied once, shared by both sides' attempts.
         let mut data = AlignedBuf::new(buf.len())?;
         data.copy_from_slice(buf);
-        self.submit(Op::Write { offset, len }, Some(Arc::new(data)))
+        self.call(Op::Write { offset, len }, Some(Arc::new(data)))
             .await
             .map(drop)
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        self.submit(Op::Flush, None).await.map(drop)
+        self.call(Op::Flush, None).await.map(drop)
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
@@ -163,86 +351,173 @@ fn request_of(op: Op) -> Request {
     }
 }
 
+/// The byte range a request changes, if it changes any.
+fn written(request: Request) -> Option<Range<u64>> {
+    match request {
+        Request::Write { offset, len } => Some(offset..offset.saturating_add(len)),
+        Request::Read | Request::Flush => None,
+    }
+}
+
+fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
 struct Pending {
     submission: Submission,
+    request: Request,
+    submitted: Instant,
     /// A read's data, from the side that answered it.
     data: Option<AlignedBuf>,
 }
 
+/// A verify under way: its next region and its findings.
+struct VerifyRun {
+    next: u64,
+    differing: Vec<u64>,
+    skipped_dirty: u64,
+    done: oneshot::Sender<Result<VerifyReport, VerifyError>>,
+}
+
 /// The thin shell around a [`Replica`]: feeds it submissions, attempt
-/// outcomes and reachability, and carries out its actions.
+/// outcomes, reachability and the store's answers, carries out its
+/// actions, and runs the resync and verify jobs beside it.
 struct MirrorTask {
     vdisk: u64,
+    wire_id: u64,
     epoch: u64,
     sides: [Arc<TailPath>; 2],
     replica: Replica,
     dirty: DirtyMapFile,
+    config: MirrorConfig,
+    recorder: Option<Arc<dyn CopyRecorder>>,
+    full: bool,
     publish: watch::Sender<MirrorStatus>,
     events: mpsc::UnboundedSender<Event>,
     pending: HashMap<u64, Pending>,
+    /// Writes to the region a job holds, submitted once it is done.
+    deferred: Vec<(u64, Request)>,
+    /// The job running and the byte range it holds.
+    job: Option<(Job, Range<u64>)>,
+    job_not_before: Instant,
+    /// Where the resync looks for the next dirty region.
+    resync_cursor: u64,
+    pacer: ResyncPacer,
+    /// Recent copies (when, bytes), for the measured rate.
+    copies: VecDeque<(Instant, u64)>,
+    resynced_bytes: u64,
+    verify: Option<VerifyRun>,
+    /// Records of the tracked side to make, in order (`true`: current).
+    records: VecDeque<bool>,
+    recording: bool,
+    /// When a refused stale record is tried again.
+    record_retry_at: Option<Instant>,
+    /// Sides with a probe out.
+    probing: [bool; 2],
+    next_probe: Instant,
 }
 
 impl MirrorTask {
     async fn run(
         mut self,
-        mut inbox: mpsc::UnboundedReceiver<Submission>,
+        mut inbox: mpsc::UnboundedReceiver<Input>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) {
         self.follow_reachability();
         let mut next_id = 0u64;
+        let mut open = true;
         loop {
-            let actions = tokio::select! {
-                submission = inbox.recv() => {
-                    let Some(submission) = submission else { break };
-                    next_id += 1;
-                    let request = request_of(submission.op);
-                    self.pending.insert(next_id, Pending { submission, data: None });
-                    self.replica.submit(next_id, request)
-                }
-                Some(event) = events.recv() => self.event(event),
-            };
-            self.carry_out(actions);
-            self.publish.send_if_modified(|status| {
-                let now = MirrorStatus {
-                    sides: self.replica.states(),
-                    dirty_regions: self.dirty.regions().count(),
-                };
-                let changed = *status != now;
-                *status = now;
-                changed
-            });
-        }
-        // The vdisk is gone: finish what is in flight, so that no caller
-        // is left without an answer and no attempt outlives its buffer.
-        while self.replica.in_flight() > 0 {
-            let Some(event) = events.recv().await else {
+            let now = Instant::now();
+            let mut actions = self.tick(now);
+            self.start_job(now);
+            self.carry_out(std::mem::take(&mut actions));
+            self.start_record();
+            self.publish_status(now);
+            if !open && self.idle() {
                 break;
+            }
+            let wake = self.next_wake();
+            actions = tokio::select! {
+                input = inbox.recv(), if open => match input {
+                    Some(Input::Submit(submission)) => {
+                        next_id += 1;
+                        self.submit(next_id, submission)
+                    }
+                    Some(Input::Verify(done)) => {
+                        self.start_verify(done);
+                        Vec::new()
+                    }
+                    // The vdisk is gone: finish what is in flight, so that
+                    // no caller is left without an answer and no attempt
+                    // outlives its buffer.
+                    None => {
+                        open = false;
+                        Vec::new()
+                    }
+                },
+                Some(event) = events.recv() => self.event(event),
+                () = sleep_until(wake) => Vec::new(),
             };
-            let actions = self.event(event);
             self.carry_out(actions);
         }
+    }
+
+    /// Nothing left that a caller or a buffer waits for.
+    fn idle(&self) -> bool {
+        self.replica.in_flight() == 0 && self.deferred.is_empty() && self.job.is_none()
+    }
+
+    fn submit(&mut self, id: u64, submission: Submission) -> Vec<Action> {
+        let request = request_of(submission.op);
+        self.pending.insert(
+            id,
+            Pending {
+                submission,
+                request,
+                submitted: Instant::now(),
+                data: None,
+            },
+        );
+        let held = self
+            .job
+            .as_ref()
+            .zip(written(request))
+            .is_some_and(|((_, locked), range)| overlaps(locked, &range));
+        if held {
+            self.deferred.push((id, request));
+            return Vec::new();
+        }
+        self.replica.submit(id, request)
     }
 
     fn event(&mut self, event: Event) -> Vec<Action> {
         match event {
             Event::Attempt { id, side, result } => self.attempt_ended(id, side, result),
-            Event::Reachable { side, up: true } => {
-                tracing::info!(
-                    vdisk = self.vdisk,
-                    side = self.name(side),
-                    "mirror side reachable again: stale until resynced"
-                );
-                self.replica.side_up(side);
-                Vec::new()
-            }
-            Event::Reachable { side, up: false } => {
-                tracing::warn!(
-                    vdisk = self.vdisk,
-                    side = self.name(side),
-                    "mirror side unreachable: going on degraded"
-                );
+            Event::Unreachable { side } => {
+                if self.replica.state(side) != SideState::Down {
+                    tracing::warn!(
+                        vdisk = self.vdisk,
+                        side = self.name(side),
+                        "mirror side unreachable: going on degraded"
+                    );
+                }
                 self.replica.side_down(side)
             }
+            Event::Probed { side, answered } => {
+                self.probing[side.index()] = false;
+                if answered && self.replica.state(side) == SideState::Down {
+                    tracing::info!(
+                        vdisk = self.vdisk,
+                        side = self.name(side),
+                        dirty_bytes = self.dirty.regions().dirty_bytes(),
+                        "mirror side back: stale until resynced"
+                    );
+                    self.replica.side_up(side);
+                }
+                Vec::new()
+            }
+            Event::Recorded { current, result } => self.recorded(current, result),
+            Event::JobDone { job, took, result } => self.job_done(job, took, result),
         }
     }
 
@@ -250,9 +525,9 @@ impl MirrorTask {
         self.sides[side.index()].name()
     }
 
-    /// Reports each peer side's reachability changes as events. The
-    /// initial state is not one: a peer whose links are still connecting
-    /// is not down, and a request it cannot take fails it anyway.
+    /// Reports a peer side's links going down as an event: losing a side
+    /// at once beats waiting for a request to time out. Its return is
+    /// found by probes, which also see its export, not only its links.
     fn follow_reachability(&self) {
         for side in Side::BOTH {
             let TailPath::Peer(peer) = &*self.sides[side.index()] else {
@@ -268,7 +543,7 @@ impl MirrorTask {
                         changed = state.changed() => if changed.is_err() { return },
                     }
                     let up = *state.borrow_and_update();
-                    if events.send(Event::Reachable { side, up }).is_err() {
+                    if !up && events.send(Event::Unreachable { side }).is_err() {
                         return;
                     }
                 }
@@ -276,12 +551,7 @@ impl MirrorTask {
         }
     }
 
-    fn attempt_ended(
-        &mut self,
-        id: u64,
-        side: Side,
-        result: Result<Reply, LinkError>,
-    ) -> Vec<Action> {
+    fn attempt_ended(&mut self, id: u64, side: Side, result: Result<Reply, String>) -> Vec<Action> {
         let why = match result {
             Ok(Reply {
                 status: Status::Ok,
@@ -307,7 +577,7 @@ impl MirrorTask {
                 status: Status::Nack(nack),
                 ..
             }) => format!("refused: {nack:?}"),
-            Err(e) => e.to_string(),
+            Err(why) => why,
         };
         if self.replica.state(side) != SideState::Down {
             tracing::warn!(
@@ -340,8 +610,11 @@ impl MirrorTask {
                     };
                     queue.extend(outcome);
                 }
+                Action::RecordStale => self.records.push_back(false),
                 Action::Complete { id } => {
                     if let Some(pending) = self.pending.remove(&id) {
+                        self.pacer
+                            .foreground(pending.submitted.elapsed(), Instant::now());
                         let _ = pending.submission.done.send(Ok(pending.data));
                     }
                 }
@@ -349,7 +622,8 @@ impl MirrorTask {
                     if let Some(pending) = self.pending.remove(&id) {
                         tracing::error!(
                             vdisk = self.vdisk,
-                            "request failed: no mirror side in sync could take it"
+                            recorded = ?self.replica.recorded(),
+                            "request failed: no mirror side in sync could take it, or the store could not hear of a lost side"
                         );
                         let _ = pending.submission.done.send(Err(IoError::NoCurrentCopy));
                     }
@@ -363,15 +637,446 @@ impl MirrorTask {
             return;
         };
         let path = self.sides[side.index()].clone();
-        let (vdisk, epoch) = (self.vdisk, self.epoch);
+        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
         let op = pending.submission.op;
         let payload = pending.submission.payload.clone();
         let events = self.events.clone();
         // Runs to completion even if the request moves on: a local attempt
         // owns a buffer the kernel writes into.
         tokio::spawn(async move {
-            let result = path.execute(vdisk, epoch, op, payload).await;
+            let result = attempt(&path, wire_id, epoch, op, payload, timeout).await;
             let _ = events.send(Event::Attempt { id, side, result });
         });
     }
+
+    /// Timers: probes of lost sides, a retry of a refused record, and the
+    /// record of a side found in sync. Returns what they lead to.
+    fn tick(&mut self, now: Instant) -> Vec<Action> {
+        if now >= self.next_probe {
+            self.next_probe = now + self.config.probe_interval;
+            for side in Side::BOTH {
+                if self.replica.state(side) == SideState::Down && !self.probing[side.index()] {
+                    self.probing[side.index()] = true;
+                    self.probe(side);
+                }
+            }
+        }
+        if self.record_retry_at.is_some_and(|at| now >= at) {
+            self.record_retry_at = None;
+            if self.replica.recorded() == Recorded::Unrecordable && self.records.is_empty() {
+                self.records.push_back(false);
+            }
+        }
+        if !self.recording && self.records.is_empty() && self.replica.record_current() {
+            self.records.push_back(true);
+        }
+        Vec::new()
+    }
+
+    fn probe(&self, side: Side) {
+        let path = self.sides[side.index()].clone();
+        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = attempt(&path, wire_id, epoch, Op::Flush, None, timeout).await;
+            let answered = matches!(
+                result,
+                Ok(Reply {
+                    status: Status::Ok,
+                    ..
+                })
+            );
+            let _ = events.send(Event::Probed { side, answered });
+        });
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.next_probe;
+        if let Some(at) = self.record_retry_at {
+            wake = wake.min(at);
+        }
+        if self.job.is_none() && self.has_work() {
+            wake = wake.min(self.job_not_before);
+        }
+        wake
+    }
+
+    /// Starts the next record of the tracked side, if none is out.
+    fn start_record(&mut self) {
+        if self.recording {
+            return;
+        }
+        let Some(current) = self.records.pop_front() else {
+            return;
+        };
+        let Some(recorder) = self.recorder.clone() else {
+            // Untracked mirrors ask for no record; if one is asked anyway,
+            // nobody vouches for the side, which is what stale means.
+            let _ = self.events.send(Event::Recorded {
+                current,
+                result: Err("no store to record the mirror in".into()),
+            });
+            self.recording = true;
+            return;
+        };
+        self.recording = true;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = recorder.record(current).await;
+            let _ = events.send(Event::Recorded { current, result });
+        });
+    }
+
+    fn recorded(&mut self, current: bool, result: Result<(), String>) -> Vec<Action> {
+        self.recording = false;
+        match (current, result) {
+            (false, Ok(())) => {
+                tracing::warn!(
+                    vdisk = self.vdisk,
+                    "the store records the mirror's copy stale: it cannot take over until resynced"
+                );
+                self.replica.stale_recorded()
+            }
+            (false, Err(why)) => {
+                if self.replica.recorded() != Recorded::Unrecordable {
+                    tracing::error!(
+                        vdisk = self.vdisk,
+                        "the store cannot record the mirror stale ({why}): requests fail until it can, as this node may no longer be the primary"
+                    );
+                }
+                self.record_retry_at = Some(Instant::now() + RECORD_RETRY);
+                self.replica.stale_record_failed()
+            }
+            (true, Ok(())) => {
+                tracing::info!(
+                    vdisk = self.vdisk,
+                    "the store records the mirror's copy current"
+                );
+                self.replica.current_recorded();
+                Vec::new()
+            }
+            (true, Err(why)) => {
+                tracing::warn!(
+                    vdisk = self.vdisk,
+                    "the store cannot record the mirror current yet ({why})"
+                );
+                self.replica.current_record_failed();
+                self.record_retry_at = Some(Instant::now() + RECORD_RETRY);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The stale side a resync would copy to, with its in-sync source.
+    fn resync_sides(&self) -> Option<(Side, Side)> {
+        Side::BOTH.into_iter().find_map(|target| {
+            let source = target.other();
+            (self.replica.state(target) == SideState::Stale
+                && self.replica.state(source) == SideState::InSync)
+                .then_some((source, target))
+        })
+    }
+
+    fn has_work(&self) -> bool {
+        self.resync_sides().is_some() || self.verify.is_some()
+    }
+
+    /// Starts the next job if none runs and the pacer allows: the resync's
+    /// next dirty region first, else the verify's next region.
+    fn start_job(&mut self, now: Instant) {
+        if self.job.is_some() || now < self.job_not_before {
+            return;
+        }
+        if let Some((source, target)) = self.resync_sides() {
+            let regions = self.dirty.regions();
+            let next = regions
+                .next_dirty(self.resync_cursor)
+                .or_else(|| regions.next_dirty(0));
+            match next {
+                Some(region) => {
+                    self.resync_cursor = region;
+                    let job = Job::Copy {
+                        region,
+                        source,
+                        target,
+                    };
+                    self.start(job, region);
+                    return;
+                }
+                None => {
+                    if !self.finish_resync(target) {
+                        self.job_not_before = now + JOB_RETRY;
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(run) = &mut self.verify else {
+            return;
+        };
+        let geometry = self.dirty.geometry();
+        while run.next < geometry.region_count() && self.dirty.regions().is_dirty(run.next) {
+            run.skipped_dirty += 1;
+            run.next += 1;
+        }
+        if run.next == geometry.region_count() {
+            if let Some(run) = self.verify.take() {
+                let _ = run.done.send(Ok(VerifyReport {
+                    regions: geometry.region_count(),
+                    region_size: geometry.region_size(),
+                    differing: run.differing,
+                    skipped_dirty: run.skipped_dirty,
+                }));
+            }
+            return;
+        }
+        if let Some(side) = Side::BOTH
+            .into_iter()
+            .find(|&s| self.replica.state(s) == SideState::Down)
+        {
+            if let Some(run) = self.verify.take() {
+                let _ = run
+                    .done
+                    .send(Err(VerifyError::SideDown(self.name(side).into())));
+            }
+            return;
+        }
+        let region = run.next;
+        self.start(Job::Compare { region }, region);
+    }
+
+    /// Every dirty region is copied: the stale side is in sync, unless a
+    /// write it missed is still in flight (then the next wake tries again).
+    fn finish_resync(&mut self, target: Side) -> bool {
+        if !self.replica.resynced(target) {
+            return false;
+        }
+        if let Err(e) = self.dirty.flush() {
+            tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the cleared dirty map: a restart copies those regions again");
+        }
+        tracing::info!(
+            vdisk = self.vdisk,
+            side = self.name(target),
+            resynced_bytes = self.resynced_bytes,
+            full = self.full,
+            "mirror resync done: both copies in sync"
+        );
+        self.full = false;
+        true
+    }
+
+    /// Starts `job` on `region` if no write to it is in flight; else tries
+    /// again shortly.
+    fn start(&mut self, job: Job, region: u64) {
+        let geometry = self.dirty.geometry();
+        let start = region * geometry.region_size();
+        let range = start..start + geometry.region_len(region);
+        let busy = self
+            .pending
+            .iter()
+            .filter(|(id, _)| !self.deferred.iter().any(|(d, _)| d == *id))
+            .filter_map(|(_, p)| written(p.request))
+            .any(|w| overlaps(&w, &range));
+        if busy {
+            self.job_not_before = Instant::now() + JOB_RETRY;
+            return;
+        }
+        let sides = self.sides.clone();
+        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let events = self.events.clone();
+        let copy_range = range.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let result = run_job(&sides, job, copy_range, wire_id, epoch, timeout).await;
+            let took = began.elapsed();
+            let _ = events.send(Event::JobDone { job, took, result });
+        });
+        self.job = Some((job, range));
+    }
+
+    fn job_done(
+        &mut self,
+        job: Job,
+        took: Duration,
+        result: Result<bool, (Side, String)>,
+    ) -> Vec<Action> {
+        let now = Instant::now();
+        let bytes = self
+            .job
+            .take()
+            .map_or(0, |(_, range)| range.end - range.start);
+        let mut actions = Vec::new();
+        match (job, result) {
+            (Job::Copy { region, target, .. }, Ok(_)) => {
+                // A write the target missed meanwhile left it down, and
+                // the region dirty again for the next resync.
+                if self.replica.state(target) == SideState::Stale {
+                    self.dirty.clear(region);
+                    self.resynced_bytes += bytes;
+                    self.copies.push_back((now, bytes));
+                }
+                self.job_not_before = now + self.pacer.copied(bytes, took, now);
+            }
+            (Job::Compare { region }, Ok(same)) => {
+                if let Some(run) = &mut self.verify {
+                    if !same {
+                        tracing::error!(
+                            vdisk = self.vdisk,
+                            region,
+                            "verify: the copies of a region not recorded dirty differ"
+                        );
+                        run.differing.push(region);
+                    }
+                    run.next = region + 1;
+                }
+                self.job_not_before = now + self.pacer.copied(bytes, took, now);
+            }
+            (job, Err((side, why))) => {
+                tracing::warn!(
+                    vdisk = self.vdisk,
+                    side = self.name(side),
+                    ?job,
+                    "mirror side failed a background copy or compare ({why}): going on degraded"
+                );
+                if let (Job::Compare { .. }, Some(run)) = (job, self.verify.take()) {
+                    let _ = run.done.send(Err(VerifyError::SideFailed {
+                        side: self.name(side).into(),
+                        why,
+                    }));
+                }
+                actions.extend(self.replica.side_down(side));
+            }
+        }
+        for (id, request) in std::mem::take(&mut self.deferred) {
+            actions.extend(self.replica.submit(id, request));
+        }
+        actions
+    }
+
+    fn start_verify(&mut self, done: oneshot::Sender<Result<VerifyReport, VerifyError>>) {
+        if self.verify.is_some() {
+            let _ = done.send(Err(VerifyError::AlreadyRunning));
+            return;
+        }
+        self.verify = Some(VerifyRun {
+            next: 0,
+            differing: Vec::new(),
+            skipped_dirty: 0,
+            done,
+        });
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        while self
+            .copies
+            .front()
+            .is_some_and(|&(at, _)| now.duration_since(at) > RATE_WINDOW)
+        {
+            self.copies.pop_front();
+        }
+        let rate = if self.resync_sides().is_some() {
+            let bytes: u64 = self.copies.iter().map(|&(_, b)| b).sum();
+            (bytes as f64 / RATE_WINDOW.as_secs_f64()) as u64
+        } else {
+            0
+        };
+        let now = MirrorStatus {
+            sides: self.replica.states(),
+            recorded: self.replica.recorded(),
+            region_size: self.dirty.geometry().region_size(),
+            dirty_bytes: self.dirty.regions().dirty_bytes(),
+            resynced_bytes: self.resynced_bytes,
+            rate,
+            full: self.full,
+        };
+        self.publish.send_if_modified(|status| {
+            let changed = *status != now;
+            *status = now;
+            changed
+        });
+    }
+}
+
+async fn sleep_until(at: Instant) {
+    tokio::time::sleep_until(at.into()).await
+}
+
+/// One attempt of `op` on `path`, failing after `timeout`.
+async fn attempt(
+    path: &TailPath,
+    wire_id: u64,
+    epoch: u64,
+    op: Op,
+    payload: Option<Arc<AlignedBuf>>,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    match tokio::time::timeout(timeout, path.execute(wire_id, epoch, op, payload)).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {} ms", timeout.as_millis())),
+    }
+}
+
+/// Reads `len` bytes at `offset` from `side`.
+async fn read_side(
+    sides: &[Arc<TailPath>; 2],
+    side: Side,
+    (wire_id, epoch, timeout): (u64, u64, Duration),
+    offset: u64,
+    len: u32,
+) -> Result<AlignedBuf, (Side, String)> {
+    let op = Op::Read { offset, len };
+    match attempt(&sides[side.index()], wire_id, epoch, op, None, timeout).await {
+        Ok(Reply {
+            status: Status::Ok,
+            data: Some(data),
+        }) if data.len() == len as usize => Ok(data),
+        Ok(Reply { status, .. }) => Err((side, format!("read answered {status:?}"))),
+        Err(why) => Err((side, why)),
+    }
+}
+
+/// Runs a copy or a compare over `range`, a piece at a time. A compare
+/// answers whether the two copies' CRC32C match.
+async fn run_job(
+    sides: &[Arc<TailPath>; 2],
+    job: Job,
+    range: Range<u64>,
+    wire_id: u64,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<bool, (Side, String)> {
+    let how = (wire_id, epoch, timeout);
+    let mut crcs = [0u32; 2];
+    let mut offset = range.start;
+    while offset < range.end {
+        // At most COPY_CHUNK: fits a u32.
+        let len = (range.end - offset).min(COPY_CHUNK) as u32;
+        match job {
+            Job::Copy { source, target, .. } => {
+                let data = read_side(sides, source, how, offset, len).await?;
+                let op = Op::Write { offset, len };
+                let payload = Some(Arc::new(data));
+                match attempt(&sides[target.index()], wire_id, epoch, op, payload, timeout).await {
+                    Ok(Reply {
+                        status: Status::Ok, ..
+                    }) => {}
+                    Ok(Reply { status, .. }) => {
+                        return Err((target, format!("write answered {status:?}")))
+                    }
+                    Err(why) => return Err((target, why)),
+                }
+            }
+            Job::Compare { .. } => {
+                let (a, b) = tokio::join!(
+                    read_side(sides, Side::A, how, offset, len),
+                    read_side(sides, Side::B, how, offset, len)
+                );
+                crcs[0] = crc32c::crc32c_append(crcs[0], &a?);
+                crcs[1] = crc32c::crc32c_append(crcs[1], &b?);
+            }
+        }
+        offset += u64::from(len);
+    }
+    Ok(crcs[0] == crcs[1])
 }

@@ -2,16 +2,39 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::mirror::MirroredVdisk;
 use crate::wire::Nack;
 use crate::{EngineRing, LocalTail};
 
-/// One exported tail and the configuration epoch it is served under.
+/// What a node serves for a vdisk id.
+#[derive(Clone)]
+pub enum Served {
+    /// A tail of this node, as it is.
+    Tail(Arc<LocalTail<EngineRing>>),
+    /// A mirrored vdisk whose primary this node is: a write reaches both
+    /// copies before it is answered.
+    Mirror(Arc<MirroredVdisk>),
+}
+
+impl From<Arc<LocalTail<EngineRing>>> for Served {
+    fn from(tail: Arc<LocalTail<EngineRing>>) -> Self {
+        Served::Tail(tail)
+    }
+}
+
+impl From<Arc<MirroredVdisk>> for Served {
+    fn from(mirror: Arc<MirroredVdisk>) -> Self {
+        Served::Mirror(mirror)
+    }
+}
+
+/// One export and the configuration epoch it is served under.
 struct Export {
-    tail: Arc<LocalTail<EngineRing>>,
+    served: Served,
     epoch: u64,
 }
 
-/// The tails this node serves to peers, by vdisk id, each under its own
+/// The tails and mirrors this node serves to peers, by vdisk id, each under its own
 /// configuration epoch, and the peers it serves at all. Shared by the peer
 /// server and whoever adds, removes and reconfigures vdisks while it runs.
 pub struct Exports {
@@ -35,10 +58,11 @@ impl Exports {
         }
     }
 
-    /// Serves `tail` for `vdisk` under `epoch` from now on, in place of any
-    /// earlier one.
-    pub fn insert(&self, vdisk: u64, epoch: u64, tail: Arc<LocalTail<EngineRing>>) {
-        write(&self.tails).insert(vdisk, Export { tail, epoch });
+    /// Serves a tail or a mirror for `vdisk` under `epoch` from now on, in
+    /// place of any earlier one.
+    pub fn insert(&self, vdisk: u64, epoch: u64, served: impl Into<Served>) {
+        let served = served.into();
+        write(&self.tails).insert(vdisk, Export { served, epoch });
     }
 
     /// Raises the epoch `vdisk` is served under to `epoch`: requests of
@@ -58,10 +82,10 @@ impl Exports {
         write(&self.tails).remove(&vdisk);
     }
 
-    /// The tail served for `vdisk` and its epoch.
-    pub fn get(&self, vdisk: u64) -> Option<(Arc<LocalTail<EngineRing>>, u64)> {
+    /// What is served for `vdisk`, and its epoch.
+    pub fn get(&self, vdisk: u64) -> Option<(Served, u64)> {
         let tails = read(&self.tails);
-        tails.get(&vdisk).map(|e| (e.tail.clone(), e.epoch))
+        tails.get(&vdisk).map(|e| (e.served.clone(), e.epoch))
     }
 
     /// Serves only peers whose address is in `members` from now on (`None`:
@@ -80,15 +104,11 @@ impl Exports {
             .is_none_or(|members| members.contains(&ip.to_canonical()))
     }
 
-    /// The tail a request of `epoch` for `vdisk` may run on, or why not. A
+    /// What a request of `epoch` for `vdisk` may run on, or why not. A
     /// newer epoch than the export's raises it: the sender has seen a
     /// committed mapping this node has not applied yet, and from now on
     /// requests under the older one are refused.
-    pub(crate) fn for_request(
-        &self,
-        vdisk: u64,
-        epoch: u64,
-    ) -> Result<Arc<LocalTail<EngineRing>>, Nack> {
+    pub(crate) fn for_request(&self, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
         {
             let tails = read(&self.tails);
             let export = tails.get(&vdisk).ok_or(Nack::NoSuchTail)?;
@@ -98,7 +118,7 @@ impl Exports {
                 });
             }
             if epoch == export.epoch {
-                return Ok(export.tail.clone());
+                return Ok(export.served.clone());
             }
         }
         // Checked again under the write lock: the export may have been
@@ -119,7 +139,7 @@ impl Exports {
             );
             export.epoch = epoch;
         }
-        Ok(export.tail.clone())
+        Ok(export.served.clone())
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::Exports;
+use super::{Exports, Served};
 use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
 use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
 
@@ -185,7 +185,17 @@ async fn execute(
         return (Status::Ok, None);
     }
     match exports.for_request(vdisk, epoch) {
-        Ok(tail) => run_on_tail(&tail, op, &payload).await,
+        Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
+        Ok(Served::Mirror(mirror)) => {
+            let payload = matches!(op, Op::Write { .. }).then(|| Arc::new(payload));
+            match mirror.call(op, payload).await {
+                Ok(data) => (Status::Ok, data),
+                Err(e) => {
+                    let errno = e.errno().unsigned_abs();
+                    (Status::Nack(Nack::Io { errno }), None)
+                }
+            }
+        }
         Err(nack) => (Status::Nack(nack), None),
     }
 }

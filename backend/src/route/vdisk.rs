@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::counters::path_counters;
 use super::{Action, Gate, PathsCounters, RouteConfig, VdiskCounters};
 use crate::link::{LinkError, PeerLinks, Reply};
+use crate::mirror::MirroredVdisk;
 use crate::peer::run_on_tail;
 use crate::wire::{Nack, Op, Status};
 use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, LocalTail};
@@ -19,13 +20,15 @@ pub enum TailPath {
     Local(Arc<LocalTail<EngineRing>>),
     /// A tail on a peer, over its links.
     Peer(Arc<PeerLinks>),
+    /// A mirrored vdisk whose primary this node is.
+    Mirror(Arc<MirroredVdisk>),
 }
 
 impl TailPath {
     /// "local", or the peer's name: how logs and counters name the path.
     pub fn name(&self) -> &str {
         match self {
-            TailPath::Local(_) => "local",
+            TailPath::Local(_) | TailPath::Mirror(_) => "local",
             TailPath::Peer(peer) => peer.name(),
         }
     }
@@ -44,6 +47,18 @@ impl TailPath {
                 Ok(Reply { status, data })
             }
             TailPath::Peer(peer) => peer.call(vdisk, epoch, op, payload).await,
+            TailPath::Mirror(mirror) => Ok(match mirror.call(op, payload).await {
+                Ok(data) => Reply {
+                    status: Status::Ok,
+                    data,
+                },
+                Err(e) => Reply {
+                    status: Status::Nack(Nack::Io {
+                        errno: e.errno().unsigned_abs(),
+                    }),
+                    data: None,
+                },
+            }),
         }
     }
 }
