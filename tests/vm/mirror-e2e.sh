@@ -13,6 +13,9 @@
 #   `verify` finds no difference (and does find one made behind its back).
 # - vd, now b:m0 <-> a:m0: a cut off from the majority while c writes
 #   through b -> a's own writes fail, c's go on; healed -> a resyncs from b.
+#   Meanwhile vs (a:m3 <-> b:m3), whose primary a is: a cannot record its
+#   mirror stale, so it takes no write (fenced) and b takes vs over; healed,
+#   a's copy of vs is made equal to b's.
 # - N:1: va (a:m1 <-> b:m1) and vc (c:m2 <-> b:m2); kill a -> b serves va
 #   and goes on mirroring vc.
 #
@@ -47,6 +50,7 @@ trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 dd if=/dev/urandom of="$MNT/a-m0.img" bs=1M count=64 oflag=direct status=none
 truncate -s 64M "$MNT/b-m0.img"
 for tail in a-m1 b-m1 b-m2 c-m2; do truncate -s 32M "$MNT/$tail.img"; done
+for tail in a-m3 b-m3; do truncate -s 16M "$MNT/$tail.img"; done
 
 lab_up a b c
 # a's io_timeout is short: cut off from the majority, its writes must fail
@@ -56,12 +60,14 @@ lab_config a true "metrics_listen = \"127.0.0.1:9477\"
 io_timeout_ms = 8000
 [tails]
 m0 = \"$MNT/a-m0.img\"
-m1 = \"$MNT/a-m1.img\""
+m1 = \"$MNT/a-m1.img\"
+m3 = \"$MNT/a-m3.img\""
 lab_config b true "metrics_listen = \"127.0.0.1:9477\"
 [tails]
 m0 = \"$MNT/b-m0.img\"
 m1 = \"$MNT/b-m1.img\"
-m2 = \"$MNT/b-m2.img\""
+m2 = \"$MNT/b-m2.img\"
+m3 = \"$MNT/b-m3.img\""
 lab_config c true "metrics_listen = \"127.0.0.1:9477\"
 [tails]
 m2 = \"$MNT/c-m2.img\""
@@ -112,6 +118,18 @@ wait_in_sync() {
         sleep 0.2
     done
     echo "$1 never had $2 in sync: $json"; return 1
+}
+
+# wait_resync_state NODE VDISK STATE: until NODE's resync report on VDISK
+# is in STATE (30 s at most).
+wait_resync_state() {
+    local seen="" deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        seen=$(lab_cli "$1" resync "$2" --json 2>&1) || true
+        [ "$(jq -r .state <<<"$seen" 2>/dev/null)" = "$3" ] && { echo "$1: $2 $3: $seen"; return 0; }
+        sleep 0.2
+    done
+    echo "$1 never had $2 $3: $seen"; return 1
 }
 
 # wait_vdisk NODE VDISK FILTER VALUE [SECS]: until the jq FILTER of VDISK's
@@ -186,7 +204,7 @@ verify_clean() {
 # ---------------------------------------------------------------- the tests
 
 test_a_mirror_on_the_primary_s_own_node_is_refused() {
-    expect_error "node" lab_cli c add bad --size 16M --primary a:m1 --mirror a:m0
+    expect_error "different nodes" lab_cli c add bad --size 16M --primary a:m1 --mirror a:m0
     [ -z "$(lab_vdisk c bad)" ] || { echo "bad was recorded anyway"; return 1; }
 }
 
@@ -201,7 +219,7 @@ test_a_new_mirror_is_fully_resynced_and_runs_everywhere() {
     # One kernel, three nodes: three devices.
     [ "$(for node in a b c; do dev_of "$node" vd; done | sort -u | wc -l)" = 3 ]
     # resync runs on the primary only, and says which node that is.
-    expect_error "primary" lab_cli c resync vd --json
+    expect_error "primary, node a" lab_cli c resync vd --json
     wait_in_sync a vd
     for node in a b c; do wait_vdisk "$node" vd .mirror_copy current; done
     [ "$(resync a vd .mirror)" = b:m0 ]
@@ -211,6 +229,7 @@ test_a_new_mirror_is_fully_resynced_and_runs_everywhere() {
     # A new mirror is copied whole: a's random bytes now on b.
     [ "$(resync a vd .resynced_bytes)" -ge $((64 * MIB)) ]
     same_tails "$MNT/a-m0.img" "$MNT/b-m0.img"
+    ip netns exec "$(lab_ns a)" curl -sf http://127.0.0.1:9477/metrics | grep "^ublkvd_mirror"
     [ "$(lab_metric a 'ublkvd_mirror_in_sync{vdisk="vd"}')" = 1 ]
     [ "$(lab_metric a 'ublkvd_mirror_dirty_bytes{vdisk="vd"}')" = 0 ]
     # What c writes, a and b hold.
@@ -287,39 +306,66 @@ test_verify_finds_a_region_changed_behind_its_back() {
     verify_clean b vd
 }
 
+# a_write NAME DEVICE OFFSET_MIB: 4k of $WORK/a-block written on DEVICE at
+# OFFSET_MIB, direct, in the background; DD_PID[NAME], $WORK/NAME.err.
+declare -A DD_PID=()
+a_write() {
+    dd if="$WORK/a-block" of="$2" bs=4k seek=$(($3 * 256)) count=1 oflag=direct status=none \
+        2>"$WORK/$1.err" &
+    DD_PID[$1]=$!
+}
+
+# a_write_failed NAME: the write ended (40 s at most) with an error.
+a_write_failed() {
+    local rc=0 deadline=$((SECONDS + 40))
+    while kill -0 "${DD_PID[$1]}" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "${DD_PID[$1]}" 2>/dev/null; then
+        echo "a's write $1 neither completed nor failed in 40 s"; return 1
+    fi
+    wait "${DD_PID[$1]}" || rc=$?
+    unset "DD_PID[$1]"
+    echo "a's write $1 while cut off: exit $rc: $(cat "$WORK/$1.err")"
+    [ "$rc" -ne 0 ]
+}
+
 test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
-    local dev_c dev_a dd_pid rc=0 before_resynced resynced deadline
+    local dev_c dev_a dev_as before_resynced resynced vs_epoch
     # b took vd over from a: b is the primary, a the mirror.
     [ "$(lab_vdisk c vd '"\(.primary) \(.mirror) \(.mirror_copy)"')" = "b:m0 a:m0 current" ]
+    # vs: a is its primary, b its mirror; nobody writes it but a.
+    lab_cli c add vs --size 16M --primary a:m3 --mirror b:m3
+    lab_wait_state a vs running
+    wait_in_sync a vs
+    vs_epoch=$(lab_vdisk c vs .epoch)
     dev_c=$(dev_of c vd)
     dev_a=$(dev_of a vd)
+    dev_as=$(dev_of a vs)
     before_resynced=$(resync b vd .resynced_bytes)
     fio_bg cut "$dev_c" 24 8
     sleep 2
     echo "cut both of a's links"
     lab_link a 1 down; lab_link a 2 down
-    # a writes 4k at 56 MiB on its own device: it must fail (after a's
-    # io_timeout, 8 s) and land nowhere.
+    # a writes 4k on its own devices: at 56 MiB of vd (whose primary b it
+    # cannot reach) and at 8 MiB of vs (whose mirror it cannot reach, nor
+    # the store to record that). Both must fail, after a's io_timeout (8 s)
+    # at most.
     head -c 4k /dev/urandom >"$WORK/a-block"
-    dd if="$WORK/a-block" of="$dev_a" bs=4k seek=$((56 * 256)) count=1 oflag=direct status=none \
-        2>"$WORK/a-dd.err" &
-    dd_pid=$!
+    a_write a-vd "$dev_a" 56
+    a_write a-vs "$dev_as" 8
     # b loses its mirror and records its copy stale (b and c are a
     # majority); c's writes go on.
     wait_vdisk c vd .mirror_copy stale
     [ "$(resync b vd .state)" = degraded ]
+    # a is down for b and c, and the store still calls b's copy of vs
+    # current: the leader switches vs over to b.
+    wait_vdisk c vs '"\(.primary) \(.mirror) \(.moving_to)"' "b:m3 a:m3 null"
+    [ "$(lab_vdisk c vs .epoch)" = $((vs_epoch + 1)) ]
     fio_ok cut
     no_kernel_io_errors "$dev_c"
-    deadline=$((SECONDS + 40))
-    while kill -0 "$dd_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-    if kill -0 "$dd_pid" 2>/dev/null; then
-        echo "a's write neither completed nor failed in 40 s"
-        lab_link a 1 up; lab_link a 2 up
-        return 1
-    fi
-    wait "$dd_pid" || rc=$?
-    echo "a's write while cut off: exit $rc: $(cat "$WORK/a-dd.err")"
-    [ "$rc" -ne 0 ]
+    a_write_failed a-vd
+    a_write_failed a-vs
+    # a, still primary of vs as far as it knows, takes no write.
+    wait_resync_state a vs fenced
     echo "heal a's links"
     lab_link a 1 up; lab_link a 2 up
     lab_wait_member b a alive
@@ -337,6 +383,12 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
     # Healed, a writes through b again.
     dd if="$WORK/a-block" of="$dev_a" bs=4k seek=$((56 * 256)) count=1 oflag=direct status=none
     dd if="$dev_c" bs=4k skip=$((56 * 256)) count=1 iflag=direct status=none | cmp - "$WORK/a-block"
+    # a learns that b is vs's primary now, and gets b's copy: whatever a's
+    # refused write left in a's tail is overwritten.
+    wait_vdisk a vs '"\(.primary) \(.mirror)"' "b:m3 a:m3"
+    wait_in_sync b vs
+    verify_clean b vs
+    same_tails "$MNT/a-m3.img" "$MNT/b-m3.img"
 }
 
 test_b_mirrors_two_primaries_and_serves_one_when_its_node_dies() {
@@ -394,6 +446,8 @@ show_logs() {
         echo "    $node's log (without openraft's):"
         grep -v openraft "$LAB_DIR/$node/daemon.log" | tail -20 | cut -c 1-300 | sed 's/^/    | /'
     done
+    for pid in "${DD_PID[@]}"; do kill "$pid" 2>/dev/null; done
+    DD_PID=()
     # A failed test may leave a cut off or stopped.
     lab_link a 1 up; lab_link a 2 up
     [ -n "${LAB_PID[a]:-}" ] || lab_start a
