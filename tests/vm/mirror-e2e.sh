@@ -192,8 +192,8 @@ same_tails() {
 # finds no difference.
 verify_clean() {
     local json size region
-    json=$(lab_cli "$1" verify "$2" --json)
-    echo "verify $2: $json"
+    json=$(lab_cli "$1" verify "$2" --json 2>&1) || { echo "verify $2 on $1 failed: $json"; return 1; }
+    echo "verify $2: $(jq -c . <<<"$json")"
     size=$(lab_vdisk "$1" "$2" .size_bytes)
     region=$(jq .region_size <<<"$json")
     [ "$(jq .regions <<<"$json")" = $(((size + region - 1) / region)) ]
@@ -300,7 +300,7 @@ test_verify_finds_a_region_changed_behind_its_back() {
     if json=$(lab_cli b verify vd --json); then
         echo "verify exited 0 with a region changed: $json"; return 1
     fi
-    echo "verify: $json"
+    echo "verify: $(jq -c . <<<"$json")"
     [ "$(jq -c .differing <<<"$json")" = "[40]" ]
     dd if="$WORK/block" of="$MNT/a-m0.img" bs=4k seek=$((40 * 256 + 3)) count=1 oflag=direct conv=notrunc status=none
     verify_clean b vd
