@@ -205,6 +205,7 @@ async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: b
             sides: [a.path("a").await, b.path("b").await],
             dirty: map,
             states,
+            store_current: states[1] == SideState::InSync,
             replica: ReplicaConfig {
                 read_from: Side::A,
                 tracked: Some(Side::B),
@@ -428,5 +429,41 @@ fn a_primary_whose_store_cannot_record_the_loss_fails_requests_until_it_can() {
         assert_eq!(a.block(0), block(9));
         assert_eq!(b.block(0), block(0), "b missed it");
         assert!(m.records().len() >= 2 && m.records().iter().all(|&current| !current));
+    });
+}
+
+#[test]
+fn a_former_primary_takes_back_exactly_its_dirty_regions_from_the_new_one() {
+    runtime().block_on(async {
+        let (new_primary, old_primary) = (TestSide::start().await, TestSide::start().await);
+        std::fs::write(&new_primary.path, vec![0x5a; SIZE as usize]).unwrap();
+        // The old primary wrote regions 3 and 9 alone before it lost its
+        // place; the rest of its copy differs too, but is not its to fix.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mut map = DirtyMapFile::create(&dir.path().join("dirty"), geometry()).unwrap();
+        map.mark_durable(3 * REGION + 4096, 4096).unwrap();
+        map.mark_durable(9 * REGION, 2 * 4096).unwrap();
+        let engine = Engine::start(8).unwrap();
+        let own = LocalTail::open(&old_primary.path, 4096, false, engine.ring()).unwrap();
+        let copied = backend::mirror::pull_dirty(
+            new_primary.path("new").await,
+            TailPath::Local(Arc::new(own)),
+            VDISK,
+            EPOCH,
+            &mut map,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(copied, 2 * REGION);
+        assert_eq!(map.regions().count(), 0);
+        let old = std::fs::read(&old_primary.path).unwrap();
+        for region in 0..SIZE / REGION {
+            let bytes = &old[(region * REGION) as usize..((region + 1) * REGION) as usize];
+            let expected = if region == 3 || region == 9 { 0x5a } else { 0 };
+            assert!(bytes.iter().all(|&b| b == expected), "region {region}");
+        }
+        let durable = DirtyMapFile::open(&dir.path().join("dirty"), geometry()).unwrap();
+        assert_eq!(durable.regions().count(), 0, "the clears are durable");
     });
 }

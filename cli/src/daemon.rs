@@ -87,7 +87,8 @@ impl Daemon {
 
     /// Follows the store until `stop` turns true: each applied
     /// configuration is reconciled, and between changes pending moves are
-    /// checked for a coordinator that went away.
+    /// checked for a coordinator that went away, and vdisks that could not
+    /// start here are tried again.
     pub async fn follow_store(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
         loop {
@@ -105,6 +106,11 @@ impl Daemon {
                     () = tokio::time::sleep(RECHECK) => {
                         self.end_abandoned_moves(&self.store.configuration());
                     }
+                }
+                let node = self.node.clone();
+                let retried = tokio::task::spawn_blocking(move || lock(&node).retry_failed());
+                if retried.await.is_err() {
+                    tracing::error!("retrying failed vdisks panicked");
                 }
             }
         }

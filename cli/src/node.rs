@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use backend::mirror::{
-    copy_id, CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorSetup, MirrorStatus, MirroredVdisk,
-    RecordFuture, Recorded, ReplicaConfig, Side, SideState,
+    copy_id, pull_dirty, CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorSetup, MirrorStatus,
+    MirroredVdisk, RecordFuture, Recorded, ReplicaConfig, Side, SideState,
 };
 use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
 use backend::{EngineRing, IoMetrics, LocalTail, Metered};
@@ -217,6 +217,28 @@ impl Node {
             vdisk.suspended_for = None;
         }
         vdisk.record = record.clone();
+    }
+
+    /// Tries again to start the vdisks that could not start, their records
+    /// unchanged: what they needed (a peer, a former primary's regions to
+    /// take back) may be there now. Logs only what changed.
+    pub fn retry_failed(&mut self) {
+        for (name, vdisk) in &mut self.vdisks {
+            let VdiskState::Failed(why) = &vdisk.state else {
+                continue;
+            };
+            let state = start(&vdisk.record, &self.cluster, &self.store);
+            match &state {
+                VdiskState::Served { .. } => {
+                    tracing::info!(vdisk = %name, epoch = vdisk.record.epoch, "vdisk started on a later try")
+                }
+                VdiskState::Failed(now) if now != why => {
+                    tracing::error!(vdisk = %name, "cannot start vdisk: {now}")
+                }
+                VdiskState::Failed(_) => {}
+            }
+            vdisk.state = state;
+        }
     }
 
     /// The suspension a pending move asks of this node, once.
@@ -759,6 +781,7 @@ fn mapping(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> anyho
         let export = match mirror.node == cluster.node {
             true => {
                 let tail = open_own_tail(spec, mirror, cluster)?;
+                take_back_from(record, primary, &tail, cluster)?;
                 Some(cluster.export(copy_id(id), record.epoch, tail))
             }
             false => None,
@@ -818,21 +841,14 @@ fn start_mirror(
         bail!("vdisk {} is not mirrored", spec.name);
     };
     let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
-    let (mut dirty, lost) = open_map(&map_path(cluster, &spec.name), geometry)?;
+    let (dirty, lost) = open_map(&map_path(cluster, &spec.name), geometry)?;
     let name = &spec.name;
     let (mirror_state, full) = match record.mirror_copy {
-        MirrorCopy::Current => {
-            // The mirror has every acknowledged write: regions left dirty
-            // from an earlier time as primary are moot.
-            let dirty_regions: Vec<u64> = dirty.regions().iter().collect();
-            for region in dirty_regions {
-                dirty.clear(region);
-            }
-            dirty
-                .flush()
-                .with_context(|| format!("cannot write the dirty map of {name}"))?;
-            (SideState::InSync, false)
-        }
+        MirrorCopy::Current if dirty.regions().count() == 0 => (SideState::InSync, false),
+        // Writes the mirror missed before this node stopped, whose loss
+        // the store never heard of: acknowledged or not, the copies may
+        // differ there until a resync.
+        MirrorCopy::Current => (SideState::Stale, false),
         MirrorCopy::Stale if lost => {
             tracing::warn!(vdisk = %name, "the mirror's copy is stale and this node has no record of what it lacks: full resync");
             (SideState::Down, true)
@@ -860,6 +876,7 @@ fn start_mirror(
             ],
             dirty,
             states: [SideState::InSync, mirror_state],
+            store_current: record.mirror_copy == MirrorCopy::Current,
             replica: ReplicaConfig {
                 // Local reads cost no round trip.
                 read_from: Side::A,
@@ -870,6 +887,56 @@ fn start_mirror(
             full,
         },
     ))
+}
+
+/// How long a former primary waits for each piece of a region it takes
+/// back from the new one.
+const TAKE_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Before this node serves its copy of a mirrored vdisk it was primary of,
+/// it copies from the new primary the regions its dirty map left: writes
+/// it made on its own copy that the mirror (now primary) may lack, which
+/// the new primary cannot know of. Until that is done the copy is not
+/// served; a failure leaves the vdisk failed here, tried again later.
+fn take_back_from(
+    record: &VdiskRecord,
+    primary: &TailRef,
+    tail: &Arc<LocalTail<EngineRing>>,
+    cluster: &Cluster,
+) -> anyhow::Result<()> {
+    let spec = &record.spec;
+    let path = map_path(cluster, &spec.name);
+    let Placement::Mirror { region_size, .. } = spec.placement else {
+        return Ok(());
+    };
+    if !path.exists() {
+        return Ok(());
+    }
+    let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
+    let (mut dirty, _) = open_map(&path, geometry)?;
+    let regions = dirty.regions().count();
+    if regions > 0 {
+        let source = TailPath::Peer(cluster.peer(&primary.node)?);
+        let copied = cluster
+            .runtime
+            .block_on(pull_dirty(
+                source,
+                TailPath::Local(tail.clone()),
+                spec.name.id(),
+                record.epoch,
+                &mut dirty,
+                TAKE_BACK_TIMEOUT,
+            ))
+            .map_err(|why| {
+                anyhow::anyhow!(
+                    "cannot take back {regions} region(s) from the new primary {} before serving this copy: {why}",
+                    primary.node
+                )
+            })?;
+        tracing::info!(vdisk = %spec.name, primary = %primary.node, copied, "took back from the new primary the regions this node wrote alone as the old one");
+    }
+    drop(dirty);
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// Where the dirty map of mirrored vdisk `name` lives on its primary.

@@ -68,6 +68,6 @@ pub use pacer::{PacerConfig, ResyncPacer};
 pub use replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;
 pub use vdisk::{
-    CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, MirroredVdisk, RecordFuture,
+    pull_dirty, CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, MirroredVdisk, RecordFuture,
     VerifyError, VerifyReport,
 };

@@ -175,17 +175,19 @@ impl Replica {
     /// A mirror whose sides are both in sync, as after creation on two
     /// fresh (zeroed) tails.
     pub fn new(config: ReplicaConfig) -> Self {
-        Self::with_states(config, [SideState::InSync; 2])
+        Self::with_states(config, [SideState::InSync; 2], true)
     }
 
     /// A mirror restarted in the given states: a side that was not in sync
     /// when the daemon stopped is still not (its dirty regions say what it
     /// lacks).
-    /// The tracked side, if any, is as the store last recorded it:
-    /// current if in sync, stale otherwise.
-    pub fn with_states(config: ReplicaConfig, states: [SideState; 2]) -> Self {
+    /// `store_current`: whether the store calls the tracked side current.
+    /// It may while the side is not in sync here (a restart after writes
+    /// the side missed, whose loss the store never heard of): its loss
+    /// must then still be recorded.
+    pub fn with_states(config: ReplicaConfig, states: [SideState; 2], store_current: bool) -> Self {
         let recorded = match config.tracked {
-            Some(side) if states[side.index()] == SideState::InSync => Recorded::Current,
+            Some(_) if store_current => Recorded::Current,
             _ => Recorded::Stale,
         };
         Replica {
@@ -691,6 +693,7 @@ mod tests {
                 tracked: Some(B),
             },
             [SideState::InSync, SideState::Stale],
+            false,
         );
         assert_eq!(r.recorded(), Recorded::Stale);
         assert!(r.resynced(B));

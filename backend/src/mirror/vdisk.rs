@@ -76,6 +76,8 @@ pub struct MirrorSetup {
     pub dirty: DirtyMapFile,
     /// The sides as the store and the dirty map left them.
     pub states: [SideState; 2],
+    /// Whether the store calls the tracked side's copy current.
+    pub store_current: bool,
     pub replica: ReplicaConfig,
     pub config: MirrorConfig,
     /// Required when `replica.tracked` names a side.
@@ -202,6 +204,7 @@ impl MirroredVdisk {
             sides,
             mut dirty,
             states,
+            store_current,
             replica,
             config,
             recorder,
@@ -215,7 +218,7 @@ impl MirroredVdisk {
                 tracing::error!(vdisk, error = %e, "cannot mark the whole mirror dirty for a full resync");
             }
         }
-        let replica = Replica::with_states(replica, states);
+        let replica = Replica::with_states(replica, states, store_current);
         let initial = MirrorStatus {
             sides: replica.states(),
             recorded: replica.recorded(),
@@ -1079,4 +1082,47 @@ async fn run_job(
         offset += u64::from(len);
     }
     Ok(crcs[0] == crcs[1])
+}
+
+/// Copies every region `dirty` records from `source` (read as vdisk
+/// `wire_id` at `epoch`: the new primary's service) to `target` (this
+/// node's own tail), clearing each once it has landed, then flushes the
+/// tail and the map. How a former primary takes back from the new one the
+/// regions it may have written alone before it lost its place: the new
+/// primary does not know them. Returns the bytes copied.
+pub async fn pull_dirty(
+    source: TailPath,
+    target: TailPath,
+    wire_id: u64,
+    epoch: u64,
+    dirty: &mut DirtyMapFile,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let geometry = dirty.geometry();
+    let sides = [Arc::new(target), Arc::new(source)];
+    let regions: Vec<u64> = dirty.regions().iter().collect();
+    let mut copied = 0;
+    for region in regions {
+        let start = region * geometry.region_size();
+        let range = start..start + geometry.region_len(region);
+        let job = Job::Copy {
+            region,
+            source: Side::B,
+            target: Side::A,
+        };
+        run_job(&sides, job, range.clone(), wire_id, epoch, timeout)
+            .await
+            .map_err(|(_, why)| why)?;
+        dirty.clear(region);
+        copied += range.end - range.start;
+    }
+    match attempt(&sides[0], wire_id, epoch, Op::Flush, None, timeout).await {
+        Ok(Reply {
+            status: Status::Ok, ..
+        }) => {}
+        Ok(Reply { status, .. }) => return Err(format!("flush answered {status:?}")),
+        Err(why) => return Err(why),
+    }
+    dirty.flush().map_err(|e| e.to_string())?;
+    Ok(copied)
 }
