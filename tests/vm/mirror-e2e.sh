@@ -183,6 +183,21 @@ fio_ok() {
     jq -r --arg n "$1" '.jobs[0] | "fio \($n): \(.write.total_ios) writes (clat max \(.write.clat_ns.max / 1e6 | floor) ms), \(.read.total_ios) verified reads, 0 errors"' "$WORK/$1.json"
 }
 
+# wait_writing NODE VDISK PATH BEFORE: until NODE's PATH of VDISK has
+# completed 150 requests more than BEFORE (lab_completed): fio is writing.
+wait_writing() {
+    local now deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        now=$(lab_completed "$1" "$2" "$3") || true
+        [ "${now:-0}" -ge $(($4 + 150)) ] && return 0
+        sleep 0.1
+    done
+    echo "$1 completed no writes to $2 on $3: ${now:-nothing} since $4"; return 1
+}
+
+# write_stall NAME: fio NAME's longest write, in ms.
+write_stall() { jq '.jobs[0].write.clat_ns.max / 1e6 | floor' "$WORK/$1.json"; }
+
 # no_kernel_io_errors DEVICE: the kernel logged no I/O error for DEVICE.
 no_kernel_io_errors() {
     if dmesg | grep -w "${1#/dev/}" | grep -i "error"; then
@@ -250,11 +265,12 @@ test_a_new_mirror_is_fully_resynced_and_runs_everywhere() {
 }
 
 test_fio_on_c_runs_through_a_kill_of_the_primary_and_b_resyncs_only_what_changed() {
-    local before dev dirty resynced
+    local before dev dirty resynced completed
     dev=$(dev_of c vd)
     before=$(lab_vdisk c vd .epoch)
+    completed=$(lab_completed c vd a)
     fio_bg kill "$dev" 0 8
-    sleep 3
+    wait_writing c vd a "$completed"
     kill -0 "${FIO_PID[kill]}" || { echo "fio ended before the kill"; return 1; }
     echo "kill -9 a (primary of vd)"
     lab_kill a
@@ -266,6 +282,9 @@ test_fio_on_c_runs_through_a_kill_of_the_primary_and_b_resyncs_only_what_changed
     # More writes, while a is down.
     fio_bg more "$dev" 16 4
     fio_ok kill
+    # Writes waited for the takeover.
+    echo "longest write through the kill: $(write_stall kill) ms"
+    [ "$(write_stall kill)" -ge 1000 ]
     fio_ok more
     no_kernel_io_errors "$dev"
     # b records what a's copy misses: it is stale, vd degraded.
@@ -338,7 +357,7 @@ a_write_failed() {
 }
 
 test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
-    local dev_c dev_a dev_as before_resynced resynced vs_epoch
+    local dev_c dev_a dev_as before_resynced resynced vs_epoch completed
     # b took vd over from a: b is the primary, a the mirror.
     wait_in_sync b vd
     [ "$(lab_vdisk c vd '"\(.primary) \(.mirror) \(.mirror_copy)"')" = "b:m0 a:m0 current" ]
@@ -351,10 +370,12 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
     dev_a=$(dev_of a vd)
     dev_as=$(dev_of a vs)
     before_resynced=$(resync b vd .resynced_bytes)
+    completed=$(lab_completed c vd b)
     fio_bg cut "$dev_c" 24 8
-    sleep 2
+    wait_writing c vd b "$completed"
     echo "cut both of a's links"
     lab_link a 1 down; lab_link a 2 down
+    kill -0 "${FIO_PID[cut]}" || { echo "fio ended before the cut"; return 1; }
     # a writes 4k on its own devices: at 56 MiB of vd (whose primary b it
     # cannot reach) and at 8 MiB of vs (whose mirror it cannot reach, nor
     # the store to record that). Both must fail, after a's io_timeout (8 s)
@@ -371,6 +392,13 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
     wait_vdisk c vs '"\(.primary) \(.mirror) \(.moving_to)"' "b:m3 a:m3 null"
     [ "$(lab_vdisk c vs .epoch)" = $((vs_epoch + 1)) ]
     fio_ok cut
+    grep "mirror side\|copy stale" "$LAB_DIR/b/daemon.log" | tail -2 | cut -c 1-200
+    # b cannot know at once that a is gone: a write made after the cut
+    # waits until b has found a lost (its links' heartbeats, 1.5 s) and
+    # recorded a's copy stale; acknowledged sooner, a would lack a write
+    # while the store still called its copy current.
+    echo "longest write through the cut: $(write_stall cut) ms"
+    [ "$(write_stall cut)" -ge 1000 ]
     no_kernel_io_errors "$dev_c"
     a_write_failed a-vd
     a_write_failed a-vs
@@ -402,7 +430,7 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
 }
 
 test_b_mirrors_two_primaries_and_serves_one_when_its_node_dies() {
-    local va_dev vc_dev before
+    local va_dev vc_dev before completed
     lab_cli c add va --size 32M --primary a:m1 --mirror b:m1
     lab_cli c add vc --size 32M --primary c:m2 --mirror b:m2
     for node in a b c; do lab_wait_state "$node" va running; lab_wait_state "$node" vc running; done
@@ -411,8 +439,9 @@ test_b_mirrors_two_primaries_and_serves_one_when_its_node_dies() {
     va_dev=$(dev_of c va)
     vc_dev=$(dev_of b vc)
     before=$(lab_vdisk c va .epoch)
+    completed=$(lab_completed c va a)
     fio_bg va "$va_dev" 0 4
-    sleep 2
+    wait_writing c va a "$completed"
     echo "kill -9 a (primary of va)"
     lab_kill a
     wait_vdisk c va '"\(.primary) \(.mirror) \(.moving_to)"' "b:m1 a:m1 null"
@@ -421,6 +450,8 @@ test_b_mirrors_two_primaries_and_serves_one_when_its_node_dies() {
     # b's device to vc complete on both copies.
     fio_bg vc "$vc_dev" 8 4 300
     fio_ok va
+    echo "longest write through the kill: $(write_stall va) ms"
+    [ "$(write_stall va)" -ge 1000 ]
     fio_ok vc
     no_kernel_io_errors "$va_dev"
     no_kernel_io_errors "$vc_dev"
