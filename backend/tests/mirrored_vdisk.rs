@@ -13,6 +13,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use backend::mirror::{
 };
 use backend::peer::{serve, Exports};
 use backend::route::TailPath;
-use backend::{BlockBackend, Engine, LocalTail};
+use backend::wire::Op;
+use backend::{AlignedBuf, Engine, IoError, LocalTail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -32,6 +34,9 @@ const EPOCH: u64 = 1;
 const BLOCK: usize = 4096;
 const SIZE: u64 = 4 << 20;
 const REGION: u64 = 64 << 10;
+
+/// The last byte of the next side's loopback address.
+static NEXT_HOST: AtomicU8 = AtomicU8::new(1);
 
 /// A temp file served by its own peer server, stoppable.
 struct TestSide {
@@ -47,7 +52,11 @@ impl TestSide {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let path = dir.path().join("tail");
         File::create(&path).unwrap().set_len(SIZE).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // An address of its own: a side stopped and restarted keeps its
+        // port, which another test's listener must not take meanwhile.
+        let host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
+        let ip = std::net::Ipv4Addr::new(127, 0, 1, host);
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let mut side = TestSide {
             addr: listener.local_addr().unwrap(),
             _dir: dir,
@@ -85,9 +94,11 @@ impl TestSide {
 
     /// A peer path to this side whose links are up already.
     async fn path(&self, name: &str) -> TailPath {
+        // A stopped server closes its connections at once; heartbeats
+        // only need to outlast a loaded machine's pauses.
         let health = HealthConfig {
-            interval: Duration::from_millis(20),
-            allowed_misses: 3,
+            interval: Duration::from_millis(50),
+            allowed_misses: 10,
         };
         let peer = PeerLinks::new(name, health);
         peer.set_membership(Some(&[self.addr]));
@@ -180,6 +191,30 @@ impl Mirror {
         }
     }
 
+    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        let mut payload = AlignedBuf::new(data.len())?;
+        payload.copy_from_slice(data);
+        let op = Op::Write {
+            offset,
+            len: data.len() as u32,
+        };
+        self.vdisk.call(op, Some(Arc::new(payload))).await.map(drop)
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let op = Op::Read {
+            offset,
+            len: buf.len() as u32,
+        };
+        let data = self.vdisk.call(op, None).await?.unwrap();
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        self.vdisk.call(Op::Flush, None).await.map(drop)
+    }
+
     fn records(&self) -> Vec<bool> {
         self.store.records.lock().unwrap().clone()
     }
@@ -194,7 +229,22 @@ async fn mirror(a: &TestSide, b: &TestSide) -> Mirror {
 async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: bool) -> Mirror {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let map_path = dir.path().join("dirty");
-    let map = DirtyMapFile::create(&map_path, geometry()).unwrap();
+    DirtyMapFile::create(&map_path, geometry()).unwrap();
+    let store_current = states[1] == SideState::InSync;
+    mirror_on(a, b, dir, states, store_current, full).await
+}
+
+/// A mirror of `a` to `b` from the dirty map in `dir`, as a restart finds
+/// it: in `states`, the store calling b current or not.
+async fn mirror_on(
+    a: &TestSide,
+    b: &TestSide,
+    dir: tempfile::TempDir,
+    states: [SideState; 2],
+    store_current: bool,
+    full: bool,
+) -> Mirror {
+    let map_path = dir.path().join("dirty");
     let store = Arc::new(TestStore::default());
     let vdisk = MirroredVdisk::spawn(
         &tokio::runtime::Handle::current(),
@@ -203,9 +253,9 @@ async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: b
             wire_id: VDISK,
             epoch: EPOCH,
             sides: [a.path("a").await, b.path("b").await],
-            dirty: map,
+            dirty: DirtyMapFile::open(&map_path, geometry()).unwrap(),
             states,
-            store_current: states[1] == SideState::InSync,
+            store_current,
             replica: ReplicaConfig {
                 read_from: Side::A,
                 tracked: Some(Side::B),
@@ -213,6 +263,7 @@ async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: b
             config: MirrorConfig {
                 request_timeout: Duration::from_secs(2),
                 probe_interval: Duration::from_millis(50),
+                activity_sweep: Duration::from_millis(100),
                 pacer: PacerConfig {
                     rate_max: 1 << 30,
                     rate_min: 64 << 20,
@@ -237,8 +288,7 @@ fn same_files(a: &TestSide, b: &TestSide) -> bool {
 
 async fn write_regions(m: &Mirror, regions: std::ops::RangeInclusive<u64>, seed: u8) {
     for r in regions {
-        m.vdisk
-            .write(region_block(r) * BLOCK as u64, &block(r as u8 ^ seed))
+        m.write(region_block(r) * BLOCK as u64, &block(r as u8 ^ seed))
             .await
             .unwrap();
     }
@@ -249,12 +299,11 @@ fn writes_land_on_both_tails_and_leave_no_dirty_region() {
         let (a, b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
         for r in 0..16 {
-            m.vdisk
-                .write(region_block(r) * BLOCK as u64, &block(r as u8))
+            m.write(region_block(r) * BLOCK as u64, &block(r as u8))
                 .await
                 .unwrap();
         }
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         for r in 0..16 {
             assert_eq!(a.block(region_block(r)), block(r as u8), "a, region {r}");
             assert_eq!(b.block(region_block(r)), block(r as u8), "b, region {r}");
@@ -263,9 +312,11 @@ fn writes_land_on_both_tails_and_leave_no_dirty_region() {
             std::fs::read(&a.path).unwrap(),
             std::fs::read(&b.path).unwrap()
         );
-        let status = m.status();
+        // Written regions stay dirty until swept: a crash now would
+        // resync them.
+        assert_eq!(m.status().dirty_bytes, 16 * REGION);
+        let status = m.wait("swept", |s| s.dirty_bytes == 0).await;
         assert_eq!(status.sides, [SideState::InSync; 2]);
-        assert_eq!(status.dirty_bytes, 0);
         assert_eq!(m.records(), [], "nothing to tell the store");
     });
 }
@@ -275,16 +326,16 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
     runtime().block_on(async {
         let (mut a, b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
-        m.vdisk.write(0, &block(1)).await.unwrap();
+        m.write(0, &block(1)).await.unwrap();
+        m.wait("swept", |s| s.dirty_bytes == 0).await;
 
         a.kill().await;
         for r in 1..=10 {
-            m.vdisk
-                .write(region_block(r) * BLOCK as u64, &block(r as u8 + 100))
+            m.write(region_block(r) * BLOCK as u64, &block(r as u8 + 100))
                 .await
                 .unwrap();
         }
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         let status = m.status();
         assert_eq!(status.sides, [SideState::Down, SideState::InSync]);
         // Every region written while degraded, and only those (the first
@@ -304,8 +355,7 @@ fn with_one_side_stopped_writes_complete_on_the_survivor_and_their_regions_are_d
         // Reads, though side A is preferred, come from the survivor.
         for r in 0..=10 {
             let mut back = vec![0; BLOCK];
-            m.vdisk
-                .read(region_block(r) * BLOCK as u64, &mut back)
+            m.read(region_block(r) * BLOCK as u64, &mut back)
                 .await
                 .unwrap();
             let expected = if r == 0 {
@@ -324,9 +374,10 @@ fn a_returning_side_gets_exactly_the_dirty_regions_and_is_recorded_current_after
         let (a, mut b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
         write_regions(&m, 0..=63, 0).await;
+        m.wait("swept", |s| s.dirty_bytes == 0).await;
         b.kill().await;
         write_regions(&m, 5..=12, 0x55).await;
-        m.vdisk.flush().await.unwrap();
+        m.flush().await.unwrap();
         assert_eq!(
             m.records(),
             [false],
@@ -371,8 +422,9 @@ fn a_full_resync_copies_everything_while_writes_go_on() {
         let done = m
             .wait("resynced", |s| s.sides == [SideState::InSync; 2] && !s.full)
             .await;
-        // Written regions are still dirty: a write does not clean them.
-        assert_eq!(done.resynced_bytes, SIZE, "{done:?}");
+        // A write marks its region again (a crash would leave it half
+        // done): one written after its copy is copied once more.
+        assert!(done.resynced_bytes >= SIZE, "{done:?}");
         assert!(same_files(&a, &b));
         let report = m.vdisk.verify().await.unwrap();
         assert_eq!((report.regions, report.differing.len()), (SIZE / REGION, 0));
@@ -380,7 +432,7 @@ fn a_full_resync_copies_everything_while_writes_go_on() {
 }
 
 #[test]
-fn verify_finds_a_region_changed_behind_the_mirror_and_skips_dirty_ones() {
+fn verify_finds_a_region_changed_behind_the_mirror_and_needs_both_sides() {
     runtime().block_on(async {
         let (a, mut b) = (TestSide::start().await, TestSide::start().await);
         let m = mirror(&a, &b).await;
@@ -413,19 +465,19 @@ fn a_primary_whose_store_cannot_record_the_loss_fails_requests_until_it_can() {
         write_regions(&m, 0..=3, 0).await;
         *m.store.refuse.lock().unwrap() = true;
         b.kill().await;
-        let refused = m.vdisk.write(0, &block(9)).await;
+        let refused = m.write(0, &block(9)).await;
         assert!(
             refused.is_err(),
             "acknowledged while the store calls b current"
         );
         let mut back = vec![0; BLOCK];
-        assert!(m.vdisk.read(0, &mut back).await.is_err(), "a read, too");
+        assert!(m.read(0, &mut back).await.is_err(), "a read, too");
         assert_eq!(m.status().recorded, Recorded::Unrecordable);
 
         // The store is back: the retried record goes through.
         *m.store.refuse.lock().unwrap() = false;
         m.wait("recorded", |s| s.recorded == Recorded::Stale).await;
-        m.vdisk.write(0, &block(9)).await.unwrap();
+        m.write(0, &block(9)).await.unwrap();
         assert_eq!(a.block(0), block(9));
         assert_eq!(b.block(0), block(0), "b missed it");
         assert!(m.records().len() >= 2 && m.records().iter().all(|&current| !current));
@@ -465,5 +517,61 @@ fn a_former_primary_takes_back_exactly_its_dirty_regions_from_the_new_one() {
         }
         let durable = DirtyMapFile::open(&dir.path().join("dirty"), geometry()).unwrap();
         assert_eq!(durable.regions().count(), 0, "the clears are durable");
+    });
+}
+
+#[test]
+fn a_full_resync_asked_for_a_replaced_disk_copies_it_whole_and_tells_the_store_first() {
+    runtime().block_on(async {
+        let (a, b) = (TestSide::start().await, TestSide::start().await);
+        let m = mirror(&a, &b).await;
+        write_regions(&m, 0..=63, 0x21).await;
+        // b's disk replaced by a blank one, unknown to the mirror.
+        std::fs::write(&b.path, vec![0; SIZE as usize]).unwrap();
+        m.vdisk.full_resync(Side::B).await.unwrap();
+        let done = m
+            .wait("resynced", |s| {
+                s.sides == [SideState::InSync; 2] && s.recorded == Recorded::Current && !s.full
+            })
+            .await;
+        assert_eq!(done.resynced_bytes, SIZE);
+        assert_eq!(
+            m.records(),
+            [false, true],
+            "stale before the copy, current after"
+        );
+        assert!(same_files(&a, &b));
+    });
+}
+
+#[test]
+fn regions_being_written_when_the_primary_stops_are_resynced_at_its_next_start() {
+    runtime().block_on(async {
+        let (a, b) = (TestSide::start().await, TestSide::start().await);
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let map_path = dir.path().join("dirty");
+        // A crash with writes to regions 2 and 7 half done: they landed on
+        // a, not b, and the activity log has them.
+        let mut map = DirtyMapFile::create(&map_path, geometry()).unwrap();
+        map.mark_durable(2 * REGION, 4096).unwrap();
+        map.mark_durable(7 * REGION, 4096).unwrap();
+        drop(map);
+        for region in [2, 7] {
+            File::options()
+                .write(true)
+                .open(&a.path)
+                .unwrap()
+                .write_all_at(&block(0x77), region * REGION)
+                .unwrap();
+        }
+        // Restarted: the store still calls b current, yet b lacks them.
+        let states = [SideState::InSync, SideState::Stale];
+        let m = mirror_on(&a, &b, dir, states, true, false).await;
+        let done = m
+            .wait("resynced", |s| s.sides == [SideState::InSync; 2])
+            .await;
+        assert_eq!(done.resynced_bytes, 2 * REGION);
+        assert!(same_files(&a, &b));
+        assert_eq!(m.records(), [], "the store never called b stale");
     });
 }

@@ -77,6 +77,10 @@ pub enum Command {
         /// Show a live progress bar until the copies are in sync
         #[arg(long)]
         watch: bool,
+        /// Copy the whole device to the mirror: after its disk was
+        /// replaced, which ublkvd cannot tell from the one it knew
+        #[arg(long)]
+        full: bool,
     },
     /// Compare both copies of a mirrored vdisk online, region by region
     /// (CRC32C); exits non-zero if any differ. Run on its primary node

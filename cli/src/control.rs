@@ -25,8 +25,12 @@ pub enum Request {
     Members,
     Store,
     /// How a mirrored vdisk's resync stands; answered by its primary.
+    /// With `full`, first marks the whole mirror for copying (a replaced
+    /// disk).
     Resync {
         name: String,
+        #[serde(default)]
+        full: bool,
     },
     /// Compare both copies of a mirrored vdisk; answered by its primary.
     Verify {
@@ -245,8 +249,11 @@ pub fn store(socket: &Path) -> anyhow::Result<StoreInfo> {
 
 /// Asks the daemon at `socket`, the primary of mirrored vdisk `name`, how
 /// its resync stands.
-pub fn resync(socket: &Path, name: &str) -> anyhow::Result<ResyncInfo> {
-    let request = Request::Resync { name: name.into() };
+pub fn resync(socket: &Path, name: &str, full: bool) -> anyhow::Result<ResyncInfo> {
+    let request = Request::Resync {
+        name: name.into(),
+        full,
+    };
     match exchange(socket, &request)? {
         Response::Resync(info) => Ok(info),
         other => bail!("unexpected reply from the daemon: {other:?}"),

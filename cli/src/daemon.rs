@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use backend::mirror::{MirroredVdisk, Side};
 use configdb::{
     node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, VdiskName,
     VdiskRecord,
@@ -504,10 +505,31 @@ impl Daemon {
     }
 
     /// How mirrored vdisk `name`'s copies stand; only its primary knows.
-    pub fn resync(&self, name: &str) -> anyhow::Result<ResyncInfo> {
+    /// With `full`, the whole mirror is to be copied first.
+    pub async fn resync(&self, name: &str, full: bool) -> anyhow::Result<ResyncInfo> {
         let name: VdiskName = name.parse()?;
         let config = self.store.configuration();
+        lock(&self.node).resync_info(&name, &config)?;
+        if full {
+            self.primary_mirror(&name, &config)?
+                .full_resync(Side::B)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
         lock(&self.node).resync_info(&name, &config)
+    }
+
+    /// The mirror this node runs as `name`'s primary.
+    fn primary_mirror(
+        &self,
+        name: &VdiskName,
+        config: &Configuration,
+    ) -> anyhow::Result<Arc<MirroredVdisk>> {
+        config
+            .vdisks
+            .get(name)
+            .and_then(|record| lock(&self.node).mirror(name, record))
+            .with_context(|| format!("vdisk {name} is not mirrored by this node"))
     }
 
     /// Compares both copies of mirrored vdisk `name`; only its primary can.
@@ -517,12 +539,7 @@ impl Daemon {
         // Checks that it is mirrored, and says who its primary is if not
         // this node.
         lock(&self.node).resync_info(&name, &config)?;
-        let mirror = config
-            .vdisks
-            .get(&name)
-            .and_then(|record| lock(&self.node).mirror(&name, record))
-            .with_context(|| format!("vdisk {name} is not mirrored by this node"))?;
-        let report = mirror.verify().await?;
+        let report = self.primary_mirror(&name, &config)?.verify().await?;
         Ok(VerifyInfo {
             vdisk: name.to_string(),
             regions: report.regions,

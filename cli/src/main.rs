@@ -108,11 +108,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Resync { name, json, watch } => {
+        Command::Resync {
+            name,
+            json,
+            watch,
+            full,
+        } => {
+            let info = control::resync(&socket, &name, full)?;
             if watch {
                 return mirror::watch(&socket, &name);
             }
-            let info = control::resync(&socket, &name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {

@@ -81,7 +81,7 @@ pub fn watch(socket: &Path, name: &str) -> anyhow::Result<()> {
     );
     bar.set_prefix(name.to_owned());
     loop {
-        let info = control::resync(socket, name)?;
+        let info = control::resync(socket, name, false)?;
         bar.set_length(info.resynced_bytes + info.dirty_bytes);
         bar.set_position(info.resynced_bytes);
         bar.set_message(format!("{}/s", HumanBytes(info.rate_bytes_per_sec)));

@@ -226,8 +226,8 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
     let outcome = match request {
         Request::Members => return members(daemon.gossip.as_deref()).await,
         Request::Store => return Response::Store(daemon.store_info()),
-        Request::Resync { name } => {
-            return match daemon.resync(&name) {
+        Request::Resync { name, full } => {
+            return match daemon.resync(&name, full).await {
                 Ok(info) => Response::Resync(info),
                 Err(e) => Response::Error {
                     message: format!("{e:#}"),

@@ -14,6 +14,13 @@
 //! lands in a clean region. Clearing after the copy may be lazy: a region
 //! wrongly left dirty costs a needless copy, never lost data.
 //!
+//! The same map is the mirror's activity log (DRBD's name): every write
+//! marks its regions before either side has it, even in sync, so that a
+//! crash of the primary with writes half done (on one side, not the other)
+//! leaves those regions to resync. In sync, regions no write touched for
+//! a sweep interval are cleared again; a busy region stays marked and
+//! costs nothing more. The map thus says where the copies *may* differ.
+//!
 //! # Choosing the region size
 //!
 //! One bit covers one region, 64 KiB to 4 MiB. Smaller regions resync less

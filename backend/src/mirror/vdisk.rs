@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
@@ -15,7 +15,7 @@ use super::{
 use crate::link::Reply;
 use crate::route::TailPath;
 use crate::wire::{Op, Status};
-use crate::{AlignedBuf, BlockBackend, IoError};
+use crate::{AlignedBuf, IoError};
 
 /// The largest single transfer of a resync or a verify: a region is copied
 /// in pieces this size, so that a foreground request never queues behind
@@ -51,6 +51,9 @@ pub struct MirrorConfig {
     pub request_timeout: Duration,
     /// How often a lost side is asked whether it is back.
     pub probe_interval: Duration,
+    /// While both sides are in sync, a region not written for this long
+    /// (and at most twice as long) is cleared from the dirty map.
+    pub activity_sweep: Duration,
     pub pacer: PacerConfig,
 }
 
@@ -59,6 +62,7 @@ impl Default for MirrorConfig {
         MirrorConfig {
             request_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            activity_sweep: Duration::from_secs(2),
             pacer: PacerConfig::default(),
         }
     }
@@ -140,6 +144,11 @@ struct Submission {
 enum Input {
     Submit(Submission),
     Verify(oneshot::Sender<Result<VerifyReport, VerifyError>>),
+    /// Copy the whole device to `side` (a replaced disk).
+    FullResync {
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Background work on one region, one at a time, with writes to the
@@ -258,6 +267,8 @@ impl MirroredVdisk {
             record_retry_at: None,
             probing: [false; 2],
             next_probe: now,
+            touched: BTreeSet::new(),
+            next_sweep: now + config.activity_sweep,
         };
         runtime.spawn(task.run(inbox, events_rx));
         MirroredVdisk { inputs, status }
@@ -288,54 +299,18 @@ impl MirroredVdisk {
         report.await.map_err(|_| VerifyError::ShuttingDown)?
     }
 
-    async fn submit_range(
-        &self,
-        offset: u64,
-        len: u64,
-        op: fn(u64, u32) -> Op,
-    ) -> Result<(), IoError> {
-        self.call(op(offset, wire_len(len)?), None).await.map(drop)
-    }
-}
-
-fn wire_len(len: u64) -> Result<u32, IoError> {
-    u32::try_from(len).map_err(|_| IoError::TooLong { len })
-}
-
-impl BlockBackend for MirroredVdisk {
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let len = wire_len(buf.len() as u64)?;
-        let data = self
-            .call(Op::Read { offset, len }, None)
-            .await?
-            .ok_or(IoError::ShortTransfer { offset })?;
-        // The task has checked the length of every read's data.
-        buf.copy_from_slice(&data[..buf.len()]);
-        Ok(())
-    }
-
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
-        let len = wire_len(buf.len() as u64)?;
-        // Copied once, shared by both sides' attempts.
-        let mut data = AlignedBuf::new(buf.len())?;
-        data.copy_from_slice(buf);
-        self.call(Op::Write { offset, len }, Some(Arc::new(data)))
+    /// Marks the whole device dirty for `side` and treats it as lost: the
+    /// store is told it is stale, and once it answers it is copied whole.
+    /// For a disk replaced under a side, which the mirror cannot tell from
+    /// the one it knew.
+    pub async fn full_resync(&self, side: Side) -> Result<(), String> {
+        let (done, outcome) = oneshot::channel();
+        self.inputs
+            .send(Input::FullResync { side, done })
+            .map_err(|_| "vdisk is shutting down".to_owned())?;
+        outcome
             .await
-            .map(drop)
-    }
-
-    async fn flush(&self) -> Result<(), IoError> {
-        self.call(Op::Flush, None).await.map(drop)
-    }
-
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::Discard { offset, len })
-            .await
-    }
-
-    async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::WriteZeroes { offset, len })
-            .await
+            .map_err(|_| "vdisk is shutting down".to_owned())?
     }
 }
 
@@ -418,6 +393,9 @@ struct MirrorTask {
     /// Sides with a probe out.
     probing: [bool; 2],
     next_probe: Instant,
+    /// Regions written since the last sweep.
+    touched: BTreeSet<u64>,
+    next_sweep: Instant,
 }
 
 impl MirrorTask {
@@ -431,16 +409,19 @@ impl MirrorTask {
         let mut open = true;
         loop {
             let now = Instant::now();
-            let mut actions = self.tick(now);
+            self.tick(now);
             self.start_job(now);
-            self.carry_out(std::mem::take(&mut actions));
             self.start_record();
             self.publish_status(now);
             if !open && self.idle() {
+                // Stopped cleanly: no write is half done, so in sync
+                // nothing is left for the next start to resync.
+                self.touched.clear();
+                self.sweep();
                 break;
             }
             let wake = self.next_wake();
-            actions = tokio::select! {
+            let actions = tokio::select! {
                 input = inbox.recv(), if open => match input {
                     Some(Input::Submit(submission)) => {
                         next_id += 1;
@@ -450,6 +431,7 @@ impl MirrorTask {
                         self.start_verify(done);
                         Vec::new()
                     }
+                    Some(Input::FullResync { side, done }) => self.full_resync(side, done),
                     // The vdisk is gone: finish what is in flight, so that
                     // no caller is left without an answer and no attempt
                     // outlives its buffer.
@@ -472,6 +454,21 @@ impl MirrorTask {
 
     fn submit(&mut self, id: u64, submission: Submission) -> Vec<Action> {
         let request = request_of(submission.op);
+        if let Request::Write { offset, len } = request {
+            // The activity log: a write's regions are durably dirty before
+            // either side has it, so that a crash of this node with the
+            // write half done leaves them to resync. Hot regions cost
+            // nothing; the sweep clears cold ones while in sync.
+            if let Err(e) = self.dirty.mark_durable(offset, len) {
+                tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a region being written: the write fails");
+                let _ = submission.done.send(Err(IoError::NoCurrentCopy));
+                return Vec::new();
+            }
+            let geometry = self.dirty.geometry();
+            let last = offset.saturating_add(len.max(1) - 1);
+            self.touched
+                .extend(geometry.region_of(offset)..=geometry.region_of(last));
+        }
         self.pending.insert(
             id,
             Pending {
@@ -652,9 +649,13 @@ impl MirrorTask {
         });
     }
 
-    /// Timers: probes of lost sides, a retry of a refused record, and the
-    /// record of a side found in sync. Returns what they lead to.
-    fn tick(&mut self, now: Instant) -> Vec<Action> {
+    /// Timers: the activity sweep, probes of lost sides, a retry of a
+    /// refused record, and the record of a side found in sync.
+    fn tick(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.activity_sweep;
+            self.sweep();
+        }
         if now >= self.next_probe {
             self.next_probe = now + self.config.probe_interval;
             for side in Side::BOTH {
@@ -673,7 +674,6 @@ impl MirrorTask {
         if !self.recording && self.records.is_empty() && self.replica.record_current() {
             self.records.push_back(true);
         }
-        Vec::new()
     }
 
     fn probe(&self, side: Side) {
@@ -693,8 +693,47 @@ impl MirrorTask {
         });
     }
 
+    /// Clears from the dirty map the regions no write touched since the
+    /// last sweep and none is writing now, while both sides are in sync and
+    /// the store knows it: what a crash would have left to resync is then
+    /// only what was written lately.
+    fn sweep(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let in_sync = self.replica.states() == [SideState::InSync; 2]
+            && self.replica.recorded() == Recorded::Current;
+        if !in_sync || self.job.is_some() {
+            return;
+        }
+        let geometry = self.dirty.geometry();
+        let writing: Vec<Range<u64>> = self
+            .pending
+            .values()
+            .filter_map(|p| written(p.request))
+            .collect();
+        let cold: Vec<u64> = self
+            .dirty
+            .regions()
+            .iter()
+            .filter(|region| !touched.contains(region))
+            .filter(|&region| {
+                let start = region * geometry.region_size();
+                let range = start..start + geometry.region_len(region);
+                !writing.iter().any(|w| overlaps(w, &range))
+            })
+            .collect();
+        if cold.is_empty() {
+            return;
+        }
+        for region in cold {
+            self.dirty.clear(region);
+        }
+        if let Err(e) = self.dirty.flush() {
+            tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the swept dirty map: a crash would resync those regions too");
+        }
+    }
+
     fn next_wake(&self) -> Instant {
-        let mut wake = self.next_probe;
+        let mut wake = self.next_probe.min(self.next_sweep);
         if let Some(at) = self.record_retry_at {
             wake = wake.min(at);
         }
@@ -814,11 +853,31 @@ impl MirrorTask {
                 }
             }
         }
+        if self.verify.is_none() {
+            return;
+        }
+        if let Some(side) = Side::BOTH
+            .into_iter()
+            .find(|&s| self.replica.state(s) == SideState::Down)
+        {
+            if let Some(run) = self.verify.take() {
+                let _ = run
+                    .done
+                    .send(Err(VerifyError::SideDown(self.name(side).into())));
+            }
+            return;
+        }
         let Some(run) = &mut self.verify else {
             return;
         };
         let geometry = self.dirty.geometry();
-        while run.next < geometry.region_count() && self.dirty.regions().is_dirty(run.next) {
+        // In sync, a dirty region is one written lately, on both sides:
+        // compared like any. Otherwise it is one a side lacks.
+        let lacking = self.replica.states() != [SideState::InSync; 2];
+        while run.next < geometry.region_count()
+            && lacking
+            && self.dirty.regions().is_dirty(run.next)
+        {
             run.skipped_dirty += 1;
             run.next += 1;
         }
@@ -830,17 +889,6 @@ impl MirrorTask {
                     differing: run.differing,
                     skipped_dirty: run.skipped_dirty,
                 }));
-            }
-            return;
-        }
-        if let Some(side) = Side::BOTH
-            .into_iter()
-            .find(|&s| self.replica.state(s) == SideState::Down)
-        {
-            if let Some(run) = self.verify.take() {
-                let _ = run
-                    .done
-                    .send(Err(VerifyError::SideDown(self.name(side).into())));
             }
             return;
         }
@@ -954,6 +1002,26 @@ impl MirrorTask {
             actions.extend(self.replica.submit(id, request));
         }
         actions
+    }
+
+    fn full_resync(
+        &mut self,
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    ) -> Vec<Action> {
+        let size = self.dirty.geometry().device_size();
+        if let Err(e) = self.dirty.mark_durable(0, size) {
+            let _ = done.send(Err(format!("cannot mark the whole device dirty: {e}")));
+            return Vec::new();
+        }
+        tracing::warn!(
+            vdisk = self.vdisk,
+            side = self.name(side),
+            "full resync asked for: the side's disk counts as blank"
+        );
+        self.full = true;
+        let _ = done.send(Ok(()));
+        self.replica.side_down(side)
     }
 
     fn start_verify(&mut self, done: oneshot::Sender<Result<VerifyReport, VerifyError>>) {
