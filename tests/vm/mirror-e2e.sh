@@ -40,6 +40,17 @@ MIB=$((1 << 20))
 # shellcheck source=tests/vm/runner.sh
 . "$here/runner.sh"
 
+# A CLI call takes about a second under TCG: one that takes a minute is a
+# daemon that does not answer, and fails the test (with the daemons' logs)
+# instead of hanging the suite until run.sh kills the guest.
+lab_cli() {
+    local node=$1 rc=0
+    shift
+    timeout 60 "$BIN" --socket "$LAB_DIR/$node/ublkvd.sock" "$@" || rc=$?
+    [ "$rc" -ne 124 ] || echo "\`ublkvd $*\` on $node: no answer in 60 s" >&2
+    return "$rc"
+}
+
 modprobe -a ublk_drv ext4
 lab_scratch_fs "$MNT"
 trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
@@ -172,9 +183,16 @@ fio_bg() {
     FIO_PID[$1]=$!
 }
 
-# fio_ok NAME: fio exited 0, reported no error and verified every block.
+# fio_ok NAME: fio exited 0 (within 3 minutes), reported no error and
+# verified every block.
 fio_ok() {
-    local rc=0
+    local rc=0 deadline=$((SECONDS + 180))
+    while kill -0 "${FIO_PID[$1]}" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "${FIO_PID[$1]}" 2>/dev/null; then
+        echo "fio $1 still running after 3 minutes: its I/O hangs"
+        kill -9 "${FIO_PID[$1]}"
+        return 1
+    fi
     wait "${FIO_PID[$1]}" || rc=$?
     unset "FIO_PID[$1]"
     if [ "$rc" -ne 0 ]; then echo "fio $1 failed (exit $rc):"; cat "$WORK/$1.json"; return 1; fi
@@ -424,6 +442,7 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
     # a learns that b is vs's primary now, and gets b's copy: whatever a's
     # refused write left in a's tail is overwritten.
     wait_vdisk a vs '"\(.primary) \(.mirror)"' "b:m3 a:m3"
+    wait_vdisk a vs .state running
     wait_in_sync b vs
     verify_clean b vs
     same_tails "$MNT/a-m3.img" "$MNT/b-m3.img"
