@@ -259,6 +259,7 @@ async fn mirror_on(
             replica: ReplicaConfig {
                 read_from: Side::A,
                 tracked: Some(Side::B),
+                required: None,
             },
             config: MirrorConfig {
                 request_timeout: Duration::from_secs(2),
@@ -573,5 +574,43 @@ fn regions_being_written_when_the_primary_stops_are_resynced_at_its_next_start()
         assert_eq!(done.resynced_bytes, 2 * REGION);
         assert!(same_files(&a, &b));
         assert_eq!(m.records(), [], "the store never called b stale");
+    });
+}
+
+#[test]
+fn a_resync_ends_while_the_regions_it_copies_are_written_all_along() {
+    runtime().block_on(async {
+        let (a, mut b) = (TestSide::start().await, TestSide::start().await);
+        let m = Arc::new(mirror(&a, &b).await);
+        write_regions(&m, 0..=15, 1).await;
+        b.kill().await;
+        write_regions(&m, 0..=15, 2).await;
+        // A writer that never leaves the dirty regions alone.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (m, stop) = (m.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = round % 16;
+                    let data = block(round as u8);
+                    m.write(region_block(r) * BLOCK as u64, &data)
+                        .await
+                        .unwrap();
+                    round += 1;
+                }
+                round
+            })
+        };
+        b.restart().await;
+        m.wait("resynced under load", |s| {
+            s.sides == [SideState::InSync; 2] && s.recorded == Recorded::Current
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.await.unwrap();
+        assert!(rounds > 16, "the writer ran through the resync: {rounds}");
+        m.flush().await.unwrap();
+        assert!(same_files(&a, &b));
     });
 }

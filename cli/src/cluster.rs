@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -267,6 +268,32 @@ impl Cluster {
         Export {
             exports: self.exports.clone(),
             vdisk,
+            alive: Arc::new(AtomicBool::new(true)),
+            preparing: None,
+        }
+    }
+
+    /// Like [`Cluster::export`], once `ready` has run: what must be done
+    /// before peers may use the tail. Dropping the handle first stops
+    /// `ready` and serves nothing.
+    pub fn export_when(
+        &self,
+        vdisk: u64,
+        epoch: u64,
+        served: Served,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Export {
+        let alive = Arc::new(AtomicBool::new(true));
+        let (exports, still) = (self.exports.clone(), alive.clone());
+        let preparing = self.runtime.spawn(async move {
+            ready.await;
+            exports.insert_if(vdisk, epoch, served, || still.load(Ordering::SeqCst));
+        });
+        Export {
+            exports: self.exports.clone(),
+            vdisk,
+            alive,
+            preparing: Some(preparing),
         }
     }
 }
@@ -287,10 +314,18 @@ pub struct LinkMetrics {
 pub struct Export {
     exports: Arc<Exports>,
     vdisk: u64,
+    /// Cleared when dropped: an export still being prepared is then never
+    /// served.
+    alive: Arc<AtomicBool>,
+    preparing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Export {
     fn drop(&mut self) {
+        self.alive.store(false, Ordering::SeqCst);
+        if let Some(preparing) = &self.preparing {
+            preparing.abort();
+        }
         self.exports.remove(self.vdisk);
     }
 }

@@ -19,6 +19,7 @@ use configdb::{
     Command, Configuration, MirrorCopy, Permissions, Placement, Store, TailRef, VdiskName,
     VdiskRecord, VdiskSpec,
 };
+use tokio::sync::watch;
 use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
 use crate::cluster::{Cluster, Export, LinkMetrics};
@@ -719,7 +720,7 @@ fn start_served(
         paths,
         export,
         mirror,
-    } = mapping(record, cluster, store)?;
+    } = mapping(record, cluster, store, None)?;
     if !(cluster.devices && spec.placement.has_device_on(&cluster.node)) {
         return Ok(VdiskState::Served {
             device: None,
@@ -762,7 +763,14 @@ struct Mapping {
 /// the secondary. A mirrored vdisk's: its primary, which on the primary's
 /// node is the mirror itself, exported to peers; the mirror's node exports
 /// its copy for the primary to write.
-fn mapping(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> anyhow::Result<Mapping> {
+/// `previous` is the mirror this node ran for the vdisk until now, if it
+/// was its primary.
+fn mapping(
+    record: &VdiskRecord,
+    cluster: &Cluster,
+    store: &Arc<Store>,
+    previous: Option<watch::Receiver<MirrorStatus>>,
+) -> anyhow::Result<Mapping> {
     let spec = &record.spec;
     let id = spec.name.id();
     if let Placement::Mirror {
@@ -781,8 +789,8 @@ fn mapping(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> anyho
         let export = match mirror.node == cluster.node {
             true => {
                 let tail = open_own_tail(spec, mirror, cluster)?;
-                take_back_from(record, primary, &tail, cluster)?;
-                Some(cluster.export(copy_id(id), record.epoch, tail))
+                let ready = take_back(record, primary, &tail, cluster, previous)?;
+                Some(cluster.export_when(copy_id(id), record.epoch, tail.into(), ready))
             }
             false => None,
         };
@@ -841,20 +849,26 @@ fn start_mirror(
         bail!("vdisk {} is not mirrored", spec.name);
     };
     let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
-    let (dirty, lost) = open_map(&map_path(cluster, &spec.name), geometry)?;
+    let (dirty, origin) = open_map(&map_path(cluster, &spec.name), geometry)?;
     let name = &spec.name;
-    let (mirror_state, full) = match record.mirror_copy {
-        MirrorCopy::Current if dirty.regions().count() == 0 => (SideState::InSync, false),
+    let (mirror_state, full) = match (record.mirror_copy, origin) {
+        // Its record of the writes half done when this node stopped is
+        // lost: they may be anywhere.
+        (MirrorCopy::Current, MapOrigin::Replaced) => {
+            tracing::warn!(vdisk = %name, "the dirty map was unreadable: full resync of the mirror");
+            (SideState::Stale, true)
+        }
+        (MirrorCopy::Current, _) if dirty.regions().count() == 0 => (SideState::InSync, false),
         // Writes the mirror missed before this node stopped, whose loss
         // the store never heard of: acknowledged or not, the copies may
         // differ there until a resync.
-        MirrorCopy::Current => (SideState::Stale, false),
-        MirrorCopy::Stale if lost => {
+        (MirrorCopy::Current, _) => (SideState::Stale, false),
+        (MirrorCopy::Stale, MapOrigin::Opened) => (SideState::Down, false),
+        (MirrorCopy::Stale, _) => {
             tracing::warn!(vdisk = %name, "the mirror's copy is stale and this node has no record of what it lacks: full resync");
             (SideState::Down, true)
         }
-        MirrorCopy::Stale => (SideState::Down, false),
-        MirrorCopy::Blank => {
+        (MirrorCopy::Blank, _) => {
             tracing::info!(vdisk = %name, "new mirror: full resync from the primary");
             (SideState::Down, true)
         }
@@ -881,6 +895,9 @@ fn start_mirror(
                 // Local reads cost no round trip.
                 read_from: Side::A,
                 tracked: Some(Side::B),
+                // This node's own copy: never behind, so a restart may
+                // trust it.
+                required: Some(Side::A),
             },
             config: cluster.mirror,
             recorder: Some(Arc::new(recorder)),
@@ -890,53 +907,83 @@ fn start_mirror(
 }
 
 /// How long a former primary waits for each piece of a region it takes
-/// back from the new one.
+/// back from the new one, and between tries.
 const TAKE_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const TAKE_BACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Before this node serves its copy of a mirrored vdisk it was primary of,
-/// it copies from the new primary the regions its dirty map left: writes
-/// it made on its own copy that the mirror (now primary) may lack, which
-/// the new primary cannot know of. Until that is done the copy is not
-/// served; a failure leaves the vdisk failed here, tried again later.
-fn take_back_from(
+/// What a former primary does before it serves its copy of a mirrored
+/// vdisk: it copies from the new primary the regions its dirty map left,
+/// writes it may have made on its own copy alone (which the new primary
+/// cannot know of), then drops the map. First it waits for its old mirror
+/// (`previous`) to end, so that no write of its lands after. Tried until
+/// it succeeds, or the export it prepares is dropped.
+fn take_back(
     record: &VdiskRecord,
     primary: &TailRef,
     tail: &Arc<LocalTail<EngineRing>>,
     cluster: &Cluster,
-) -> anyhow::Result<()> {
+    previous: Option<watch::Receiver<MirrorStatus>>,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let spec = &record.spec;
-    let path = map_path(cluster, &spec.name);
     let Placement::Mirror { region_size, .. } = spec.placement else {
-        return Ok(());
+        bail!("vdisk {} is not mirrored", spec.name);
     };
-    if !path.exists() {
-        return Ok(());
-    }
     let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
-    let (mut dirty, _) = open_map(&path, geometry)?;
-    let regions = dirty.regions().count();
-    if regions > 0 {
-        let source = TailPath::Peer(cluster.peer(&primary.node)?);
-        let copied = cluster
-            .runtime
-            .block_on(pull_dirty(
-                source,
-                TailPath::Local(tail.clone()),
-                spec.name.id(),
-                record.epoch,
-                &mut dirty,
-                TAKE_BACK_TIMEOUT,
-            ))
-            .map_err(|why| {
-                anyhow::anyhow!(
-                    "cannot take back {regions} region(s) from the new primary {} before serving this copy: {why}",
-                    primary.node
-                )
-            })?;
-        tracing::info!(vdisk = %spec.name, primary = %primary.node, copied, "took back from the new primary the regions this node wrote alone as the old one");
+    let path = map_path(cluster, &spec.name);
+    let peer = cluster.peer(&primary.node)?;
+    let (name, from, tail) = (spec.name.clone(), primary.node.clone(), tail.clone());
+    let (wire_id, epoch) = (spec.name.id(), record.epoch);
+    Ok(async move {
+        if let Some(mut previous) = previous {
+            while previous.changed().await.is_ok() {}
+        }
+        let mut logged = false;
+        loop {
+            let source = TailPath::Peer(peer.clone());
+            let target = TailPath::Local(tail.clone());
+            match take_back_once(&path, geometry, source, target, wire_id, epoch).await {
+                Ok(0) => return,
+                Ok(copied) => {
+                    tracing::info!(vdisk = %name, primary = %from, copied, "took back from the new primary the regions this node wrote alone as the old one");
+                    return;
+                }
+                Err(e) if !logged => {
+                    tracing::warn!(vdisk = %name, primary = %from, "cannot take back from the new primary yet, so this copy is not served: {e:#}");
+                    logged = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(TAKE_BACK_RETRY).await;
+        }
+    })
+}
+
+/// One try of [`take_back`]: the bytes copied.
+async fn take_back_once(
+    path: &Path,
+    geometry: DirtyGeometry,
+    source: TailPath,
+    target: TailPath,
+    wire_id: u64,
+    epoch: u64,
+) -> anyhow::Result<u64> {
+    if !path.exists() {
+        return Ok(0);
     }
+    let (mut dirty, _) = open_map(path, geometry)?;
+    let copied = pull_dirty(
+        source,
+        target,
+        wire_id,
+        epoch,
+        &mut dirty,
+        TAKE_BACK_TIMEOUT,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     drop(dirty);
-    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+    std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    Ok(copied)
 }
 
 /// Where the dirty map of mirrored vdisk `name` lives on its primary.
@@ -946,21 +993,34 @@ fn map_path(cluster: &Cluster, name: &VdiskName) -> std::path::PathBuf {
 
 /// Opens a dirty map, or creates it; says whether an earlier map was
 /// missing or unreadable (its record of what the mirror lacks is lost).
-fn open_map(path: &Path, geometry: DirtyGeometry) -> anyhow::Result<(DirtyMapFile, bool)> {
+/// Where a dirty map came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapOrigin {
+    Opened,
+    /// There was none: this node kept no record for the vdisk.
+    Created,
+    /// There was one, unreadable: whatever it recorded is lost.
+    Replaced,
+}
+
+/// Opens a dirty map, or creates it.
+fn open_map(path: &Path, geometry: DirtyGeometry) -> anyhow::Result<(DirtyMapFile, MapOrigin)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let mut origin = MapOrigin::Created;
     if path.exists() {
         match DirtyMapFile::open(path, geometry) {
-            Ok(map) => return Ok((map, false)),
+            Ok(map) => return Ok((map, MapOrigin::Opened)),
             Err(e) => {
                 tracing::warn!(map = %path.display(), "unreadable dirty map ({e:#}): starting a new one");
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove {}", path.display()))?;
+                origin = MapOrigin::Replaced;
             }
         }
     }
-    Ok((DirtyMapFile::create(path, geometry)?, true))
+    Ok((DirtyMapFile::create(path, geometry)?, origin))
 }
 
 /// Records a mirror's copy in the configuration store, as of the epoch its
@@ -1058,8 +1118,8 @@ fn remap(
     };
     // The old export goes first: the new one may serve the same tail.
     *export = None;
-    *mirror = None;
-    let new = mapping(record, cluster, store)?;
+    let previous = mirror.take().map(|m| m.status());
+    let new = mapping(record, cluster, store, previous)?;
     *export = new.export;
     *mirror = new.mirror;
     if let Some(routed) = routed {

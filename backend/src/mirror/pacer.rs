@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 pub struct PacerConfig {
     /// Never faster than this, in bytes per second.
     pub rate_max: u64,
-    /// Never slower than this, so that a resync under a steady load ends.
+    /// Never slower than this, so that a resync under a steady load ends
+    /// (it copies the regions dirty when it began, and writes meanwhile
+    /// reach both sides).
     pub rate_min: u64,
     /// The foreground latency the resync backs off to keep.
     pub latency_target: Duration,

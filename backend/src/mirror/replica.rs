@@ -102,6 +102,11 @@ pub struct ReplicaConfig {
     /// write it missed completes before the store has recorded it stale.
     /// `None`: the store is not told (a mirror used alone).
     pub tracked: Option<Side>,
+    /// The side every write must reach: the primary's own copy, which the
+    /// store cannot call stale. Losing it fails writes (reads and flushes
+    /// go on from the other side) until it is back and resynced, so that
+    /// it never lacks an acknowledged write and a restart may trust it.
+    pub required: Option<Side>,
 }
 
 impl Default for ReplicaConfig {
@@ -109,6 +114,7 @@ impl Default for ReplicaConfig {
         ReplicaConfig {
             read_from: Side::A,
             tracked: None,
+            required: None,
         }
     }
 }
@@ -131,6 +137,11 @@ pub enum Recorded {
     /// In sync again and being recorded current; a loss meanwhile is
     /// recorded stale after it.
     RecordingCurrent,
+    /// Maybe current: a current record whose outcome is unknown (a store
+    /// that timed out may still commit it), or a stale record read from a
+    /// copy of the store that may lag. Treated as current: a loss must be
+    /// recorded before a write it missed completes.
+    Unconfirmed,
 }
 
 /// Whether a write waits for its range to be marked dirty.
@@ -184,11 +195,14 @@ impl Replica {
     /// `store_current`: whether the store calls the tracked side current.
     /// It may while the side is not in sync here (a restart after writes
     /// the side missed, whose loss the store never heard of): its loss
-    /// must then still be recorded.
+    /// must then still be recorded. A stale record read at a restart is
+    /// only [`Recorded::Unconfirmed`]: this node's copy of the store may
+    /// lag one that calls the side current.
     pub fn with_states(config: ReplicaConfig, states: [SideState; 2], store_current: bool) -> Self {
         let recorded = match config.tracked {
             Some(_) if store_current => Recorded::Current,
-            _ => Recorded::Stale,
+            Some(_) => Recorded::Unconfirmed,
+            None => Recorded::Stale,
         };
         Replica {
             config,
@@ -231,7 +245,17 @@ impl Replica {
                 return Vec::new();
             }
             Recorded::Unrecordable => return vec![Action::Fail { id }],
-            Recorded::Current | Recorded::Stale | Recorded::RecordingCurrent => {}
+            Recorded::Current
+            | Recorded::Stale
+            | Recorded::RecordingCurrent
+            | Recorded::Unconfirmed => {}
+        }
+        let required_down = self
+            .config
+            .required
+            .is_some_and(|side| self.state(side) == SideState::Down);
+        if required_down && matches!(request, Request::Write { .. }) {
+            return vec![Action::Fail { id }];
         }
         let Some(reader) = self.reader() else {
             return vec![Action::Fail { id }];
@@ -339,12 +363,13 @@ impl Replica {
 
     /// The tracked side is in sync and the shell starts recording it
     /// current. Returns false (nothing to record) unless it is in sync and
-    /// recorded stale.
+    /// recorded stale, or maybe so.
     pub fn record_current(&mut self) -> bool {
         let Some(side) = self.config.tracked else {
             return false;
         };
-        if self.recorded != Recorded::Stale || self.state(side) != SideState::InSync {
+        let maybe_stale = matches!(self.recorded, Recorded::Stale | Recorded::Unconfirmed);
+        if !maybe_stale || self.state(side) != SideState::InSync {
             return false;
         }
         self.recorded = Recorded::RecordingCurrent;
@@ -359,11 +384,12 @@ impl Replica {
         }
     }
 
-    /// The store could not record the tracked side current: it stays
-    /// stale, which costs nothing but a takeover it could have made.
+    /// The store could not record the tracked side current, or did not
+    /// say: it may have. Until a record succeeds, a loss is recorded as if
+    /// the store called the side current.
     pub fn current_record_failed(&mut self) {
         if self.recorded == Recorded::RecordingCurrent {
-            self.recorded = Recorded::Stale;
+            self.recorded = Recorded::Unconfirmed;
         }
     }
 
@@ -411,7 +437,7 @@ impl Replica {
         if self.config.tracked == Some(side)
             && matches!(
                 self.recorded,
-                Recorded::Current | Recorded::RecordingCurrent
+                Recorded::Current | Recorded::RecordingCurrent | Recorded::Unconfirmed
             )
         {
             self.recorded = Recorded::RecordingStale;
@@ -462,19 +488,25 @@ impl Replica {
             .into_iter()
             .any(|side| pending.done[side.index()] && self.state(side) == SideState::InSync);
         let everywhere = pending.done.iter().all(|&done| done);
-        // A write the tracked side missed waits for the store to hear of it.
-        let missed_tracked = matches!(pending.request, Request::Write { .. })
-            && self.config.tracked.is_some_and(|side| pending.missed(side));
+        // A write or flush the tracked side missed waits for the store to
+        // hear of it: until then the side may take over, and must have
+        // every write acknowledged, and durable every write flushed.
+        let changes = !matches!(pending.request, Request::Read);
+        let missed_tracked =
+            changes && self.config.tracked.is_some_and(|side| pending.missed(side));
+        let recorded_stale = !missed_tracked || self.recorded == Recorded::Stale;
         let ready = match pending.request {
-            Request::Read | Request::Flush => true,
-            Request::Write { .. } => {
-                everywhere
-                    || (pending.mark == Mark::Marked
-                        && (!missed_tracked || self.recorded == Recorded::Stale))
-            }
+            Request::Read => true,
+            Request::Flush => recorded_stale,
+            Request::Write { .. } => everywhere || (pending.mark == Mark::Marked && recorded_stale),
         };
         let unrecordable = missed_tracked && self.recorded == Recorded::Unrecordable;
-        if !on_a_current_side || unrecordable {
+        let missed_required = matches!(pending.request, Request::Write { .. })
+            && self
+                .config
+                .required
+                .is_some_and(|side| pending.missed(side));
+        if !on_a_current_side || unrecordable || missed_required {
             self.pending.remove(&id);
             vec![Action::Fail { id }]
         } else if ready {
@@ -540,7 +572,7 @@ mod tests {
     fn reads_go_to_the_preferred_side_and_flushes_to_both() {
         let mut r = Replica::new(ReplicaConfig {
             read_from: B,
-            tracked: None,
+            ..ReplicaConfig::default()
         });
         assert_eq!(r.submit(1, Request::Read), [send(1, B)]);
         assert_eq!(r.succeeded(1, B), complete(1));
@@ -640,6 +672,7 @@ mod tests {
         Replica::new(ReplicaConfig {
             read_from: A,
             tracked: Some(B),
+            required: None,
         })
     }
 
@@ -691,11 +724,16 @@ mod tests {
             ReplicaConfig {
                 read_from: A,
                 tracked: Some(B),
+                required: None,
             },
             [SideState::InSync, SideState::Stale],
             false,
         );
-        assert_eq!(r.recorded(), Recorded::Stale);
+        assert_eq!(
+            r.recorded(),
+            Recorded::Unconfirmed,
+            "this node's store may lag"
+        );
         assert!(r.resynced(B));
         assert!(r.record_current());
         assert_eq!(r.side_down(B), [Action::RecordStale]);
@@ -715,5 +753,57 @@ mod tests {
         assert_eq!(r.failed(1, A), [mark(1)]);
         assert_eq!(r.succeeded(1, B), []);
         assert_eq!(r.dirty_marked(1), complete(1));
+    }
+
+    #[test]
+    fn losing_the_required_side_fails_writes_but_not_reads_until_it_is_back() {
+        let mut r = Replica::new(ReplicaConfig {
+            read_from: A,
+            tracked: Some(B),
+            required: Some(A),
+        });
+        r.submit(1, W);
+        assert_eq!(r.failed(1, A), [mark(1)]);
+        assert_eq!(
+            r.succeeded(1, B),
+            [Action::Fail { id: 1 }],
+            "B alone is not enough"
+        );
+        assert_eq!(r.submit(2, W), [Action::Fail { id: 2 }]);
+        assert_eq!(r.submit(3, Request::Read), [send(3, B)]);
+        r.side_up(A);
+        assert!(r.resynced(A));
+        assert_eq!(r.submit(4, W), [send(4, A), send(4, B)]);
+    }
+
+    #[test]
+    fn a_failed_current_record_counts_as_maybe_current() {
+        let mut r = Replica::with_states(
+            ReplicaConfig {
+                read_from: A,
+                tracked: Some(B),
+                required: None,
+            },
+            [SideState::InSync, SideState::Stale],
+            false,
+        );
+        assert!(r.resynced(B));
+        assert!(r.record_current());
+        r.current_record_failed();
+        assert_eq!(r.recorded(), Recorded::Unconfirmed);
+        r.submit(1, W);
+        assert_eq!(r.failed(1, B), [Action::RecordStale, mark(1)]);
+        r.succeeded(1, A);
+        assert_eq!(r.dirty_marked(1), [], "waits for the stale record");
+        assert_eq!(r.stale_recorded(), complete(1));
+    }
+
+    #[test]
+    fn a_flush_the_tracked_side_missed_waits_for_the_stale_record() {
+        let mut r = tracked();
+        r.submit(1, Request::Flush);
+        assert_eq!(r.failed(1, B), [Action::RecordStale]);
+        assert_eq!(r.succeeded(1, A), []);
+        assert_eq!(r.stale_recorded(), complete(1));
     }
 }

@@ -35,6 +35,8 @@ struct World {
     degraded_writes: u64,
     /// Side B is tracked by the store.
     tracked: bool,
+    /// Every acknowledged write must be on side A.
+    required: bool,
     /// What the store says of B: it could take over while this is true.
     store_current: bool,
     /// Records of B the shell makes, one after another: stale (true) or
@@ -82,6 +84,10 @@ impl World {
                                 "write {id} acknowledged, missing on {side:?} and not dirty"
                             );
                         }
+                        assert!(
+                            !self.required || self.holds(Side::A, id),
+                            "write {id} acknowledged without the required side A"
+                        );
                         assert!(
                             !(self.tracked && self.store_current && !self.holds(Side::B, id)),
                             "write {id} acknowledged, missing on B, which the store calls current"
@@ -140,12 +146,15 @@ fn run(seed: u64, steps: u64) -> World {
     let mut rng = XorShift::new(seed);
     let read_from = if rng.one_in(2) { Side::A } else { Side::B };
     let tracked = rng.one_in(2);
+    let required = tracked && rng.one_in(2);
     let mut r = Replica::new(ReplicaConfig {
         read_from,
         tracked: tracked.then_some(Side::B),
+        required: required.then_some(Side::A),
     });
     let mut w = World {
         tracked,
+        required,
         store_current: true,
         ..World::default()
     };

@@ -180,6 +180,8 @@ enum Event {
         current: bool,
         result: Result<(), String>,
     },
+    /// Both sides were flushed (or not) for a sweep of the `cold` regions.
+    Swept { cold: Vec<u64>, flushed: bool },
     /// A job ended: for a compare, whether the copies are equal; or the
     /// side that failed it.
     JobDone {
@@ -222,8 +224,9 @@ impl MirroredVdisk {
         let geometry = dirty.geometry();
         if full {
             if let Err(e) = dirty.mark_durable(0, geometry.device_size()) {
-                // The stale side stays stale: the map marks what it can,
-                // and a resync never starts from a map that failed.
+                // Marked in memory all the same: this run copies it all;
+                // a restart before the map is written starts from what it
+                // says, with the side stale in the store.
                 tracing::error!(vdisk, error = %e, "cannot mark the whole mirror dirty for a full resync");
             }
         }
@@ -256,6 +259,10 @@ impl MirroredVdisk {
             pending: HashMap::new(),
             deferred: Vec::new(),
             job: None,
+            resync: BTreeSet::new(),
+            resync_for: None,
+            outstanding: [0; 2],
+            sweeping: false,
             job_not_before: now,
             resync_cursor: 0,
             pacer: ResyncPacer::new(config.pacer),
@@ -349,6 +356,12 @@ struct Pending {
     data: Option<AlignedBuf>,
 }
 
+struct RunningJob {
+    job: Job,
+    range: Range<u64>,
+    running: bool,
+}
+
 /// A verify under way: its next region and its findings.
 struct VerifyRun {
     next: u64,
@@ -375,8 +388,19 @@ struct MirrorTask {
     pending: HashMap<u64, Pending>,
     /// Writes to the region a job holds, submitted once it is done.
     deferred: Vec<(u64, Request)>,
-    /// The job running and the byte range it holds.
-    job: Option<(Job, Range<u64>)>,
+    /// The job under way: the byte range it holds (writes to it wait), and
+    /// whether it runs yet (it waits for writes in flight to the range).
+    job: Option<RunningJob>,
+    /// The regions the resync of `resync_for` (a stale side) still has to
+    /// copy: the map as that side came back. Writes that reach both sides
+    /// meanwhile mark the map (a crash would leave them half done) but
+    /// are not copied again.
+    resync: BTreeSet<u64>,
+    resync_for: Option<Side>,
+    /// Attempts out on each side. A lost side is not taken back while one
+    /// of its old attempts may still land after a copy.
+    outstanding: [usize; 2],
+    sweeping: bool,
     job_not_before: Instant,
     /// Where the resync looks for the next dirty region.
     resync_cursor: u64,
@@ -482,7 +506,7 @@ impl MirrorTask {
             .job
             .as_ref()
             .zip(written(request))
-            .is_some_and(|((_, locked), range)| overlaps(locked, &range));
+            .is_some_and(|(job, range)| overlaps(&job.range, &range));
         if held {
             self.deferred.push((id, request));
             return Vec::new();
@@ -492,7 +516,10 @@ impl MirrorTask {
 
     fn event(&mut self, event: Event) -> Vec<Action> {
         match event {
-            Event::Attempt { id, side, result } => self.attempt_ended(id, side, result),
+            Event::Attempt { id, side, result } => {
+                self.outstanding[side.index()] -= 1;
+                self.attempt_ended(id, side, result)
+            }
             Event::Unreachable { side } => {
                 if self.replica.state(side) != SideState::Down {
                     tracing::warn!(
@@ -505,7 +532,8 @@ impl MirrorTask {
             }
             Event::Probed { side, answered } => {
                 self.probing[side.index()] = false;
-                if answered && self.replica.state(side) == SideState::Down {
+                let quiet = self.outstanding[side.index()] == 0 && self.job.is_none();
+                if answered && quiet && self.replica.state(side) == SideState::Down {
                     tracing::info!(
                         vdisk = self.vdisk,
                         side = self.name(side),
@@ -518,6 +546,10 @@ impl MirrorTask {
             }
             Event::Recorded { current, result } => self.recorded(current, result),
             Event::JobDone { job, took, result } => self.job_done(job, took, result),
+            Event::Swept { cold, flushed } => {
+                self.swept(cold, flushed);
+                Vec::new()
+            }
         }
     }
 
@@ -632,17 +664,18 @@ impl MirrorTask {
         }
     }
 
-    fn send(&self, id: u64, side: Side) {
+    fn send(&mut self, id: u64, side: Side) {
         let Some(pending) = self.pending.get(&id) else {
             return;
         };
+        self.outstanding[side.index()] += 1;
         let path = self.sides[side.index()].clone();
         let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
         let op = pending.submission.op;
         let payload = pending.submission.payload.clone();
         let events = self.events.clone();
         // Runs to completion even if the request moves on: a local attempt
-        // owns a buffer the kernel writes into.
+        // owns a buffer the kernel writes into (it has no timeout).
         tokio::spawn(async move {
             let result = attempt(&path, wire_id, epoch, op, payload, timeout).await;
             let _ = events.send(Event::Attempt { id, side, result });
@@ -671,7 +704,8 @@ impl MirrorTask {
                 self.records.push_back(false);
             }
         }
-        if !self.recording && self.records.is_empty() && self.replica.record_current() {
+        let idle = !self.recording && self.records.is_empty() && self.record_retry_at.is_none();
+        if idle && self.replica.record_current() {
             self.records.push_back(true);
         }
     }
@@ -696,40 +730,73 @@ impl MirrorTask {
     /// Clears from the dirty map the regions no write touched since the
     /// last sweep and none is writing now, while both sides are in sync and
     /// the store knows it: what a crash would have left to resync is then
-    /// only what was written lately.
+    /// only what was written lately. Both sides are flushed first, so that
+    /// a cleared region's writes are durable on both, not in a disk cache.
     fn sweep(&mut self) {
         let touched = std::mem::take(&mut self.touched);
-        let in_sync = self.replica.states() == [SideState::InSync; 2]
-            && self.replica.recorded() == Recorded::Current;
-        if !in_sync || self.job.is_some() {
+        if !self.settled_in_sync() || self.sweeping {
             return;
         }
-        let geometry = self.dirty.geometry();
-        let writing: Vec<Range<u64>> = self
-            .pending
-            .values()
-            .filter_map(|p| written(p.request))
-            .collect();
         let cold: Vec<u64> = self
             .dirty
             .regions()
             .iter()
-            .filter(|region| !touched.contains(region))
-            .filter(|&region| {
-                let start = region * geometry.region_size();
-                let range = start..start + geometry.region_len(region);
-                !writing.iter().any(|w| overlaps(w, &range))
-            })
+            .filter(|region| !touched.contains(region) && !self.writing(*region))
             .collect();
         if cold.is_empty() {
             return;
         }
+        self.sweeping = true;
+        let sides = self.sides.clone();
+        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let (a, b) = tokio::join!(
+                flush_side(&sides[0], wire_id, epoch, timeout),
+                flush_side(&sides[1], wire_id, epoch, timeout)
+            );
+            let flushed = a.and(b).is_ok();
+            let _ = events.send(Event::Swept { cold, flushed });
+        });
+    }
+
+    /// Both sides flushed (or not) for a sweep of the `cold` regions.
+    fn swept(&mut self, cold: Vec<u64>, flushed: bool) {
+        self.sweeping = false;
+        if !flushed || !self.settled_in_sync() {
+            return;
+        }
         for region in cold {
-            self.dirty.clear(region);
+            // Written since the sweep began: its write may not be durable.
+            if !self.touched.contains(&region) && !self.writing(region) {
+                self.dirty.clear(region);
+            }
         }
         if let Err(e) = self.dirty.flush() {
             tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the swept dirty map: a crash would resync those regions too");
         }
+    }
+
+    /// Both sides in sync, the store calling it so, and no job under way.
+    fn settled_in_sync(&self) -> bool {
+        self.replica.states() == [SideState::InSync; 2]
+            && self.replica.recorded() == Recorded::Current
+            && self.job.is_none()
+    }
+
+    /// Whether a write to `region` is pending (held, deferred or out).
+    fn writing(&self, region: u64) -> bool {
+        let range = self.region_range(region);
+        self.pending
+            .values()
+            .filter_map(|p| written(p.request))
+            .any(|w| overlaps(&w, &range))
+    }
+
+    fn region_range(&self, region: u64) -> Range<u64> {
+        let geometry = self.dirty.geometry();
+        let start = region * geometry.region_size();
+        start..start + geometry.region_len(region)
     }
 
     fn next_wake(&self) -> Instant {
@@ -737,7 +804,7 @@ impl MirrorTask {
         if let Some(at) = self.record_retry_at {
             wake = wake.min(at);
         }
-        if self.job.is_none() && self.has_work() {
+        if self.job.as_ref().is_none_or(|j| !j.running) && self.has_work() {
             wake = wake.min(self.job_not_before);
         }
         wake
@@ -823,35 +890,52 @@ impl MirrorTask {
         self.resync_sides().is_some() || self.verify.is_some()
     }
 
-    /// Starts the next job if none runs and the pacer allows: the resync's
-    /// next dirty region first, else the verify's next region.
+    /// Starts the next job if none is under way and the pacer allows: the
+    /// resync's next region first, else the verify's next region. A job
+    /// takes its region at once (new writes to it wait) and runs once the
+    /// writes already in flight to it are done.
     fn start_job(&mut self, now: Instant) {
-        if self.job.is_some() || now < self.job_not_before {
+        if let Some(job) = &self.job {
+            if !job.running {
+                self.run_job_if_drained();
+            }
             return;
         }
-        if let Some((source, target)) = self.resync_sides() {
-            let regions = self.dirty.regions();
-            let next = regions
-                .next_dirty(self.resync_cursor)
-                .or_else(|| regions.next_dirty(0));
-            match next {
-                Some(region) => {
-                    self.resync_cursor = region;
-                    let job = Job::Copy {
-                        region,
-                        source,
-                        target,
-                    };
-                    self.start(job, region);
-                    return;
+        if now < self.job_not_before {
+            return;
+        }
+        match self.resync_sides() {
+            Some((source, target)) => {
+                if self.resync_for != Some(target) {
+                    self.resync = self.dirty.regions().iter().collect();
+                    self.resync_for = Some(target);
                 }
-                None => {
-                    if !self.finish_resync(target) {
-                        self.job_not_before = now + JOB_RETRY;
+                let next = self
+                    .resync
+                    .range(self.resync_cursor..)
+                    .next()
+                    .or_else(|| self.resync.iter().next())
+                    .copied();
+                match next {
+                    Some(region) => {
+                        self.resync_cursor = region;
+                        let job = Job::Copy {
+                            region,
+                            source,
+                            target,
+                        };
+                        self.take_region(job, region);
                         return;
+                    }
+                    None => {
+                        if !self.finish_resync(target) {
+                            self.job_not_before = now + JOB_RETRY;
+                            return;
+                        }
                     }
                 }
             }
+            None => self.resync_for = None,
         }
         if self.verify.is_none() {
             return;
@@ -893,7 +977,7 @@ impl MirrorTask {
             return;
         }
         let region = run.next;
-        self.start(Job::Compare { region }, region);
+        self.take_region(Job::Compare { region }, region);
     }
 
     /// Every dirty region is copied: the stale side is in sync, unless a
@@ -916,18 +1000,28 @@ impl MirrorTask {
         true
     }
 
-    /// Starts `job` on `region` if no write to it is in flight; else tries
-    /// again shortly.
-    fn start(&mut self, job: Job, region: u64) {
-        let geometry = self.dirty.geometry();
-        let start = region * geometry.region_size();
-        let range = start..start + geometry.region_len(region);
+    /// Takes `region` for `job`: new writes to it wait from now on.
+    fn take_region(&mut self, job: Job, region: u64) {
+        self.job = Some(RunningJob {
+            job,
+            range: self.region_range(region),
+            running: false,
+        });
+        self.run_job_if_drained();
+    }
+
+    /// Runs the job once no write to its region is in flight (deferred
+    /// ones wait for it); else the next wake looks again.
+    fn run_job_if_drained(&mut self) {
+        let Some(job) = &self.job else {
+            return;
+        };
         let busy = self
             .pending
             .iter()
             .filter(|(id, _)| !self.deferred.iter().any(|(d, _)| d == *id))
             .filter_map(|(_, p)| written(p.request))
-            .any(|w| overlaps(&w, &range));
+            .any(|w| overlaps(&w, &job.range));
         if busy {
             self.job_not_before = Instant::now() + JOB_RETRY;
             return;
@@ -935,14 +1029,20 @@ impl MirrorTask {
         let sides = self.sides.clone();
         let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
         let events = self.events.clone();
-        let copy_range = range.clone();
+        let (kind, range) = (job.job, job.range.clone());
         tokio::spawn(async move {
             let began = Instant::now();
-            let result = run_job(&sides, job, copy_range, wire_id, epoch, timeout).await;
+            let result = run_job(&sides, kind, range, wire_id, epoch, timeout).await;
             let took = began.elapsed();
-            let _ = events.send(Event::JobDone { job, took, result });
+            let _ = events.send(Event::JobDone {
+                job: kind,
+                took,
+                result,
+            });
         });
-        self.job = Some((job, range));
+        if let Some(job) = &mut self.job {
+            job.running = true;
+        }
     }
 
     fn job_done(
@@ -955,14 +1055,19 @@ impl MirrorTask {
         let bytes = self
             .job
             .take()
-            .map_or(0, |(_, range)| range.end - range.start);
+            .map_or(0, |job| job.range.end - job.range.start);
         let mut actions = Vec::new();
         match (job, result) {
             (Job::Copy { region, target, .. }, Ok(_)) => {
                 // A write the target missed meanwhile left it down, and
                 // the region dirty again for the next resync.
                 if self.replica.state(target) == SideState::Stale {
-                    self.dirty.clear(region);
+                    self.resync.remove(&region);
+                    // Writes waiting for the copy keep the region marked:
+                    // they are about to land, half done if this node dies.
+                    if !self.writing(region) {
+                        self.dirty.clear(region);
+                    }
                     self.resynced_bytes += bytes;
                     self.copies.push_back((now, bytes));
                 }
@@ -1081,7 +1186,13 @@ async fn attempt(
     payload: Option<Arc<AlignedBuf>>,
     timeout: Duration,
 ) -> Result<Reply, String> {
-    match tokio::time::timeout(timeout, path.execute(wire_id, epoch, op, payload)).await {
+    let call = path.execute(wire_id, epoch, op, payload);
+    if let TailPath::Local(_) = path {
+        // Never dropped half way: the kernel holds its buffers until the
+        // I/O completes. A stalled local disk stalls the mirror.
+        return call.await.map_err(|e| e.to_string());
+    }
+    match tokio::time::timeout(timeout, call).await {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer in {} ms", timeout.as_millis())),
@@ -1149,7 +1260,29 @@ async fn run_job(
         }
         offset += u64::from(len);
     }
+    if let Job::Copy { target, .. } = job {
+        // Durable before the region counts as copied.
+        flush_side(&sides[target.index()], wire_id, epoch, timeout)
+            .await
+            .map_err(|why| (target, why))?;
+    }
     Ok(crcs[0] == crcs[1])
+}
+
+/// Flushes one side.
+async fn flush_side(
+    path: &TailPath,
+    wire_id: u64,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    match attempt(path, wire_id, epoch, Op::Flush, None, timeout).await {
+        Ok(Reply {
+            status: Status::Ok, ..
+        }) => Ok(()),
+        Ok(Reply { status, .. }) => Err(format!("flush answered {status:?}")),
+        Err(why) => Err(why),
+    }
 }
 
 /// Copies every region `dirty` records from `source` (read as vdisk
@@ -1183,13 +1316,6 @@ pub async fn pull_dirty(
             .map_err(|(_, why)| why)?;
         dirty.clear(region);
         copied += range.end - range.start;
-    }
-    match attempt(&sides[0], wire_id, epoch, Op::Flush, None, timeout).await {
-        Ok(Reply {
-            status: Status::Ok, ..
-        }) => {}
-        Ok(Reply { status, .. }) => return Err(format!("flush answered {status:?}")),
-        Err(why) => return Err(why),
     }
     dirty.flush().map_err(|e| e.to_string())?;
     Ok(copied)

@@ -65,6 +65,25 @@ impl Exports {
         write(&self.tails).insert(vdisk, Export { served, epoch });
     }
 
+    /// Serves `served` for `vdisk` under `epoch` if `still()` holds, checked
+    /// under the lock that [`remove`](Self::remove) takes: an export whose
+    /// owner gave it up before it was ready is never inserted after.
+    pub fn insert_if(
+        &self,
+        vdisk: u64,
+        epoch: u64,
+        served: impl Into<Served>,
+        still: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut tails = write(&self.tails);
+        if !still() {
+            return false;
+        }
+        let served = served.into();
+        tails.insert(vdisk, Export { served, epoch });
+        true
+    }
+
     /// Raises the epoch `vdisk` is served under to `epoch`: requests of
     /// older epochs are refused from now on. Never lowers it: a peer that
     /// has seen a newer mapping may already have raised it. Returns the
