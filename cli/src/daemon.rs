@@ -211,7 +211,7 @@ impl Daemon {
         let Some(record) = config.vdisks.get(name) else {
             bail!("no vdisk named {name}");
         };
-        Ok(lock(&self.node).info(record))
+        Ok(self.with_node(|node| node.info(record)))
     }
 
     pub async fn add(&self, request: AddRequest) -> anyhow::Result<VdiskInfo> {
@@ -245,7 +245,7 @@ impl Daemon {
         if !self.store.configuration().vdisks.contains_key(&name) {
             bail!("no vdisk named {name}");
         }
-        lock(&self.node).check_unused(&name)?;
+        self.with_node(|node| node.check_unused(&name))?;
         let response = self
             .store
             .write(Command::DeleteVdisk { name: name.clone() })
@@ -304,7 +304,7 @@ impl Daemon {
         if to == record.spec.placement {
             bail!("vdisk {name} is already on {to}");
         }
-        lock(&self.node).check_tails(&record.spec, &to, &config)?;
+        self.with_node(|node| node.check_tails(&record.spec, &to, &config))?;
         self.reconfigure(record, to).await
     }
 
@@ -501,7 +501,7 @@ impl Daemon {
 
     pub fn list(&self) -> Vec<VdiskInfo> {
         let config = self.store.configuration();
-        lock(&self.node).list(&config)
+        self.with_node(|node| node.list(&config))
     }
 
     /// How mirrored vdisk `name`'s copies stand; only its primary knows.
@@ -509,14 +509,22 @@ impl Daemon {
     pub async fn resync(&self, name: &str, full: bool) -> anyhow::Result<ResyncInfo> {
         let name: VdiskName = name.parse()?;
         let config = self.store.configuration();
-        lock(&self.node).resync_info(&name, &config)?;
+        self.with_node(|node| node.resync_info(&name, &config))?;
         if full {
             self.primary_mirror(&name, &config)?
                 .full_resync(Side::B)
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
-        lock(&self.node).resync_info(&name, &config)
+        self.with_node(|node| node.resync_info(&name, &config))
+    }
+
+    /// Runs `f` on the node. The node's lock may be held for long (a
+    /// device starting, whose first reads need this runtime's workers), so
+    /// the worker waiting for it hands its other tasks to another thread
+    /// first: control requests cannot starve the I/O the holder waits for.
+    fn with_node<T>(&self, f: impl FnOnce(&mut Node) -> T) -> T {
+        tokio::task::block_in_place(|| f(&mut lock(&self.node)))
     }
 
     /// The mirror this node runs as `name`'s primary.
@@ -528,7 +536,7 @@ impl Daemon {
         config
             .vdisks
             .get(name)
-            .and_then(|record| lock(&self.node).mirror(name, record))
+            .and_then(|record| self.with_node(|node| node.mirror(name, record)))
             .with_context(|| format!("vdisk {name} is not mirrored by this node"))
     }
 
@@ -538,7 +546,7 @@ impl Daemon {
         let config = self.store.configuration();
         // Checks that it is mirrored, and says who its primary is if not
         // this node.
-        lock(&self.node).resync_info(&name, &config)?;
+        self.with_node(|node| node.resync_info(&name, &config))?;
         let report = self.primary_mirror(&name, &config)?.verify().await?;
         Ok(VerifyInfo {
             vdisk: name.to_string(),

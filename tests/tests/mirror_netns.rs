@@ -197,7 +197,10 @@ fn a_mirror_survives_either_side_and_resyncs_only_what_changed() {
     assert!(dirty > 0 && dirty <= BLOCKS * 4096, "{degraded}");
     let status = String::from_utf8(daemons[0].client(&["status"]).stdout).unwrap();
     assert!(status.contains("v: degraded"), "{status}");
-    assert!(status.contains("its mirror b:m1 is unreachable"), "{status}");
+    assert!(
+        status.contains("its mirror b:m1 is unreachable"),
+        "{status}"
+    );
     let status = String::from_utf8(daemons[2].client(&["status"]).stdout).unwrap();
     assert!(status.contains("mirror b:m1, copy stale"), "{status}");
 

@@ -18,9 +18,10 @@ use crate::wire::{Op, Status};
 use crate::{AlignedBuf, IoError};
 
 /// The largest single transfer of a resync or a verify: a region is copied
-/// in pieces this size, so that a foreground request never queues behind
-/// a whole 4 MiB region.
-const COPY_CHUNK: u64 = 512 << 10;
+/// in pieces this size, all at once (a round trip per region, not per
+/// piece), so that a foreground request never queues behind a whole 4 MiB
+/// transfer.
+const COPY_CHUNK: u64 = 256 << 10;
 
 /// How soon a record the store refused is tried again.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
@@ -1229,44 +1230,68 @@ async fn run_job(
     timeout: Duration,
 ) -> Result<bool, (Side, String)> {
     let how = (wire_id, epoch, timeout);
-    let mut crcs = [0u32; 2];
-    let mut offset = range.start;
-    while offset < range.end {
-        // At most COPY_CHUNK: fits a u32.
-        let len = (range.end - offset).min(COPY_CHUNK) as u32;
-        match job {
-            Job::Copy { source, target, .. } => {
-                let data = read_side(sides, source, how, offset, len).await?;
-                let op = Op::Write { offset, len };
-                let payload = Some(Arc::new(data));
-                match attempt(&sides[target.index()], wire_id, epoch, op, payload, timeout).await {
-                    Ok(Reply {
-                        status: Status::Ok, ..
-                    }) => {}
-                    Ok(Reply { status, .. }) => {
-                        return Err((target, format!("write answered {status:?}")))
-                    }
-                    Err(why) => return Err((target, why)),
-                }
+    match job {
+        Job::Copy { source, target, .. } => {
+            let mut pieces = tokio::task::JoinSet::new();
+            for offset in range.clone().step_by(COPY_CHUNK as usize) {
+                // At most COPY_CHUNK: fits a u32.
+                let len = (range.end - offset).min(COPY_CHUNK) as u32;
+                let sides = sides.clone();
+                pieces.spawn(
+                    async move { copy_piece(&sides, source, target, how, offset, len).await },
+                );
             }
-            Job::Compare { .. } => {
+            // Every piece is awaited, failed or not: a local attempt must
+            // not be dropped half way.
+            let mut outcome = Ok(());
+            while let Some(piece) = pieces.join_next().await {
+                let piece = piece.unwrap_or_else(|e| Err((target, format!("copy task: {e}"))));
+                outcome = outcome.and(piece);
+            }
+            outcome?;
+            // Durable before the region counts as copied.
+            flush_side(&sides[target.index()], wire_id, epoch, timeout)
+                .await
+                .map_err(|why| (target, why))?;
+            Ok(true)
+        }
+        Job::Compare { .. } => {
+            let mut crcs = [0u32; 2];
+            let mut offset = range.start;
+            while offset < range.end {
+                let len = (range.end - offset).min(COPY_CHUNK) as u32;
                 let (a, b) = tokio::join!(
                     read_side(sides, Side::A, how, offset, len),
                     read_side(sides, Side::B, how, offset, len)
                 );
                 crcs[0] = crc32c::crc32c_append(crcs[0], &a?);
                 crcs[1] = crc32c::crc32c_append(crcs[1], &b?);
+                offset += u64::from(len);
             }
+            Ok(crcs[0] == crcs[1])
         }
-        offset += u64::from(len);
     }
-    if let Job::Copy { target, .. } = job {
-        // Durable before the region counts as copied.
-        flush_side(&sides[target.index()], wire_id, epoch, timeout)
-            .await
-            .map_err(|why| (target, why))?;
+}
+
+/// Copies `len` bytes at `offset` from `source` to `target`.
+async fn copy_piece(
+    sides: &[Arc<TailPath>; 2],
+    source: Side,
+    target: Side,
+    (wire_id, epoch, timeout): (u64, u64, Duration),
+    offset: u64,
+    len: u32,
+) -> Result<(), (Side, String)> {
+    let data = read_side(sides, source, (wire_id, epoch, timeout), offset, len).await?;
+    let op = Op::Write { offset, len };
+    let payload = Some(Arc::new(data));
+    match attempt(&sides[target.index()], wire_id, epoch, op, payload, timeout).await {
+        Ok(Reply {
+            status: Status::Ok, ..
+        }) => Ok(()),
+        Ok(Reply { status, .. }) => Err((target, format!("write answered {status:?}"))),
+        Err(why) => Err((target, why)),
     }
-    Ok(crcs[0] == crcs[1])
 }
 
 /// Flushes one side.
