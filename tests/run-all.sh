@@ -2,8 +2,8 @@
 # The whole test suite: unit and host integration tests (real io_uring, real
 # redb files, the real daemon over its socket, a cluster in network
 # namespaces), then the end-to-end suites against real /dev/ublkbN devices
-# in the test VM: single-node, a three-node cluster, and the replicated
-# configuration store across three nodes.
+# in the test VM: single-node, a three-node cluster, the replicated
+# configuration store across three nodes, and mirrored vdisks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,3 +16,5 @@ tests/vm/run.sh --disk-size 2G --timeout 900 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/cluster-e2e.sh
 tests/vm/run.sh --disk-size 2G --timeout 900 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/store-e2e.sh
+tests/vm/run.sh --disk-size 2G --timeout 900 -- \
+    env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/mirror-e2e.sh

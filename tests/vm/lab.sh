@@ -76,13 +76,18 @@ lab_down() {
 # so a cut loses packets silently, as a pulled cable does.
 lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
 
-# lab_shared_file DIR: a fresh ext4 on the scratch disk $SCRATCH mounted at
-# DIR, holding a 1 GiB DIR/shared.img: the tail two lab nodes attach as one
-# (twin-tailed).
-lab_shared_file() {
+# lab_scratch_fs DIR: a fresh ext4 on the scratch disk $SCRATCH mounted at
+# DIR, for tail files (O_DIRECT, which 9p and tmpfs do not take).
+lab_scratch_fs() {
     mkfs.ext4 -q -F "$SCRATCH"
     mkdir -p "$1"
     mount "$SCRATCH" "$1"
+}
+
+# lab_shared_file DIR: lab_scratch_fs DIR, holding a 1 GiB DIR/shared.img:
+# the tail two lab nodes attach as one (twin-tailed).
+lab_shared_file() {
+    lab_scratch_fs "$1"
     truncate -s 1G "$1/shared.img"
 }
 
@@ -170,6 +175,17 @@ lab_kill() { # node [signal]: kill -9 by default; a SIGTERM gets 10 s
     fi
     wait "$pid" 2>/dev/null || true
     unset "LAB_PID[$node]"
+}
+
+# lab_metric NODE SERIES: the value of SERIES (a metric's name and labels,
+# exactly as exported: 'ublkvd_members_alive' or
+# 'ublkvd_mirror_in_sync{vdisk="vd"}') in NODE's /metrics, as an integer;
+# nothing if it is not there. NODE's config must have metrics_listen =
+# "127.0.0.1:$LAB_METRICS_PORT" (default 9477: each namespace has its own
+# loopback).
+lab_metric() {
+    ip netns exec "$(lab_ns "$1")" curl -sf "http://127.0.0.1:${LAB_METRICS_PORT:-9477}/metrics" |
+        awk -v s="$2" 'index($0, s " ") == 1 { printf "%d\n", $NF }'
 }
 
 # lab_completed NODE VDISK PATH: requests PATH (a peer, or "local") has
