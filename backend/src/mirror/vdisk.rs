@@ -100,7 +100,10 @@ pub struct MirrorStatus {
     /// What the store says of the tracked side, as far as known here.
     pub recorded: Recorded,
     pub region_size: u64,
-    /// Bytes of the regions recorded dirty: what is left to resync.
+    /// What a resync has left to copy: the regions of the resync under
+    /// way, or those recorded dirty while a side is away; 0 in sync (the
+    /// regions written lately, kept in the map in case of a crash, are on
+    /// both sides).
     pub dirty_bytes: u64,
     /// Bytes the resync copied since the mirror started.
     pub resynced_bytes: u64,
@@ -236,7 +239,10 @@ impl MirroredVdisk {
             sides: replica.states(),
             recorded: replica.recorded(),
             region_size: geometry.region_size(),
-            dirty_bytes: dirty.regions().dirty_bytes(),
+            dirty_bytes: match replica.states() == [SideState::InSync; 2] {
+                true => 0,
+                false => dirty.regions().dirty_bytes(),
+            },
             resynced_bytes: 0,
             rate: 0,
             full,
@@ -778,6 +784,18 @@ impl MirrorTask {
         }
     }
 
+    /// See [`MirrorStatus::dirty_bytes`].
+    fn left_to_copy(&self) -> u64 {
+        let geometry = self.dirty.geometry();
+        if self.resync_for.is_some() {
+            self.resync.iter().map(|&r| geometry.region_len(r)).sum()
+        } else if self.replica.states() != [SideState::InSync; 2] {
+            self.dirty.regions().dirty_bytes()
+        } else {
+            0
+        }
+    }
+
     /// Both sides in sync, the store calling it so, and no job under way.
     fn settled_in_sync(&self) -> bool {
         self.replica.states() == [SideState::InSync; 2]
@@ -1161,7 +1179,7 @@ impl MirrorTask {
             sides: self.replica.states(),
             recorded: self.replica.recorded(),
             region_size: self.dirty.geometry().region_size(),
-            dirty_bytes: self.dirty.regions().dirty_bytes(),
+            dirty_bytes: self.left_to_copy(),
             resynced_bytes: self.resynced_bytes,
             rate,
             full: self.full,
