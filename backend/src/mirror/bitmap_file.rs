@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::dirty::bitmap_bytes;
 use super::header::{self, Header, Slot, BITMAP_OFFSET, SLOT_LEN, SLOT_OFFSETS};
-use super::{DirtyGeometry, DirtyMapFileError, DirtyRegions, MapStorage, MarkError, OpenError};
+use super::{
+    DirtyGeometry, DirtyMapFileError, DirtyRegions, MapStorage, MarkError, OpenError, RangeError,
+};
 
 /// [`DirtyRegions`] kept durable beside a mirror's tail.
 ///
@@ -22,10 +24,10 @@ pub struct DirtyMapFile<S: MapStorage = File> {
     /// The header slot holding `generation`; the next header goes to the
     /// other one.
     active_slot: usize,
-    /// Bitmap bytes a failed `mark_durable` or `flush` left perhaps only in
-    /// memory. They hold dirty bits the caller was told are not durable;
-    /// they are written again before any later mark or flush succeeds, as
-    /// after a failed fsync the kernel may have dropped them.
+    /// Bitmap bytes holding dirty bits not durable yet: marked since the
+    /// last flush, or left by a failed one. They are written again before
+    /// any later flush succeeds, as after a failed fsync the kernel may
+    /// have dropped them.
     unsynced: Option<Range<usize>>,
     /// Bitmap bytes holding regions cleared in memory only.
     cleared: Option<Range<usize>>,
@@ -156,24 +158,24 @@ impl<S: MapStorage> DirtyMapFile<S> {
     }
 
     /// Marks every region the `len` bytes at `offset` touch, and returns
-    /// only once they are durable. Regions already dirty cost nothing: no
-    /// write, no sync. Call it before acknowledging the write it covers; on
-    /// an error, do not acknowledge.
+    /// only once they are durable (with whatever [`mark`](Self::mark) and
+    /// [`clear`](Self::clear) left for the next flush). Regions already
+    /// dirty cost nothing: no write, no sync. Call it before acknowledging
+    /// the write it covers; on an error, do not acknowledge.
     pub fn mark_durable(&mut self, offset: u64, len: u64) -> Result<(), MarkError> {
-        let changed = self.regions.mark(offset, len)?.map(bitmap_bytes);
-        let Some(bytes) = cover(changed, self.unsynced.clone()) else {
-            return Ok(());
-        };
-        match self.write_bitmap(bytes.clone()) {
-            Ok(()) => {
-                self.unsynced = None;
-                Ok(())
-            }
-            Err(e) => {
-                self.unsynced = Some(bytes);
-                Err(MarkError::Io(e))
-            }
+        self.mark(offset, len)?;
+        self.flush().map_err(MarkError::Io)
+    }
+
+    /// Marks every region the `len` bytes at `offset` touch, in memory
+    /// only: the next [`flush`](Self::flush) makes them durable. Several
+    /// marks then cost one write and one sync (group commit); none of the
+    /// writes they cover may be acknowledged before that flush succeeds.
+    pub fn mark(&mut self, offset: u64, len: u64) -> Result<(), RangeError> {
+        if let Some(changed) = self.regions.mark(offset, len)? {
+            self.unsynced = cover(self.unsynced.take(), Some(bitmap_bytes(changed)));
         }
+        Ok(())
     }
 
     /// Marks `region` clean in memory, once the other side has it again;
@@ -187,7 +189,7 @@ impl<S: MapStorage> DirtyMapFile<S> {
         was
     }
 
-    /// Makes every clear durable (and rewrites what a failed mark left).
+    /// Makes every mark and clear since the last successful flush durable.
     /// Nothing to write costs nothing.
     pub fn flush(&mut self) -> io::Result<()> {
         let Some(bytes) = cover(self.cleared.clone(), self.unsynced.clone()) else {

@@ -6,8 +6,8 @@
 //!
 //! The properties:
 //! - a reopened map never has an unreadable header;
-//! - every region a completed `mark_durable` covered, not cleared since,
-//!   is dirty;
+//! - every region a completed `mark_durable` covered, or a `mark` followed
+//!   by a successful flush, not cleared since, is dirty;
 //! - no region is dirty that was never marked (clean is not invented);
 //! - the generation is at least the last one acknowledged, at most the
 //!   last one attempted.
@@ -23,8 +23,18 @@ const R: u64 = 64 * 1024;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Mark { offset: u64, len: u64 },
-    Clear { region: u64 },
+    Mark {
+        offset: u64,
+        len: u64,
+    },
+    /// A mark in memory only, made durable by the next flush.
+    MarkLazily {
+        offset: u64,
+        len: u64,
+    },
+    Clear {
+        region: u64,
+    },
     Flush,
     Bump,
 }
@@ -52,7 +62,10 @@ impl Script {
                         _ => rng.below(8192) + 1,
                     }
                     .min(device_size - offset);
-                    Step::Mark { offset, len }
+                    match rng.one_in(2) {
+                        true => Step::Mark { offset, len },
+                        false => Step::MarkLazily { offset, len },
+                    }
                 }
                 5..=7 => Step::Clear {
                     region: rng.below(geometry.region_count()),
@@ -70,7 +83,9 @@ impl Script {
 struct Model {
     /// Marked by a `mark_durable` that succeeded, not cleared since.
     required: BTreeSet<u64>,
-    /// Ever passed to `mark_durable`, whatever it returned.
+    /// Marked in memory, durable once a flush succeeds.
+    unflushed: BTreeSet<u64>,
+    /// Ever passed to `mark_durable` or `mark`, whatever it returned.
     ever: BTreeSet<u64>,
     acked_generation: u64,
     attempted_generation: u64,
@@ -92,15 +107,26 @@ impl Model {
                 self.ever.extend(regions.clone());
                 if map.mark_durable(offset, len).is_ok() {
                     self.required.extend(regions);
+                    self.flushed();
+                }
+            }
+            Step::MarkLazily { offset, len } => {
+                let regions = Self::regions(geometry, offset, len);
+                self.ever.extend(regions.clone());
+                if map.mark(offset, len).is_ok() {
+                    self.unflushed.extend(regions);
                 }
             }
             Step::Clear { region } => {
                 map.clear(region);
                 self.required.remove(&region);
+                self.unflushed.remove(&region);
             }
             Step::Flush => {
                 // A failed flush leaves clears perhaps undone: allowed.
-                let _ = map.flush();
+                if map.flush().is_ok() {
+                    self.flushed();
+                }
             }
             Step::Bump => {
                 self.attempted_generation = self.attempted_generation.max(map.generation() + 1);
@@ -109,6 +135,12 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// A flush succeeded: every mark made in memory before it is durable.
+    fn flushed(&mut self) {
+        let unflushed = std::mem::take(&mut self.unflushed);
+        self.required.extend(unflushed);
     }
 
     fn check(
