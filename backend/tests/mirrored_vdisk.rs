@@ -34,6 +34,9 @@ const EPOCH: u64 = 1;
 const BLOCK: usize = 4096;
 const SIZE: u64 = 4 << 20;
 const REGION: u64 = 64 << 10;
+/// How often the activity log is swept: often, so that tests of a mirror in
+/// sync need not wait.
+const SWEEP: Duration = Duration::from_millis(100);
 
 /// The last byte of the next side's loopback address.
 static NEXT_HOST: AtomicU8 = AtomicU8::new(1);
@@ -215,14 +218,8 @@ impl Mirror {
         self.vdisk.call(Op::Flush, None).await.map(drop)
     }
 
-    /// The regions the dirty map holds on disk.
     fn durable_regions(&self) -> u64 {
-        // A read racing a write of the map may fail its checks: try again.
-        loop {
-            if let Ok(map) = DirtyMapFile::open(&self.map_path, geometry()) {
-                return map.regions().count();
-            }
-        }
+        durable_regions(&self.map_path)
     }
 
     /// Waits until the sweep has cleared the map on disk.
@@ -250,7 +247,7 @@ async fn mirror_from(a: &TestSide, b: &TestSide, states: [SideState; 2], full: b
     let map_path = dir.path().join("dirty");
     DirtyMapFile::create(&map_path, geometry()).unwrap();
     let store_current = states[1] == SideState::InSync;
-    mirror_on(a, b, dir, states, store_current, full).await
+    mirror_on(a, b, dir, states, store_current, full, SWEEP).await
 }
 
 /// A mirror of `a` to `b` from the dirty map in `dir`, as a restart finds
@@ -262,6 +259,7 @@ async fn mirror_on(
     states: [SideState; 2],
     store_current: bool,
     full: bool,
+    activity_sweep: Duration,
 ) -> Mirror {
     let map_path = dir.path().join("dirty");
     let store = Arc::new(TestStore::default());
@@ -283,7 +281,7 @@ async fn mirror_on(
             config: MirrorConfig {
                 request_timeout: Duration::from_secs(2),
                 probe_interval: Duration::from_millis(50),
-                activity_sweep: Duration::from_millis(100),
+                activity_sweep,
                 pacer: PacerConfig {
                     rate_max: 1 << 30,
                     rate_min: 64 << 20,
@@ -299,6 +297,16 @@ async fn mirror_on(
         map_path,
         store,
         _map_dir: dir,
+    }
+}
+
+/// The regions the dirty map at `path` holds on disk.
+fn durable_regions(path: &Path) -> u64 {
+    // A read racing a write of the map may fail its checks: try again.
+    loop {
+        if let Ok(map) = DirtyMapFile::open(path, geometry()) {
+            return map.regions().count();
+        }
     }
 }
 
@@ -588,7 +596,7 @@ fn regions_being_written_when_the_primary_stops_are_resynced_at_its_next_start()
         }
         // Restarted: the store still calls b current, yet b lacks them.
         let states = [SideState::InSync, SideState::Stale];
-        let m = mirror_on(&a, &b, dir, states, true, false).await;
+        let m = mirror_on(&a, &b, dir, states, true, false, SWEEP).await;
         let done = m
             .wait("resynced", |s| s.sides == [SideState::InSync; 2])
             .await;
@@ -632,6 +640,36 @@ fn a_resync_ends_while_the_regions_it_copies_are_written_all_along() {
         let rounds = writer.await.unwrap();
         assert!(rounds > 16, "the writer ran through the resync: {rounds}");
         m.flush().await.unwrap();
+        assert!(same_files(&a, &b));
+    });
+}
+
+#[test]
+fn a_clean_stop_in_sync_leaves_nothing_to_resync() {
+    runtime().block_on(async {
+        let (a, b) = (TestSide::start().await, TestSide::start().await);
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        DirtyMapFile::create(&dir.path().join("dirty"), geometry()).unwrap();
+        // No sweep in the test's time: only the stop may clear the log.
+        let states = [SideState::InSync; 2];
+        let m = mirror_on(&a, &b, dir, states, true, false, Duration::from_secs(3600)).await;
+        write_regions(&m, 0..=3, 1).await;
+        assert_eq!(m.durable_regions(), 4, "the activity log holds them");
+        let Mirror {
+            vdisk,
+            map_path,
+            _map_dir,
+            ..
+        } = m;
+        drop(vdisk);
+        let start = std::time::Instant::now();
+        while durable_regions(&map_path) > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "a clean stop left the log as it was"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(same_files(&a, &b));
     });
 }

@@ -10,8 +10,10 @@
 //! survivor would not know what the other side lacks. Hence
 //! [`DirtyMapFile::mark_durable`]: a region is durable as dirty before the
 //! write it covers is acknowledged. A region already dirty costs nothing,
-//! so the cost is one small write and one fdatasync each time a write
-//! lands in a clean region. Clearing after the copy may be lazy: a region
+//! so the cost is one small write and one fdatasync each time writes land
+//! in clean regions; the mirror's map has a writer thread of its own, so
+//! that the writes waiting meanwhile share the next sync (group commit) and
+//! nothing else waits. Clearing after the copy may be lazy: a region
 //! wrongly left dirty costs a needless copy, never lost data.
 //!
 //! The same map is the mirror's activity log (DRBD's name): every write
@@ -36,7 +38,8 @@
 //! [`Replica`] is the pure core of the mirrored write path: where each
 //! request goes, when it may complete, when a write's range must be marked
 //! dirty first; [`MirroredVdisk`] is its tokio shell over two
-//! [`TailPath`](crate::route::TailPath)s. [`DirtyRegions`] is the pure
+//! [`TailPath`](crate::route::TailPath)s, with the map behind a writer
+//! thread (`async_map.rs`). [`DirtyRegions`] is the pure
 //! core of the map (geometry, bits, iteration); [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
 //! through the small [`MapStorage`] seam, which the crash tests replace
 //! with an in-memory twin that can lose unsynced writes.
@@ -50,6 +53,7 @@ pub fn copy_id(vdisk: u64) -> u64 {
     vdisk ^ (1 << 63)
 }
 
+mod async_map;
 mod bitmap_file;
 mod dirty;
 mod error;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::async_map::{AsyncDirtyMap, MarksDone};
 use super::{
     Action, DirtyMapFile, PacerConfig, Recorded, Replica, ReplicaConfig, Request, ResyncPacer,
     Side, SideState,
@@ -186,6 +187,8 @@ enum Event {
     },
     /// Both sides were flushed (or not) for a sweep of the `cold` regions.
     Swept { cold: Vec<u64>, flushed: bool },
+    /// The dirty map's writer synced marks (or failed to).
+    Marked(MarksDone),
     /// A job ended: for a compare, whether the copies are equal; or the
     /// side that failed it.
     JobDone {
@@ -250,6 +253,10 @@ impl MirroredVdisk {
         let (publish, status) = watch::channel(initial);
         let (inputs, inbox) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
+        let marked = events.clone();
+        let dirty = AsyncDirtyMap::spawn(runtime, vdisk, dirty, move |done| {
+            let _ = marked.send(Event::Marked(done));
+        });
         let now = Instant::now();
         let task = MirrorTask {
             vdisk,
@@ -265,6 +272,7 @@ impl MirroredVdisk {
             events,
             pending: HashMap::new(),
             deferred: Vec::new(),
+            marking: VecDeque::new(),
             job: None,
             resync: BTreeSet::new(),
             resync_for: None,
@@ -363,6 +371,19 @@ struct Pending {
     data: Option<AlignedBuf>,
 }
 
+/// What goes on once a dirty mark is durable.
+enum MarkWaiter {
+    /// A write's activity-log mark: the write is submitted.
+    Write(u64),
+    /// A mark the core asked for (a write the lost side misses).
+    Degraded(u64),
+    /// The whole device for a full resync of `side`.
+    FullResync {
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 struct RunningJob {
     job: Job,
     range: Range<u64>,
@@ -386,7 +407,7 @@ struct MirrorTask {
     epoch: u64,
     sides: [Arc<TailPath>; 2],
     replica: Replica,
-    dirty: DirtyMapFile,
+    dirty: AsyncDirtyMap,
     config: MirrorConfig,
     recorder: Option<Arc<dyn CopyRecorder>>,
     full: bool,
@@ -395,6 +416,8 @@ struct MirrorTask {
     pending: HashMap<u64, Pending>,
     /// Writes to the region a job holds, submitted once it is done.
     deferred: Vec<(u64, Request)>,
+    /// What waits for a dirty mark to be durable, with its ticket.
+    marking: VecDeque<(u64, MarkWaiter)>,
     /// The job under way: the byte range it holds (writes to it wait), and
     /// whether it runs yet (it waits for writes in flight to the range).
     job: Option<RunningJob>,
@@ -445,10 +468,6 @@ impl MirrorTask {
             self.start_record();
             self.publish_status(now);
             if !open && self.idle() {
-                // Stopped cleanly: no write is half done, so in sync
-                // nothing is left for the next start to resync.
-                self.touched.clear();
-                self.sweep();
                 break;
             }
             let wake = self.next_wake();
@@ -476,24 +495,51 @@ impl MirrorTask {
             };
             self.carry_out(actions);
         }
+        self.stop().await;
     }
 
     /// Nothing left that a caller or a buffer waits for.
     fn idle(&self) -> bool {
-        self.replica.in_flight() == 0 && self.deferred.is_empty() && self.job.is_none()
+        self.replica.in_flight() == 0
+            && self.deferred.is_empty()
+            && self.marking.is_empty()
+            && self.job.is_none()
+    }
+
+    /// Stopped cleanly, nothing in flight: in sync, once both sides are
+    /// flushed, no region is left for the next start to resync. The map's
+    /// writer ends before the task does, so that the map may be opened
+    /// again as soon as the task is gone.
+    async fn stop(mut self) {
+        if self.settled_in_sync() {
+            let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+            let (a, b) = tokio::join!(
+                flush_side(&self.sides[0], wire_id, epoch, timeout),
+                flush_side(&self.sides[1], wire_id, epoch, timeout)
+            );
+            if a.and(b).is_ok() {
+                let all = self.dirty.regions().iter().collect();
+                self.dirty.clear(all);
+            }
+        }
+        self.dirty.close().await;
     }
 
     fn submit(&mut self, id: u64, submission: Submission) -> Vec<Action> {
         let request = request_of(submission.op);
+        let mut ticket = None;
         if let Request::Write { offset, len } = request {
             // The activity log: a write's regions are durably dirty before
             // either side has it, so that a crash of this node with the
             // write half done leaves them to resync. Hot regions cost
             // nothing; the sweep clears cold ones while in sync.
-            if let Err(e) = self.dirty.mark_durable(offset, len) {
-                tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a region being written: the write fails");
-                let _ = submission.done.send(Err(IoError::NoCurrentCopy));
-                return Vec::new();
+            match self.dirty.mark(offset, len) {
+                Ok(durable_at) => ticket = durable_at,
+                Err(e) => {
+                    tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a region being written: the write fails");
+                    let _ = submission.done.send(Err(IoError::NoCurrentCopy));
+                    return Vec::new();
+                }
             }
             let geometry = self.dirty.geometry();
             let last = offset.saturating_add(len.max(1) - 1);
@@ -509,6 +555,15 @@ impl MirrorTask {
                 data: None,
             },
         );
+        if let Some(ticket) = ticket {
+            self.marking.push_back((ticket, MarkWaiter::Write(id)));
+            return Vec::new();
+        }
+        self.start(id, request)
+    }
+
+    /// Hands a request to the core, unless a job holds its range.
+    fn start(&mut self, id: u64, request: Request) -> Vec<Action> {
         let held = self
             .job
             .as_ref()
@@ -519,6 +574,53 @@ impl MirrorTask {
             return Vec::new();
         }
         self.replica.submit(id, request)
+    }
+
+    /// The writer synced the marks up to `done.ticket` (or failed to):
+    /// what waited for them goes on, or fails.
+    fn marked(&mut self, done: MarksDone) -> Vec<Action> {
+        self.dirty.synced(&done);
+        let mut actions = Vec::new();
+        while let Some((_, waiter)) = self
+            .marking
+            .pop_front_if(|(ticket, _)| *ticket <= done.ticket)
+        {
+            let ok = done.result.is_ok();
+            match waiter {
+                MarkWaiter::Write(id) => {
+                    let Some(request) = self.pending.get(&id).map(|p| p.request) else {
+                        continue;
+                    };
+                    if ok {
+                        actions.extend(self.start(id, request));
+                    } else if let Some(pending) = self.pending.remove(&id) {
+                        tracing::error!(
+                            vdisk = self.vdisk,
+                            "cannot record a region being written: the write fails"
+                        );
+                        let _ = pending.submission.done.send(Err(IoError::NoCurrentCopy));
+                    }
+                }
+                MarkWaiter::Degraded(id) => actions.extend(match ok {
+                    true => self.replica.dirty_marked(id),
+                    false => {
+                        tracing::error!(
+                            vdisk = self.vdisk,
+                            "cannot record a dirty region: the write fails"
+                        );
+                        self.replica.dirty_mark_failed(id)
+                    }
+                }),
+                MarkWaiter::FullResync { side, done: reply } => match &done.result {
+                    Ok(()) => actions.extend(self.begin_full_resync(side, reply)),
+                    Err(why) => {
+                        let _ =
+                            reply.send(Err(format!("cannot mark the whole device dirty: {why}")));
+                    }
+                },
+            }
+        }
+        actions
     }
 
     fn event(&mut self, event: Event) -> Vec<Action> {
@@ -557,6 +659,7 @@ impl MirrorTask {
                 self.swept(cold, flushed);
                 Vec::new()
             }
+            Event::Marked(done) => self.marked(done),
         }
     }
 
@@ -635,20 +738,14 @@ impl MirrorTask {
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send { id, side } => self.send(id, side),
-                Action::MarkDirty { id, offset, len } => {
-                    // Synchronous on the task: it costs one small write
-                    // and one fdatasync, and only for a write into a clean
-                    // region while degraded; regions already dirty cost
-                    // nothing.
-                    let outcome = match self.dirty.mark_durable(offset, len) {
-                        Ok(()) => self.replica.dirty_marked(id),
-                        Err(e) => {
-                            tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a dirty region: the write fails");
-                            self.replica.dirty_mark_failed(id)
-                        }
-                    };
-                    queue.extend(outcome);
-                }
+                Action::MarkDirty { id, offset, len } => match self.dirty.mark(offset, len) {
+                    Ok(None) => queue.extend(self.replica.dirty_marked(id)),
+                    Ok(Some(ticket)) => self.marking.push_back((ticket, MarkWaiter::Degraded(id))),
+                    Err(e) => {
+                        tracing::error!(vdisk = self.vdisk, offset, len, error = %e, "cannot record a dirty region: the write fails");
+                        queue.extend(self.replica.dirty_mark_failed(id));
+                    }
+                },
                 Action::RecordStale => self.records.push_back(false),
                 Action::Complete { id } => {
                     if let Some(pending) = self.pending.remove(&id) {
@@ -741,7 +838,7 @@ impl MirrorTask {
     /// a cleared region's writes are durable on both, not in a disk cache.
     fn sweep(&mut self) {
         let touched = std::mem::take(&mut self.touched);
-        if !self.settled_in_sync() || self.sweeping {
+        if !self.settled_in_sync() || self.sweeping || self.full_mark_pending() {
             return;
         }
         let cold: Vec<u64> = self
@@ -770,18 +867,23 @@ impl MirrorTask {
     /// Both sides flushed (or not) for a sweep of the `cold` regions.
     fn swept(&mut self, cold: Vec<u64>, flushed: bool) {
         self.sweeping = false;
-        if !flushed || !self.settled_in_sync() {
+        if !flushed || !self.settled_in_sync() || self.full_mark_pending() {
             return;
         }
-        for region in cold {
-            // Written since the sweep began: its write may not be durable.
-            if !self.touched.contains(&region) && !self.writing(region) {
-                self.dirty.clear(region);
-            }
-        }
-        if let Err(e) = self.dirty.flush() {
-            tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the swept dirty map: a crash would resync those regions too");
-        }
+        // Written since the sweep began: its write may not be durable.
+        let cold = cold
+            .into_iter()
+            .filter(|&region| !self.touched.contains(&region) && !self.writing(region))
+            .collect();
+        self.dirty.clear(cold);
+    }
+
+    /// A full resync waits for the whole device to be marked: no region
+    /// may be cleared meanwhile, or the new disk would never get it.
+    fn full_mark_pending(&self) -> bool {
+        self.marking
+            .iter()
+            .any(|(_, waiter)| matches!(waiter, MarkWaiter::FullResync { .. }))
     }
 
     /// See [`MirrorStatus::dirty_bytes`].
@@ -1005,9 +1107,6 @@ impl MirrorTask {
         if !self.replica.resynced(target) {
             return false;
         }
-        if let Err(e) = self.dirty.flush() {
-            tracing::warn!(vdisk = self.vdisk, error = %e, "cannot write the cleared dirty map: a restart copies those regions again");
-        }
         tracing::info!(
             vdisk = self.vdisk,
             side = self.name(target),
@@ -1085,7 +1184,7 @@ impl MirrorTask {
                     // Writes waiting for the copy keep the region marked:
                     // they are about to land, half done if this node dies.
                     if !self.writing(region) {
-                        self.dirty.clear(region);
+                        self.dirty.clear(vec![region]);
                     }
                     self.resynced_bytes += bytes;
                     self.copies.push_back((now, bytes));
@@ -1134,10 +1233,25 @@ impl MirrorTask {
         done: oneshot::Sender<Result<(), String>>,
     ) -> Vec<Action> {
         let size = self.dirty.geometry().device_size();
-        if let Err(e) = self.dirty.mark_durable(0, size) {
-            let _ = done.send(Err(format!("cannot mark the whole device dirty: {e}")));
-            return Vec::new();
+        match self.dirty.mark(0, size) {
+            Ok(Some(ticket)) => self
+                .marking
+                .push_back((ticket, MarkWaiter::FullResync { side, done })),
+            Ok(None) => return self.begin_full_resync(side, done),
+            Err(e) => {
+                let _ = done.send(Err(format!("cannot mark the whole device dirty: {e}")));
+            }
         }
+        Vec::new()
+    }
+
+    /// The whole device is durably dirty: `side` is lost, and copied whole
+    /// once it answers.
+    fn begin_full_resync(
+        &mut self,
+        side: Side,
+        done: oneshot::Sender<Result<(), String>>,
+    ) -> Vec<Action> {
         tracing::warn!(
             vdisk = self.vdisk,
             side = self.name(side),
