@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use backend::mirror::{MirroredVdisk, Side};
+use backend::mirror::Side;
 use configdb::{
     node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, VdiskName,
     VdiskRecord,
@@ -509,14 +509,15 @@ impl Daemon {
     pub async fn resync(&self, name: &str, full: bool) -> anyhow::Result<ResyncInfo> {
         let name: VdiskName = name.parse()?;
         let config = self.store.configuration();
-        self.with_node(|node| node.resync_info(&name, &config))?;
+        let primary = self.with_node(|node| node.primary_mirror(&name, &config))?;
         if full {
-            self.primary_mirror(&name, &config)?
+            primary
+                .vdisk()
                 .full_resync(Side::B)
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
-        self.with_node(|node| node.resync_info(&name, &config))
+        Ok(primary.resync_info())
     }
 
     /// Runs `f` on the node. The node's lock may be held for long (a
@@ -527,27 +528,12 @@ impl Daemon {
         tokio::task::block_in_place(|| f(&mut lock(&self.node)))
     }
 
-    /// The mirror this node runs as `name`'s primary.
-    fn primary_mirror(
-        &self,
-        name: &VdiskName,
-        config: &Configuration,
-    ) -> anyhow::Result<Arc<MirroredVdisk>> {
-        config
-            .vdisks
-            .get(name)
-            .and_then(|record| self.with_node(|node| node.mirror(name, record)))
-            .with_context(|| format!("vdisk {name} is not mirrored by this node"))
-    }
-
     /// Compares both copies of mirrored vdisk `name`; only its primary can.
     pub async fn verify(&self, name: &str) -> anyhow::Result<VerifyInfo> {
         let name: VdiskName = name.parse()?;
         let config = self.store.configuration();
-        // Checks that it is mirrored, and says who its primary is if not
-        // this node.
-        self.with_node(|node| node.resync_info(&name, &config))?;
-        let report = self.primary_mirror(&name, &config)?.verify().await?;
+        let primary = self.with_node(|node| node.primary_mirror(&name, &config))?;
+        let report = primary.vdisk().verify().await?;
         Ok(VerifyInfo {
             vdisk: name.to_string(),
             regions: report.regions,

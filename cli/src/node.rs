@@ -527,21 +527,25 @@ impl Node {
         }
     }
 
-    /// How mirrored vdisk `name`'s copies stand, if this node is its
-    /// primary; else who to ask.
-    pub fn resync_info(
+    /// Mirrored vdisk `name`, if this node is its primary; else who to ask.
+    pub fn primary_mirror<'a>(
         &self,
         name: &VdiskName,
-        config: &Configuration,
-    ) -> anyhow::Result<ResyncInfo> {
+        config: &'a Configuration,
+    ) -> anyhow::Result<PrimaryMirror<'a>> {
         let (record, primary, mirror) = mirror_record(name, config)?;
-        let Some(status) = self.mirror(name, record).map(|m| *m.status().borrow()) else {
+        let Some(vdisk) = self.mirror(name, record) else {
             bail!(
                 "vdisk {name}'s copies are kept by its primary, node {}: ask there",
                 primary.node
             );
         };
-        Ok(resync_info(record, primary, mirror, &status))
+        Ok(PrimaryMirror {
+            record,
+            primary,
+            mirror,
+            vdisk,
+        })
     }
 
     /// The mirror this node runs for vdisk `name` as its primary, if it is
@@ -1049,6 +1053,27 @@ impl CopyRecorder for StoreRecorder {
                 None => Ok(()),
             }
         })
+    }
+}
+
+/// A mirrored vdisk this node runs as its primary, found under the node's
+/// lock and used without it.
+pub struct PrimaryMirror<'a> {
+    record: &'a VdiskRecord,
+    primary: &'a TailRef,
+    mirror: &'a TailRef,
+    vdisk: Arc<MirroredVdisk>,
+}
+
+impl PrimaryMirror<'_> {
+    pub fn vdisk(&self) -> &MirroredVdisk {
+        &self.vdisk
+    }
+
+    /// How its copies stand now.
+    pub fn resync_info(&self) -> ResyncInfo {
+        let status = *self.vdisk.status().borrow();
+        resync_info(self.record, self.primary, self.mirror, &status)
     }
 }
 

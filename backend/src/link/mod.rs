@@ -8,4 +8,4 @@ mod peer;
 
 pub use connection::{Link, LinkCounters, LinkError, Reply};
 pub use health::{Health, HealthConfig, Transition};
-pub use peer::PeerLinks;
+pub use peer::{PeerLinks, Reported};

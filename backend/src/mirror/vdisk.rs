@@ -675,20 +675,12 @@ impl MirrorTask {
             let TailPath::Peer(peer) = &*self.sides[side.index()] else {
                 continue;
             };
-            let mut state = peer.watch();
-            state.mark_unchanged();
+            let closed = self.events.clone();
+            let stop = async move { closed.closed().await };
             let events = self.events.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = events.closed() => return,
-                        changed = state.changed() => if changed.is_err() { return },
-                    }
-                    let up = *state.borrow_and_update();
-                    if !up && events.send(Event::Unreachable { side }).is_err() {
-                        return;
-                    }
-                }
+            peer.follow_reachability(crate::link::Reported::Changes, stop, move |up| match up {
+                true => Ok(()),
+                false => events.send(Event::Unreachable { side }),
             });
         }
     }

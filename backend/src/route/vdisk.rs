@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::counters::path_counters;
 use super::{Action, Gate, PathsCounters, RouteConfig, VdiskCounters};
-use crate::link::{LinkError, PeerLinks, Reply};
+use crate::link::{LinkError, PeerLinks, Reply, Reported};
 use crate::mirror::MirroredVdisk;
 use crate::peer::run_on_tail;
 use crate::wire::{Nack, Op, Status};
@@ -426,21 +426,17 @@ impl RoutingTask {
                 generation: self.generation,
                 index,
             };
-            let mut state = peer.watch();
             let mut retired = self.retire.subscribe();
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                loop {
-                    let up = *state.borrow_and_update();
-                    if events.send(Event::PathState { path, up }).is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        () = events.closed() => return,
-                        _ = retired.changed() => return,
-                        changed = state.changed() => if changed.is_err() { return },
-                    }
+            let closed = self.events.clone();
+            let stop = async move {
+                tokio::select! {
+                    () = closed.closed() => {}
+                    _ = retired.changed() => {}
                 }
+            };
+            let events = self.events.clone();
+            peer.follow_reachability(Reported::CurrentAndChanges, stop, move |up| {
+                events.send(Event::PathState { path, up })
             });
         }
     }
