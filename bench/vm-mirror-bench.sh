@@ -10,7 +10,10 @@
 #     mirror's daemon was killed (kill -9) and BENCH_DIRTY_MB written alone,
 #     idle, and the delta resync under foreground fio;
 #  3. foreground p99 latency (4k QD1 on a's device) idle and during a
-#     resync of the whole vdisk.
+#     resync of the whole vdisk;
+#  4. scattered writes: a mirror in 64 KiB regions (a:s0 <-> b:s1), where
+#     most random writes land in a region the activity log has cleared and
+#     must mark (and sync) again, against the remote tail.
 # Under TCG absolute figures mean little: compare the ratios.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -87,18 +90,20 @@ fill() {
 # a's copies and the reference tails hold data; the mirror copies on b are
 # new (sparse) files that only the full sync fills.
 for t in a-m0 a-m2 a-l b-t; do fill "$MNT/$t.img"; done
-for t in b-m1 b-m3; do truncate -s "${SIZE_MB}M" "$MNT/$t.img"; done
+for t in b-m1 b-m3 a-s0 b-s1; do truncate -s "${SIZE_MB}M" "$MNT/$t.img"; done
 
 lab_up a b c
 lab_config a true "metrics_listen = \"127.0.0.1:9477\"
 [tails]
 m0 = \"$MNT/a-m0.img\"
 m2 = \"$MNT/a-m2.img\"
-l = \"$MNT/a-l.img\""
+l = \"$MNT/a-l.img\"
+s0 = \"$MNT/a-s0.img\""
 lab_config b false "[tails]
 m1 = \"$MNT/b-m1.img\"
 m3 = \"$MNT/b-m3.img\"
-t = \"$MNT/b-t.img\""
+t = \"$MNT/b-t.img\"
+s1 = \"$MNT/b-s1.img\""
 lab_config c true
 for node in a b c; do lab_start "$node"; done
 for node in a b c; do
@@ -259,6 +264,43 @@ if wants perf; then
     echo "| job | mirrored, on a (a+b) | mirrored, from c (c→a→a+b) | single remote tail, on a (a→b) | local tail, on a | a / remote | c / remote |"
     echo "|---|---|---|---|---|---|---|"
     printf '%s\n' "${perf_rows[@]}"
+    echo
+fi
+
+# ------------------------------------------------ 2b. scattered writes
+# A mirror in 64 KiB regions: random writes keep landing in regions the
+# activity log's sweep cleared, each needing a mark made durable before
+# the write goes out; the map's writer thread syncs the marks waiting
+# together (group commit).
+if wants scatter; then
+    step "adding mirror ms (64 KiB regions)"
+    cli c add ms --size "${SIZE_MB}M" --primary a:s0 --mirror b:s1 --region-size 64K >/dev/null
+    wait_resync ms "in sync" 600
+    S_A=$(dev_of a ms)
+    scatter_rows=()
+    for job in "4k randwrite QD1|--iodepth=1" "4k randwrite QD16|--iodepth=16"; do
+        IFS='|' read -r name depth <<<"$job"
+        step "scattered: $name"
+        declare -A runs=()
+        for round in $(seq "$ROUNDS"); do
+            for k in 0 1 2; do
+                t=$(nth "S_A M_A R_A" $(((k + round - 1) % 3 + 1)))
+                # shellcheck disable=SC2086 # depth is words on purpose
+                runs[$t]+="$(run_fio IOPS "${!t}" --rw=randwrite --bs=4k $depth) "
+            done
+        done
+        declare -A med=()
+        for t in S_A M_A R_A; do med[$t]=$(tr ' ' '\n' <<<"${runs[$t]}" | grep . | median); done
+        scatter_rows+=("| $name | ${med[S_A]} IOPS | ${med[M_A]} IOPS | ${med[R_A]} IOPS | $(ratio "${med[S_A]}" "${med[R_A]}")x | $(ratio "${med[M_A]}" "${med[R_A]}")x |")
+        echo "  scattered $name runs: 64K ${runs[S_A]}/ 1M ${runs[M_A]}/ remote ${runs[R_A]}" >&2
+        unset runs med
+    done
+    echo "  ms after the scattered rows: $(resync_json ms | jq -c .)" >&2
+    echo "## Scattered writes: the activity log in 64 KiB regions (fio on a, ${RUNTIME} s after 2 s ramp, ${SIZE_MB} MiB, medians of $ROUNDS)"
+    echo
+    echo "| job | mirrored, 64 KiB regions | mirrored, 1 MiB regions | single remote tail | 64 KiB / remote | 1 MiB / remote |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${scatter_rows[@]}"
     echo
 fi
 
