@@ -24,6 +24,11 @@ use crate::{AlignedBuf, IoError};
 /// transfer.
 const COPY_CHUNK: u64 = 256 << 10;
 
+/// The most a resync job copies: neighbouring dirty regions smaller than
+/// this go together, one round trip and one flush of the target for all,
+/// so that small regions resync as fast as large ones.
+const COPY_BATCH: u64 = 1 << 20;
+
 /// How soon a record the store refused is tried again.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
 
@@ -156,13 +161,15 @@ enum Input {
     },
 }
 
-/// Background work on one region, one at a time, with writes to the
-/// region held meanwhile.
+/// Background work on a few regions, one job at a time, with writes to
+/// them held meanwhile.
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    /// Copy a dirty region from `source` (in sync) to `target` (stale).
+    /// Copy `count` dirty regions from `first` on, from `source` (in sync)
+    /// to `target` (stale).
     Copy {
-        region: u64,
+        first: u64,
+        count: u64,
         source: Side,
         target: Side,
     },
@@ -1030,14 +1037,19 @@ impl MirrorTask {
                     .or_else(|| self.resync.iter().next())
                     .copied();
                 match next {
-                    Some(region) => {
-                        self.resync_cursor = region;
+                    Some(first) => {
+                        let batch = (COPY_BATCH / self.dirty.geometry().region_size()).max(1);
+                        let count = (first..first + batch)
+                            .take_while(|region| self.resync.contains(region))
+                            .count() as u64;
+                        self.resync_cursor = first;
                         let job = Job::Copy {
-                            region,
+                            first,
+                            count,
                             source,
                             target,
                         };
-                        self.take_region(job, region);
+                        self.take_regions(job, first..first + count);
                         return;
                     }
                     None => {
@@ -1090,7 +1102,7 @@ impl MirrorTask {
             return;
         }
         let region = run.next;
-        self.take_region(Job::Compare { region }, region);
+        self.take_regions(Job::Compare { region }, region..region + 1);
     }
 
     /// Every dirty region is copied: the stale side is in sync, unless a
@@ -1110,11 +1122,13 @@ impl MirrorTask {
         true
     }
 
-    /// Takes `region` for `job`: new writes to it wait from now on.
-    fn take_region(&mut self, job: Job, region: u64) {
+    /// Takes `regions` (neighbours) for `job`: new writes to them wait from
+    /// now on.
+    fn take_regions(&mut self, job: Job, regions: Range<u64>) {
+        let range = self.region_range(regions.start).start..self.region_range(regions.end - 1).end;
         self.job = Some(RunningJob {
             job,
-            range: self.region_range(region),
+            range,
             running: false,
         });
         self.run_job_if_drained();
@@ -1168,16 +1182,27 @@ impl MirrorTask {
             .map_or(0, |job| job.range.end - job.range.start);
         let mut actions = Vec::new();
         match (job, result) {
-            (Job::Copy { region, target, .. }, Ok(_)) => {
+            (
+                Job::Copy {
+                    first,
+                    count,
+                    target,
+                    ..
+                },
+                Ok(_),
+            ) => {
                 // A write the target missed meanwhile left it down, and
-                // the region dirty again for the next resync.
+                // the regions dirty again for the next resync.
                 if self.replica.state(target) == SideState::Stale {
-                    self.resync.remove(&region);
-                    // Writes waiting for the copy keep the region marked:
-                    // they are about to land, half done if this node dies.
-                    if !self.writing(region) {
-                        self.dirty.clear(vec![region]);
+                    let copied = first..first + count;
+                    for region in copied.clone() {
+                        self.resync.remove(&region);
                     }
+                    // Writes waiting for the copy keep their regions
+                    // marked: they are about to land, half done if this
+                    // node dies.
+                    let clean = copied.filter(|&region| !self.writing(region)).collect();
+                    self.dirty.clear(clean);
                     self.resynced_bytes += bytes;
                     self.copies.push_back((now, bytes));
                 }
@@ -1456,7 +1481,8 @@ pub async fn pull_dirty(
         let start = region * geometry.region_size();
         let range = start..start + geometry.region_len(region);
         let job = Job::Copy {
-            region,
+            first: region,
+            count: 1,
             source: Side::B,
             target: Side::A,
         };
