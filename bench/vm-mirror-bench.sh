@@ -174,6 +174,22 @@ log_time() { date -d "${1%% *}" +%s.%N; }
 # with pipefail, a reader that stops early fails the pipe).
 field() { awk -v n="$1" '{ for (i = 1; i <= NF; i++) if (index($i, n "=") == 1) { print substr($i, length(n) + 2); exit } }' <<<"$2"; }
 
+# cpu_jiffies: the guest's busy and total CPU time so far, all CPUs
+# (/proc/stat, in jiffies; iowait counts as idle).
+cpu_jiffies() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+# fio_cpu UNIT DEV ARGS...: run_fio, and the guest CPU it took per I/O
+# (µs, all processes: fio, the daemons, the kernel), as "RESULT CPU_US":
+# CPUs busy on average over the run (ramp included: steady, it costs what
+# the measured part does) over the rate. For MiB/s, the CPU is per MiB.
+fio_cpu() {
+    local b0 t0 b1 t1 result
+    read -r b0 t0 < <(cpu_jiffies)
+    result=$(run_fio "$@")
+    read -r b1 t1 < <(cpu_jiffies)
+    echo "$result $(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$(nproc)" -v r="$result" \
+        'BEGIN { printf "%.0f", b / t * n * 1e6 / r }')"
+}
+
 # p99 [read|write]: fio's completion-latency p99 of the last run_fio, ms.
 p99() {
     jq -r --arg d "$1" '.jobs[0][$d].clat_ns.percentile["99.000000"] / 1e6 | . * 100 | round / 100' "$WORK/fio.json"
@@ -233,30 +249,35 @@ if wants perf; then
         "4k randread QD16|--rw=randread --bs=4k --iodepth=16|IOPS"
     )
     TARGETS=(M_A M_C R_A L_A)
-    perf_rows=()
+    perf_rows=() cpu_rows=()
     for job in "${JOBS[@]}"; do
         IFS='|' read -r name args unit <<<"$job"
         [[ $name == *"${BENCH_JOB:-}"* ]] || continue
         step "$name"
-        declare -A runs=()
+        declare -A runs=() cpus=()
         for round in $(seq "$ROUNDS"); do
             # Rotate which target goes first, against drift.
             for k in $(seq 0 3); do
                 t=${TARGETS[$(((k + round - 1) % 4))]}
                 # shellcheck disable=SC2086 # args are words on purpose
-                runs[$t]+="$(run_fio "$unit" "${!t}" $args) "
+                read -r v c < <(fio_cpu "$unit" "${!t}" $args)
+                runs[$t]+="$v " cpus[$t]+="$c "
             done
         done
-        declare -A med=()
-        for t in "${TARGETS[@]}"; do med[$t]=$(tr ' ' '\n' <<<"${runs[$t]}" | grep . | median); done
+        declare -A med=() cpu=()
+        for t in "${TARGETS[@]}"; do
+            med[$t]=$(tr ' ' '\n' <<<"${runs[$t]}" | grep . | median)
+            cpu[$t]=$(tr ' ' '\n' <<<"${cpus[$t]}" | grep . | median)
+        done
         ra=() rc=()
         for r in $(seq "$ROUNDS"); do
             ra+=("$(ratio "$(nth "${runs[M_A]}" "$r")" "$(nth "${runs[R_A]}" "$r")")")
             rc+=("$(ratio "$(nth "${runs[M_C]}" "$r")" "$(nth "${runs[R_A]}" "$r")")")
         done
         perf_rows+=("| $name | ${med[M_A]} $unit | ${med[M_C]} $unit | ${med[R_A]} $unit | ${med[L_A]} $unit | $(ratio "${med[M_A]}" "${med[R_A]}")x | $(ratio "${med[M_C]}" "${med[R_A]}")x |")
-        echo "  $name runs: mirror/a ${runs[M_A]}/ mirror/c ${runs[M_C]}/ remote ${runs[R_A]}/ local ${runs[L_A]}; per-round ratios a ${ra[*]}, c ${rc[*]}" >&2
-        unset runs med
+        cpu_rows+=("| $name | ${cpu[M_A]} | ${cpu[M_C]} | ${cpu[R_A]} | ${cpu[L_A]} | $((cpu[R_A] + cpu[L_A])) |")
+        echo "  $name runs: mirror/a ${runs[M_A]}/ mirror/c ${runs[M_C]}/ remote ${runs[R_A]}/ local ${runs[L_A]}; per-round ratios a ${ra[*]}, c ${rc[*]}; CPU µs per unit: mirror/a ${cpus[M_A]}/ mirror/c ${cpus[M_C]}/ remote ${cpus[R_A]}/ local ${cpus[L_A]}" >&2
+        unset runs cpus med cpu
     done
     echo "  after the I/O rows: $(resync_json mv | jq -c .)" >&2
     echo "## Mirrored vs a single remote tail (fio, ${RUNTIME} s after 2 s ramp, ${SIZE_MB} MiB, medians of $ROUNDS)"
@@ -264,6 +285,12 @@ if wants perf; then
     echo "| job | mirrored, on a (a+b) | mirrored, from c (c→a→a+b) | single remote tail, on a (a→b) | local tail, on a | a / remote | c / remote |"
     echo "|---|---|---|---|---|---|---|"
     printf '%s\n' "${perf_rows[@]}"
+    echo
+    echo "Guest CPU per I/O (µs, per MiB for MiB/s; all processes, medians): a mirrored write on a does a remote write and a local one."
+    echo
+    echo "| job | mirrored, on a | mirrored, from c | single remote tail, on a | local tail, on a | remote + local |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${cpu_rows[@]}"
     echo
 fi
 
@@ -302,6 +329,9 @@ if wants scatter; then
     echo "|---|---|---|---|---|---|"
     printf '%s\n' "${scatter_rows[@]}"
     echo
+    # Gone before the resync rows: it is mirrored to b too, and its own
+    # resync would mingle with mv's in a's log.
+    cli c del ms >/dev/null
 fi
 
 # ------------------------------------------------ 3. resync rate and latency

@@ -12,8 +12,11 @@ use super::{DirtyGeometry, DirtyMapFile, DirtyRegions, MarkError};
 enum MapUpdate {
     /// Mark the range; answered once durable, with every mark before it.
     Mark { ticket: u64, offset: u64, len: u64 },
-    /// Clear regions the other side has again (both sides flushed).
+    /// Clear regions the other side has again (both sides flushed), in
+    /// memory: the next sync writes them.
     Clear(Vec<u64>),
+    /// Sync, marks or not.
+    Flush,
 }
 
 /// The marks up to `ticket` (every one sent before it too) are durable, or
@@ -128,21 +131,33 @@ impl AsyncDirtyMap {
         }
     }
 
-    /// Clears `regions`, once both sides have them durably; the writer
-    /// makes it durable in its next sync (lazily: a region left dirty
-    /// costs only a needless copy).
+    /// Clears `regions`, once both sides have them durably. Lazily: the
+    /// clear reaches the disk with the next sync (a mark's, a
+    /// [`flush`](Self::flush), the close); a region left dirty by a crash
+    /// costs only a needless copy.
     pub fn clear(&mut self, regions: Vec<u64>) {
         let cleared: Vec<u64> = regions
             .into_iter()
             .filter(|&region| self.regions.clear(region))
             .collect();
-        if !cleared.is_empty() && self.updates.send(MapUpdate::Clear(cleared)).is_err() {
+        if !cleared.is_empty() {
+            self.send(MapUpdate::Clear(cleared));
+        }
+    }
+
+    /// Has the writer sync the clears made so far.
+    pub fn flush(&mut self) {
+        self.send(MapUpdate::Flush);
+    }
+
+    fn send(&self, update: MapUpdate) {
+        if self.updates.send(update).is_err() {
             tracing::warn!("the dirty map's writer stopped: clears stay in memory only");
         }
     }
 
-    /// Stops the writer once it has written everything sent to it, so
-    /// that the map file may be opened again.
+    /// Stops the writer once it has written everything sent to it, clears
+    /// included, so that the map file may be opened again.
     pub async fn close(self) {
         drop(self.updates);
         if let Err(e) = self.writer.await {
@@ -151,7 +166,8 @@ impl AsyncDirtyMap {
     }
 }
 
-/// The writer: applies every update queued, then syncs once.
+/// The writer: applies every update queued, then syncs once if a mark or a
+/// flush asks for it; at the end, syncs what is left.
 fn write_map(
     vdisk: u64,
     mut map: DirtyMapFile,
@@ -161,6 +177,7 @@ fn write_map(
     while let Ok(first) = inbox.recv() {
         let mut ticket = None;
         let mut refused = None;
+        let mut sync = false;
         for update in std::iter::once(first).chain(inbox.try_iter()) {
             match update {
                 MapUpdate::Mark {
@@ -169,6 +186,7 @@ fn write_map(
                     len,
                 } => {
                     ticket = Some(t);
+                    sync = true;
                     if let Err(e) = map.mark(offset, len) {
                         refused = Some(e.to_string());
                     }
@@ -178,7 +196,11 @@ fn write_map(
                         map.clear(region);
                     }
                 }
+                MapUpdate::Flush => sync = true,
             }
+        }
+        if !sync {
+            continue;
         }
         let result = match (refused, map.flush()) {
             (Some(why), _) => Err(why),
@@ -191,6 +213,9 @@ fn write_map(
         if let Some(ticket) = ticket {
             done(MarksDone { ticket, result });
         }
+    }
+    if let Err(e) = map.flush() {
+        tracing::warn!(vdisk, error = %e, "cannot write the dirty map's last clears: the next start copies those regions again");
     }
 }
 

@@ -875,6 +875,7 @@ impl MirrorTask {
             .filter(|&region| !self.touched.contains(&region) && !self.writing(region))
             .collect();
         self.dirty.clear(cold);
+        self.dirty.flush();
     }
 
     /// A full resync waits for the whole device to be marked: no region
@@ -1111,6 +1112,7 @@ impl MirrorTask {
         if !self.replica.resynced(target) {
             return false;
         }
+        self.dirty.flush();
         tracing::info!(
             vdisk = self.vdisk,
             side = self.name(target),
