@@ -335,10 +335,14 @@ if wants scatter; then
 fi
 
 # ------------------------------------------------ 3. resync rate and latency
-# make_stale MB: kill -9 b, write MB MiB (1M sequential) on a's device of
-# mv; shows a's report (degraded, dirty_bytes). In this shell: lab.sh
+# make_stale MB: kill -9 b once mv's activity log is swept, write MB MiB
+# (1M sequential) on a's device of mv; shows a's report (degraded,
+# dirty_bytes). In this shell: lab.sh
 # keeps the daemons' pids.
 make_stale() {
+    # Two activity-log sweeps first: the regions the rows before wrote
+    # would be resynced too.
+    sleep 5
     step "kill -9 b, $1 MiB written on a"
     lab_kill b
     fio --name=dirty --filename="$M_A" --ioengine=io_uring --direct=1 --rw=write --bs=1M \
@@ -418,9 +422,9 @@ if wants resync; then
         secs=$(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')
         lat_rows+=("| $i | 4k randread QD1 | $rr_idle_p ms ($rr_idle IOPS) | $rr_load_p ms ($rr_load IOPS) | $(ratio "$rr_load_p" "$rr_idle_p")x | $s1 |")
         lat_rows+=("| $i | 4k randwrite QD1 | $rw_idle_p ms ($rw_idle IOPS) | $rw_load_p ms ($rw_load IOPS) | $(ratio "$rw_load_p" "$rw_idle_p")x | $s2 |")
-        load_rows+=("| $i | 4k randread QD1 | $(window_rate "$samples" "$(awk -v a="$w0" 'BEGIN { print a + 1 }')" "$w1") MiB/s | $rr_load IOPS |")
-        load_rows+=("| $i | 4k randwrite QD1 | $(window_rate "$samples" "$(awk -v a="$w1" 'BEGIN { print a + 1 }')" "$w2") MiB/s | $rw_load IOPS |")
-        load_rows+=("| $i | 4k randwrite QD16 | $(window_rate "$samples" "$(awk -v a="$w2" 'BEGIN { print a + 1 }')" "$w3") MiB/s | $heavy IOPS (p99 $heavy_p ms); $s3 at its end |")
+        load_rows+=("| $i | 4k randread QD1 | $(window_rate "$samples" "$(awk -v a="$w0" 'BEGIN { printf "%.3f", a + 1 }')" "$w1") MiB/s | $rr_load IOPS |")
+        load_rows+=("| $i | 4k randwrite QD1 | $(window_rate "$samples" "$(awk -v a="$w1" 'BEGIN { printf "%.3f", a + 1 }')" "$w2") MiB/s | $rw_load IOPS |")
+        load_rows+=("| $i | 4k randwrite QD16 | $(window_rate "$samples" "$(awk -v a="$w2" 'BEGIN { printf "%.3f", a + 1 }')" "$w3") MiB/s | $heavy IOPS (p99 $heavy_p ms); $s3 at its end |")
         load_rows+=("| $i | none (after fio) | $(window_rate "$samples" "$w4" "$w5") MiB/s | whole resync: $((dirty / MIB)) MiB in $secs s, $(mibs "$dirty" "$secs") MiB/s |")
         echo "  samples: $(awk '{ printf "%s/%s/%s ", $2, $4, $5 }' "$samples")" >&2
         # Shown now too: a later hang must not lose them.

@@ -587,12 +587,12 @@ impl MirrorTask {
     /// what waited for them goes on, or fails.
     fn marked(&mut self, done: MarksDone) -> Vec<Action> {
         self.dirty.synced(&done);
+        let ok = done.result.is_ok();
         let mut actions = Vec::new();
         while let Some((_, waiter)) = self
             .marking
             .pop_front_if(|(ticket, _)| *ticket <= done.ticket)
         {
-            let ok = done.result.is_ok();
             match waiter {
                 MarkWaiter::Write(id) => {
                     let Some(request) = self.pending.get(&id).map(|p| p.request) else {
