@@ -7,7 +7,9 @@
 # (each vdisk, 256), BENCH_DIRTY_MB (written while the mirror is down, for
 # the idle delta resync, 128), BENCH_RESYNCS (idle delta resyncs, 2),
 # BENCH_LOADED (resyncs under load, 2), BENCH_ONLY (perf, scatter or
-# resync: run only that part), BENCH_JOB (run only the I/O rows whose name contains it).
+# resync: run only that part), BENCH_LATENCY_TARGET_MS (the primary's
+# [mirror] resync_latency_target_ms; the daemon's default if unset),
+# BENCH_JOB (run only the I/O rows whose name contains it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,4 +20,5 @@ tests/vm/run.sh --disk-size 6G --timeout 3000 -- env \
     BENCH_SIZE_MB="${BENCH_SIZE_MB:-256}" BENCH_DIRTY_MB="${BENCH_DIRTY_MB:-128}" \
     BENCH_RESYNCS="${BENCH_RESYNCS:-2}" BENCH_LOADED="${BENCH_LOADED:-2}" \
     BENCH_ONLY="${BENCH_ONLY:-}" BENCH_JOB="${BENCH_JOB:-}" \
+    BENCH_LATENCY_TARGET_MS="${BENCH_LATENCY_TARGET_MS:-}" \
     bench/vm-mirror-bench.sh

@@ -27,6 +27,7 @@ DIRTY_MB=${BENCH_DIRTY_MB:-128}
 RESYNCS=${BENCH_RESYNCS:-2}
 LOADED=${BENCH_LOADED:-2}
 ONLY=${BENCH_ONLY:-}
+LATENCY_TARGET_MS=${BENCH_LATENCY_TARGET_MS:-}
 WORK=$(mktemp -d /tmp/mirror-bench.XXXXXX)
 MNT=/mnt/mbench
 LAB=mirb
@@ -98,7 +99,9 @@ lab_config a true "metrics_listen = \"127.0.0.1:9477\"
 m0 = \"$MNT/a-m0.img\"
 m2 = \"$MNT/a-m2.img\"
 l = \"$MNT/a-l.img\"
-s0 = \"$MNT/a-s0.img\""
+s0 = \"$MNT/a-s0.img\"
+${LATENCY_TARGET_MS:+[mirror]
+resync_latency_target_ms = $LATENCY_TARGET_MS}"
 lab_config b false "[tails]
 m1 = \"$MNT/b-m1.img\"
 m3 = \"$MNT/b-m3.img\"
