@@ -668,12 +668,15 @@ mod tests {
         assert_eq!(r.failed(1, B), [Action::Fail { id: 1 }]);
     }
 
+    /// Reads from A, the store tracking B: a primary on A.
+    const TRACKED: ReplicaConfig = ReplicaConfig {
+        read_from: A,
+        tracked: Some(B),
+        required: None,
+    };
+
     fn tracked() -> Replica {
-        Replica::new(ReplicaConfig {
-            read_from: A,
-            tracked: Some(B),
-            required: None,
-        })
+        Replica::new(TRACKED)
     }
 
     #[test]
@@ -720,15 +723,7 @@ mod tests {
 
     #[test]
     fn a_loss_while_recording_current_is_recorded_stale_after_it() {
-        let mut r = Replica::with_states(
-            ReplicaConfig {
-                read_from: A,
-                tracked: Some(B),
-                required: None,
-            },
-            [SideState::InSync, SideState::Stale],
-            false,
-        );
+        let mut r = Replica::with_states(TRACKED, [SideState::InSync, SideState::Stale], false);
         assert_eq!(
             r.recorded(),
             Recorded::Unconfirmed,
@@ -778,15 +773,7 @@ mod tests {
 
     #[test]
     fn a_failed_current_record_counts_as_maybe_current() {
-        let mut r = Replica::with_states(
-            ReplicaConfig {
-                read_from: A,
-                tracked: Some(B),
-                required: None,
-            },
-            [SideState::InSync, SideState::Stale],
-            false,
-        );
+        let mut r = Replica::with_states(TRACKED, [SideState::InSync, SideState::Stale], false);
         assert!(r.resynced(B));
         assert!(r.record_current());
         r.current_record_failed();
