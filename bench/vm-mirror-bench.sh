@@ -167,6 +167,9 @@ window_rate() {
         }
         END { if (t1 > t0) printf "%.1f", (r1 - r0) / (t1 - t0) / 1048576; else print "-" }' "$1"
 }
+# fio_window_rate FILE START END: window_rate over a fio run from START to
+# END, its first second left out.
+fio_window_rate() { window_rate "$1" "$(awk -v a="$2" 'BEGIN { printf "%.3f", a + 1 }')" "$3"; }
 
 # The daemon log's lines after mark, and the time of a log line (tracing's
 # UTC timestamp) in seconds.
@@ -176,6 +179,17 @@ log_time() { date -d "${1%% *}" +%s.%N; }
 # field NAME LINE: the first NAME=NUMBER of LINE (awk, not grep | head:
 # with pipefail, a reader that stops early fails the pipe).
 field() { awk -v n="$1" '{ for (i = 1; i <= NF; i++) if (index($i, n "=") == 1) { print substr($i, length(n) + 2); exit } }' <<<"$2"; }
+# resync_span MARK: of the first resync in a's log after line MARK, the
+# bytes dirty when the side came back and the seconds from then to "resync
+# done", as "BYTES SECS".
+resync_span() {
+    local back done_line
+    back=$(log_since "$1" | awk '/mirror side back/ && !f { print; f = 1 }')
+    done_line=$(log_since "$1" | awk '/mirror resync done/ && !f { print; f = 1 }')
+    echo "$(field dirty_bytes "$back") $(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')"
+}
+# left: a's report of mv as "STATE, N MiB left".
+left() { resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"'; }
 
 # cpu_jiffies: the guest's busy and total CPU time so far, all CPUs
 # (/proc/stat, in jiffies; iowait counts as idle).
@@ -374,10 +388,7 @@ if wants resync; then
         step "mv in sync"
         warnings a "$mark"
         warnings b "$b_mark"
-        back=$(log_since "$mark" | awk '/mirror side back/ && !f { print; f = 1 }')
-        done_line=$(log_since "$mark" | awk '/mirror resync done/ && !f { print; f = 1 }')
-        dirty=$(field dirty_bytes "$back")
-        secs=$(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')
+        read -r dirty secs < <(resync_span "$mark")
         reported=$(awk '$2 == "resyncing" { print $5 / 1048576 }' "$samples" | median)
         idle_rows+=("| $i | $((dirty / MIB)) MiB | $wall s | $secs s | $(mibs "$dirty" "$secs") MiB/s | ${reported:-–} MiB/s |")
         echo "  samples: $(awk '{ printf "%s/%s ", $2, $4 }' "$samples")" >&2
@@ -404,13 +415,13 @@ if wants resync; then
         w0=$(now)
         rr_load=$(run_fio IOPS "$M_A" --rw=randread --bs=4k --iodepth=1); rr_load_p=$(p99 read)
         w1=$(now)
-        s1=$(resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"')
+        s1=$(left)
         rw_load=$(run_fio IOPS "$M_A" --rw=randwrite --bs=4k --iodepth=1); rw_load_p=$(p99 write)
         w2=$(now)
-        s2=$(resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"')
+        s2=$(left)
         heavy=$(run_fio IOPS "$M_A" --rw=randwrite --bs=4k --iodepth=16); heavy_p=$(p99 write)
         w3=$(now)
-        s3=$(resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"')
+        s3=$(left)
         w4=$(now)
         step "fio done ($s3): waiting for the resync"
         wait_resync mv "in sync" 900
@@ -419,15 +430,12 @@ if wants resync; then
         step "mv in sync"
         warnings a "$mark"
         warnings b "$b_mark"
-        back=$(log_since "$mark" | awk '/mirror side back/ && !f { print; f = 1 }')
-        done_line=$(log_since "$mark" | awk '/mirror resync done/ && !f { print; f = 1 }')
-        dirty=$(field dirty_bytes "$back")
-        secs=$(awk -v a="$(log_time "$back")" -v b="$(log_time "$done_line")" 'BEGIN { printf "%.2f", b - a }')
+        read -r dirty secs < <(resync_span "$mark")
         lat_rows+=("| $i | 4k randread QD1 | $rr_idle_p ms ($rr_idle IOPS) | $rr_load_p ms ($rr_load IOPS) | $(ratio "$rr_load_p" "$rr_idle_p")x | $s1 |")
         lat_rows+=("| $i | 4k randwrite QD1 | $rw_idle_p ms ($rw_idle IOPS) | $rw_load_p ms ($rw_load IOPS) | $(ratio "$rw_load_p" "$rw_idle_p")x | $s2 |")
-        load_rows+=("| $i | 4k randread QD1 | $(window_rate "$samples" "$(awk -v a="$w0" 'BEGIN { printf "%.3f", a + 1 }')" "$w1") MiB/s | $rr_load IOPS |")
-        load_rows+=("| $i | 4k randwrite QD1 | $(window_rate "$samples" "$(awk -v a="$w1" 'BEGIN { printf "%.3f", a + 1 }')" "$w2") MiB/s | $rw_load IOPS |")
-        load_rows+=("| $i | 4k randwrite QD16 | $(window_rate "$samples" "$(awk -v a="$w2" 'BEGIN { printf "%.3f", a + 1 }')" "$w3") MiB/s | $heavy IOPS (p99 $heavy_p ms); $s3 at its end |")
+        load_rows+=("| $i | 4k randread QD1 | $(fio_window_rate "$samples" "$w0" "$w1") MiB/s | $rr_load IOPS |")
+        load_rows+=("| $i | 4k randwrite QD1 | $(fio_window_rate "$samples" "$w1" "$w2") MiB/s | $rw_load IOPS |")
+        load_rows+=("| $i | 4k randwrite QD16 | $(fio_window_rate "$samples" "$w2" "$w3") MiB/s | $heavy IOPS (p99 $heavy_p ms); $s3 at its end |")
         load_rows+=("| $i | none (after fio) | $(window_rate "$samples" "$w4" "$w5") MiB/s | whole resync: $((dirty / MIB)) MiB in $secs s, $(mibs "$dirty" "$secs") MiB/s |")
         echo "  samples: $(awk '{ printf "%s/%s/%s ", $2, $4, $5 }' "$samples")" >&2
         # Shown now too: a later hang must not lose them.
