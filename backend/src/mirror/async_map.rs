@@ -87,11 +87,7 @@ impl AsyncDirtyMap {
     /// the write waits for its answer ([`synced`](Self::synced)).
     pub fn mark(&mut self, offset: u64, len: u64) -> Result<Option<u64>, MarkError> {
         let newly_dirty = self.regions.mark(offset, len)?.is_some();
-        let geometry = self.geometry();
-        let touched = match len {
-            0 => 0..0,
-            _ => geometry.region_of(offset)..geometry.region_of(offset + len - 1) + 1,
-        };
+        let touched = self.geometry().regions_of(offset, len);
         let durable = !newly_dirty
             && !self.syncing.iter().any(|(_, r)| overlaps(r, &touched))
             && !self.unsynced.iter().any(|r| overlaps(r, &touched));

@@ -92,18 +92,11 @@ struct Model {
 }
 
 impl Model {
-    fn regions(geometry: DirtyGeometry, offset: u64, len: u64) -> std::ops::Range<u64> {
-        if len == 0 {
-            return 0..0;
-        }
-        geometry.region_of(offset)..geometry.region_of(offset + len - 1) + 1
-    }
-
     fn step(&mut self, map: &mut DirtyMapFile<SimStorage>, step: &Step) {
         let geometry = map.geometry();
         match *step {
             Step::Mark { offset, len } => {
-                let regions = Self::regions(geometry, offset, len);
+                let regions = geometry.regions_of(offset, len);
                 self.ever.extend(regions.clone());
                 if map.mark_durable(offset, len).is_ok() {
                     self.required.extend(regions);
@@ -111,7 +104,7 @@ impl Model {
                 }
             }
             Step::MarkLazily { offset, len } => {
-                let regions = Self::regions(geometry, offset, len);
+                let regions = geometry.regions_of(offset, len);
                 self.ever.extend(regions.clone());
                 if map.mark(offset, len).is_ok() {
                     self.unflushed.extend(regions);

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::ops::Range;
 
 use super::GeometryError;
 
@@ -59,6 +60,14 @@ impl DirtyGeometry {
     /// The region holding byte `offset`.
     pub fn region_of(&self, offset: u64) -> u64 {
         offset >> self.region_shift
+    }
+
+    /// The regions the `len` bytes at `offset` touch: none for 0 bytes.
+    pub fn regions_of(&self, offset: u64, len: u64) -> Range<u64> {
+        match len {
+            0 => 0..0,
+            _ => self.region_of(offset)..self.region_of(offset.saturating_add(len - 1)) + 1,
+        }
     }
 
     /// Bytes of the device in `region`: the region size, less for the last
@@ -124,6 +133,16 @@ mod tests {
         assert_eq!(g.region_len(3), 512);
         assert_eq!(g.region_len(4), 0);
         assert_eq!(g.bitmap_len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_range_touches_every_region_it_has_a_byte_in() -> Result<(), GeometryError> {
+        let g = DirtyGeometry::new(MIB, 64 * KIB)?;
+        assert_eq!(g.regions_of(0, 0), 0..0, "no bytes, no region");
+        assert_eq!(g.regions_of(64 * KIB - 1, 1), 0..1);
+        assert_eq!(g.regions_of(64 * KIB - 1, 2), 0..2);
+        assert_eq!(g.regions_of(2 * 64 * KIB, 3 * 64 * KIB), 2..5);
         Ok(())
     }
 

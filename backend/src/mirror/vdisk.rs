@@ -520,11 +520,7 @@ impl MirrorTask {
     async fn stop(mut self) {
         if self.settled_in_sync() {
             let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
-            let (a, b) = tokio::join!(
-                flush_side(&self.sides[0], wire_id, epoch, timeout),
-                flush_side(&self.sides[1], wire_id, epoch, timeout)
-            );
-            if a.and(b).is_ok() {
+            if flush_both(&self.sides, wire_id, epoch, timeout).await {
                 let all = self.dirty.regions().iter().collect();
                 self.dirty.clear(all);
             }
@@ -548,10 +544,8 @@ impl MirrorTask {
                     return Vec::new();
                 }
             }
-            let geometry = self.dirty.geometry();
-            let last = offset.saturating_add(len.max(1) - 1);
             self.touched
-                .extend(geometry.region_of(offset)..=geometry.region_of(last));
+                .extend(self.dirty.geometry().regions_of(offset, len));
         }
         self.pending.insert(
             id,
@@ -854,11 +848,7 @@ impl MirrorTask {
         let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
         let events = self.events.clone();
         tokio::spawn(async move {
-            let (a, b) = tokio::join!(
-                flush_side(&sides[0], wire_id, epoch, timeout),
-                flush_side(&sides[1], wire_id, epoch, timeout)
-            );
-            let flushed = a.and(b).is_ok();
+            let flushed = flush_both(&sides, wire_id, epoch, timeout).await;
             let _ = events.send(Event::Swept { cold, flushed });
         });
     }
@@ -1459,6 +1449,20 @@ async fn flush_side(
         Ok(Reply { status, .. }) => Err(format!("flush answered {status:?}")),
         Err(why) => Err(why),
     }
+}
+
+/// Flushes both sides at once: whether both succeeded.
+async fn flush_both(
+    sides: &[Arc<TailPath>; 2],
+    wire_id: u64,
+    epoch: u64,
+    timeout: Duration,
+) -> bool {
+    let (a, b) = tokio::join!(
+        flush_side(&sides[0], wire_id, epoch, timeout),
+        flush_side(&sides[1], wire_id, epoch, timeout)
+    );
+    a.and(b).is_ok()
 }
 
 /// Copies every region `dirty` records from `source` (read as vdisk
