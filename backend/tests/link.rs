@@ -4,6 +4,8 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -47,9 +49,14 @@ impl Peer {
     /// Serves on `listener` until the returned sender is used or dropped.
     fn serve(&self, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, self.exports.clone(), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            self.exports.clone(),
+            support::server_tls("server"),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         (
             stop,
             tokio::spawn(async move { task.await.unwrap().unwrap() }),
@@ -85,7 +92,11 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_stop, _served) = peer.serve(listener);
-        let link = Link::spawn(addr, HealthConfig::default());
+        let link = Link::spawn(
+            addr,
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        );
         wait_until(&link, true).await;
 
         let write = link
@@ -132,7 +143,11 @@ fn a_link_goes_down_with_its_server_and_returns_when_the_server_does() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, served) = peer.serve(listener);
-        let link = Link::spawn(addr, HealthConfig::default());
+        let link = Link::spawn(
+            addr,
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        );
         wait_until(&link, true).await;
 
         stop.send(()).unwrap();
@@ -180,7 +195,11 @@ fn a_peer_that_stops_answering_is_declared_down_and_its_calls_fail() {
         let addr = listener.local_addr().unwrap();
         let peer = Peer::new();
         let (stop, served) = peer.serve(listener);
-        let link = Link::spawn(addr, HealthConfig::default());
+        let link = Link::spawn(
+            addr,
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        );
         wait_until(&link, true).await;
         // Stop serving but keep a silent listener on the address, so that
         // the reconnection succeeds and then hears nothing.
@@ -227,12 +246,13 @@ fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_a
             interval: Duration::from_millis(20),
             allowed_misses: 3,
         };
-        let link = Link::spawn(addr, health);
+        let link = Link::spawn(addr, health, support::client_tls("client", "server"));
         wait_until(&link, true).await;
 
-        let elsewhere = "192.0.2.1".parse().unwrap();
         peer.exports
-            .admit_only(Some(std::collections::HashSet::from([elsewhere])));
+            .admit_only(Some(std::collections::HashSet::from([
+                "elsewhere".to_owned()
+            ])));
         // Its heartbeats are refused: as good as unanswered.
         wait_until(&link, false).await;
 

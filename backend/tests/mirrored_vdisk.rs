@@ -9,6 +9,8 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -76,9 +78,14 @@ impl TestSide {
         let exports = Arc::new(Exports::new());
         exports.insert(VDISK, EPOCH, Arc::new(tail));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, exports, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            exports,
+            support::server_tls("side"),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let task = tokio::spawn(async move { task.await.unwrap().unwrap() });
         self.stop = Some((stop, task));
     }
@@ -103,7 +110,7 @@ impl TestSide {
             interval: Duration::from_millis(50),
             allowed_misses: 10,
         };
-        let peer = PeerLinks::new(name, health);
+        let peer = PeerLinks::new(name, health, support::client_tls("primary", "side"));
         peer.set_membership(Some(&[self.addr]));
         let mut up = peer.watch();
         tokio::time::timeout(Duration::from_secs(5), up.wait_for(|&up| up))

@@ -4,6 +4,8 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -14,6 +16,8 @@ use std::sync::Arc;
 use backend::peer::{serve, Exports};
 use backend::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
 use backend::{Engine, LocalTail};
+use identity::rustls::{ClientConnection, StreamOwned};
+use identity::ServerName;
 use tokio::sync::oneshot;
 
 const VDISK: u64 = 1;
@@ -47,12 +51,12 @@ impl Server {
                 Arc::new(LocalTail::open(&tail_path, 4096, false, engine.ring()).unwrap()),
             );
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
+                .enable_all()
                 .build()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 ready.send(listener.local_addr()?).unwrap();
-                serve(listener, served, async {
+                serve(listener, served, support::server_tls("server"), async {
                     let _ = stopped.await;
                 })
                 .await
@@ -68,12 +72,27 @@ impl Server {
         }
     }
 
+    /// A client of node "client", a member of the server's cluster.
     fn connect(&self) -> Client {
+        self.connect_as(support::client_tls("client", "server"))
+    }
+
+    fn connect_as(&self, tls: Arc<identity::rustls::ClientConfig>) -> Client {
+        let stream = self.connect_plain();
+        let name = ServerName::from(self.addr.ip());
+        let connection = ClientConnection::new(tls, name).unwrap();
+        Client {
+            stream: StreamOwned::new(connection, stream),
+        }
+    }
+
+    /// A TCP connection that speaks no TLS.
+    fn connect_plain(&self) -> TcpStream {
         let stream = TcpStream::connect(self.addr).unwrap();
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(20)))
             .unwrap();
-        Client { stream }
+        stream
     }
 
     fn stop(mut self) -> std::io::Result<()> {
@@ -83,21 +102,15 @@ impl Server {
 }
 
 struct Client {
-    stream: TcpStream,
+    stream: StreamOwned<ClientConnection, TcpStream>,
 }
 
 impl Client {
     fn send(&mut self, id: u64, vdisk: u64, epoch: u64, op: Op, payload: &[u8]) {
-        let head = Frame::Request {
-            id,
-            vdisk,
-            epoch,
-            op,
-        }
-        .encode(payload)
-        .unwrap();
-        self.stream.write_all(&head).unwrap();
-        self.stream.write_all(payload).unwrap();
+        self.stream
+            .write_all(&request(id, vdisk, epoch, op, payload))
+            .unwrap();
+        self.stream.flush().unwrap();
     }
 
     /// The next reply: its id, status and payload.
@@ -422,10 +435,10 @@ fn set_epoch_only_ever_raises_the_export_epoch() {
 fn a_peer_that_is_not_admitted_is_refused_everything_until_admitted_again() {
     let server = Server::start();
     let mut client = server.connect();
-    let elsewhere: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let elsewhere = "elsewhere".to_owned();
     server
         .exports
-        .admit_only(Some(std::collections::HashSet::from([elsewhere])));
+        .admit_only(Some(std::collections::HashSet::from([elsewhere.clone()])));
     let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 3));
     assert_eq!(status, Status::Nack(Nack::NotAMember));
     assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
@@ -434,14 +447,89 @@ fn a_peer_that_is_not_admitted_is_refused_everything_until_admitted_again() {
 
     // Admitted again on the same connection: membership is checked per
     // request.
-    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     server
         .exports
-        .admit_only(Some(std::collections::HashSet::from([elsewhere, loopback])));
+        .admit_only(Some(std::collections::HashSet::from([
+            elsewhere,
+            "client".to_owned(),
+        ])));
     let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 3));
     assert_eq!(status, Status::Ok);
     assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 3));
     server.exports.admit_only(None);
     assert_eq!(client.call(VDISK, EPOCH, Op::Heartbeat, &[]).0, Status::Ok);
+    server.stop().unwrap();
+}
+
+/// A request frame as the wire carries it, payload included.
+fn request(id: u64, vdisk: u64, epoch: u64, op: Op, payload: &[u8]) -> Vec<u8> {
+    let head = Frame::Request {
+        id,
+        vdisk,
+        epoch,
+        op,
+    }
+    .encode(payload)
+    .unwrap();
+    [&head[..], payload].concat()
+}
+
+#[test]
+fn a_well_formed_request_without_tls_is_neither_run_nor_answered() {
+    let server = Server::start();
+    let mut plain = server.connect_plain();
+    plain
+        .write_all(&request(1, VDISK, EPOCH, write_block(0), &pattern(4096, 7)))
+        .unwrap();
+    // The server reads a TLS handshake that is not one, says so in an alert
+    // at most, and closes.
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    let answered = answer
+        .first_chunk::<HEADER_LEN>()
+        .is_some_and(|head| Header::decode(head).is_ok());
+    assert!(!answered, "answered without TLS: {answer:?}");
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    // The server still serves its members.
+    assert_eq!(
+        server.connect().call(VDISK, EPOCH, Op::Flush, &[]).0,
+        Status::Ok
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_certificate_of_another_cluster_gets_no_byte_and_changes_none() {
+    let server = Server::start();
+    std::fs::write(&server.tail, pattern(TAIL_SIZE as usize, 9)).unwrap();
+    let stranger = identity::NodeIdentity::from_secret("client", b"another cluster's secret")
+        .unwrap()
+        .client_config("server")
+        .unwrap();
+    let mut client = server.connect_as(stranger);
+    // The stranger refuses the server's certificate, or the server refuses
+    // the stranger's: either way, neither request is answered.
+    let write = request(1, VDISK, EPOCH, write_block(0), &pattern(4096, 1));
+    let read = request(
+        2,
+        VDISK,
+        EPOCH,
+        Op::Read {
+            offset: 0,
+            len: 4096,
+        },
+        &[],
+    );
+    let sent = client
+        .stream
+        .write_all(&[write, read].concat())
+        .and_then(|()| client.stream.flush());
+    let mut head = [0u8; HEADER_LEN];
+    let answered = client.stream.read_exact(&mut head);
+    assert!(sent.is_err() || answered.is_err(), "a stranger got a reply");
+    assert_eq!(
+        file_bytes(&server.tail, 0, TAIL_SIZE as usize),
+        pattern(TAIL_SIZE as usize, 9)
+    );
     server.stop().unwrap();
 }

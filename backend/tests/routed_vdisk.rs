@@ -8,6 +8,8 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -79,9 +81,14 @@ impl Server {
 
     fn serve(&mut self, listener: TcpListener) {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, self.exports.clone(), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            self.exports.clone(),
+            support::server_tls("server"),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let task = tokio::spawn(async move { task.await.unwrap().unwrap() });
         self.stop = Some((stop, task));
     }
@@ -113,7 +120,7 @@ fn health() -> HealthConfig {
 }
 
 fn member(name: &str, server: &Server) -> Arc<PeerLinks> {
-    let peer = PeerLinks::new(name, health());
+    let peer = PeerLinks::new(name, health(), support::client_tls("client", "server"));
     peer.set_membership(Some(&[server.addr]));
     Arc::new(peer)
 }

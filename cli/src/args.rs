@@ -91,6 +91,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A cluster certificate authority for admins without a PKI: `ca init`
+    /// once, then `ca issue NODE` for each node's `[tls]` section
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Print a shell completion script (e.g. `ublkvd completions bash >
     /// /etc/bash_completion.d/ublkvd`)
     Completions {
@@ -98,6 +102,35 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make the cluster's CA: DIR/ca.pem (give it to every node) and
+    /// DIR/ca.key (keep it off the nodes); refuses to replace one
+    Init {
+        /// Where the CA's files go
+        #[arg(long, default_value = DEFAULT_CA_DIR, value_name = "DIR")]
+        dir: PathBuf,
+        /// The cluster's name, in the CA's certificate
+        #[arg(long, default_value = "ublkvd")]
+        cluster: String,
+    },
+    /// Issue node NODE a certificate naming it: DIR/NODE.pem and
+    /// DIR/NODE.key (mode 600), for that node's `[tls]` cert and key
+    Issue {
+        /// The node's name, as its config's `node`
+        node: String,
+        /// Where the CA's files are, and the node's go
+        #[arg(long, default_value = DEFAULT_CA_DIR, value_name = "DIR")]
+        dir: PathBuf,
+        /// Days the certificate is valid
+        #[arg(long, default_value_t = identity::DEFAULT_NODE_DAYS)]
+        days: u32,
+    },
+}
+
+/// Where `ca init` and `ca issue` keep the CA's files by default.
+pub const DEFAULT_CA_DIR: &str = "/etc/ublkvd/ca";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

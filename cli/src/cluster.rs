@@ -15,6 +15,7 @@ use backend::route::RouteConfig;
 use backend::{Engine, EngineRing, LocalTail};
 use configdb::TailRef;
 use gossip::{ClusterKey, Gossip, GossipConfig, NodeMeta, View};
+use identity::NodeIdentity;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -41,6 +42,8 @@ pub struct Cluster {
     /// the membership view.
     peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
     gossip: Option<Arc<Gossip>>,
+    /// Who this node proves it is to its peers, and whom it trusts.
+    identity: Option<NodeIdentity>,
     exports: Arc<Exports>,
     engine: Engine,
 }
@@ -48,9 +51,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the I/O engine and, with a `[gossip]` section, joins the
     /// cluster announcing `links` (the peer server's addresses): links to
-    /// other members follow what gossip says of them. Must run inside the
-    /// tokio runtime that will carry the links.
-    pub async fn start(config: &NodeConfig, links: Vec<SocketAddr>) -> anyhow::Result<Cluster> {
+    /// other members follow what gossip says of them, authenticated as
+    /// `identity`. Must run inside the tokio runtime that will carry the
+    /// links.
+    pub async fn start(
+        config: &NodeConfig,
+        links: Vec<SocketAddr>,
+        identity: Option<NodeIdentity>,
+    ) -> anyhow::Result<Cluster> {
         let engine = Engine::start(ENGINE_ENTRIES).context("cannot start the io_uring engine")?;
         let gossip = match &config.gossip {
             Some(settings) => {
@@ -90,6 +98,7 @@ impl Cluster {
             health: config.health,
             peers,
             gossip,
+            identity,
             exports,
             engine,
         })
@@ -112,14 +121,22 @@ impl Cluster {
         Ok(listeners)
     }
 
-    /// Serves this node's exported tails on `listeners` until `stop` turns
-    /// true.
+    /// Serves this node's exported tails on `listeners` to peers that
+    /// prove a certificate of the cluster's CA, until `stop` turns true.
     pub fn serve_peers(
         &self,
         listeners: Vec<TcpListener>,
         stop: &watch::Receiver<bool>,
-    ) -> JoinSet<std::io::Result<()>> {
+    ) -> anyhow::Result<JoinSet<std::io::Result<()>>> {
         let mut servers = JoinSet::new();
+        if listeners.is_empty() {
+            return Ok(servers);
+        }
+        // The configuration refuses listen addresses without an identity.
+        let Some(identity) = &self.identity else {
+            bail!("this node has no identity to serve peers with: [gossip] or [tls] is needed");
+        };
+        let tls = identity.server_config()?;
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving tails to peers");
@@ -128,9 +145,9 @@ impl Cluster {
             let stopped = async move {
                 let _ = stop.wait_for(|&stop| stop).await;
             };
-            servers.spawn(serve(listener, self.exports.clone(), stopped));
+            servers.spawn(serve(listener, self.exports.clone(), tls.clone(), stopped));
         }
-        servers
+        Ok(servers)
     }
 
     /// The links to node `name`, reachable while gossip says it is a live
@@ -138,9 +155,16 @@ impl Cluster {
     /// later: its vdisks wait for it.
     pub fn peer(&self, name: &str) -> anyhow::Result<Arc<PeerLinks>> {
         let gossip = self.membership(name)?;
+        let Some(identity) = &self.identity else {
+            bail!("this node has no identity to reach node {name} with");
+        };
         let mut peers = lock(&self.peers);
+        if let Some(peer) = peers.get(name) {
+            return Ok(peer.clone());
+        }
+        let tls = identity.client_config(name)?;
         let peer = peers.entry(name.to_owned()).or_insert_with(|| {
-            let peer = PeerLinks::new(name, self.health);
+            let peer = PeerLinks::new(name, self.health, tls);
             let view = gossip.view();
             let member = view
                 .borrow()
@@ -334,7 +358,8 @@ impl Drop for Export {
 /// that goes down is unreachable at once (its pending requests move to
 /// another path); one that comes up, or restarts with new link addresses,
 /// is reachable again as soon as a link connects. With `fenced` exports,
-/// only live members' addresses may send requests to this node's tails.
+/// only live members, by the name their certificate proves, may send
+/// requests to this node's tails.
 fn follow_membership(
     mut view: watch::Receiver<View>,
     peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
@@ -348,10 +373,7 @@ fn follow_membership(
                 peer.set_membership(member);
             }
             if let Some(exports) = &fenced {
-                let members = current.alive.values().flat_map(|id| {
-                    std::iter::once(id.gossip.ip()).chain(id.meta.links.iter().map(|l| l.ip()))
-                });
-                exports.admit_only(Some(members.collect()));
+                exports.admit_only(Some(current.alive.keys().cloned().collect()));
             }
             if view.changed().await.is_err() {
                 return;

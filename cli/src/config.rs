@@ -58,6 +58,37 @@ pub struct ConfigFile {
     pub io_timeout_ms: Option<u64>,
     /// How the mirrored vdisks this node is primary of resync.
     pub mirror: Option<MirrorFile>,
+    /// This node's certificate, from an admin's CA. Without it, a node
+    /// with a `[gossip]` section proves who it is with a certificate of
+    /// the CA the cluster secret derives.
+    pub tls: Option<TlsFile>,
+}
+
+/// The `[tls]` section: PEM files of the cluster's CA, of this node's
+/// certificate (naming this node) and of its key (mode 600).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFile {
+    fn resolve(self) -> anyhow::Result<TlsSettings> {
+        match (self.ca, self.cert, self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(TlsSettings { ca, cert, key }),
+            _ => bail!("[tls] needs ca, cert and key (see `ublkvd ca init` and `ublkvd ca issue`)"),
+        }
+    }
+}
+
+/// Where this node's identity comes from, when an admin's CA issued it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The `[mirror]` section: the resync's pace.
@@ -121,9 +152,10 @@ pub struct GossipFile {
     pub suspect_to_down_ms: Option<u64>,
     /// How often news is passed on besides probes. Default 100.
     pub gossip_interval_ms: Option<u64>,
-    /// Whether this node's tails refuse requests from addresses that are
-    /// not a live member's (its gossip or link addresses). Default true;
-    /// false only for clients outside the membership, such as test tools.
+    /// Whether this node's tails refuse requests from nodes that are not
+    /// live members (by the name their certificate proves). Default true;
+    /// false serves any holder of a cluster certificate, such as test
+    /// tools outside the membership.
     pub fence_non_members: Option<bool>,
 }
 
@@ -269,6 +301,7 @@ pub struct NodeConfig {
     pub health: HealthConfig,
     pub route: RouteConfig,
     pub mirror: MirrorConfig,
+    pub tls: Option<TlsSettings>,
 }
 
 impl NodeConfig {
@@ -319,9 +352,29 @@ impl NodeConfig {
             },
             route,
             mirror,
+            tls: file.tls.map(TlsFile::resolve).transpose()?,
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// Who this node proves it is to its peers: the `[tls]` section's
+    /// certificate, else one issued at start by the CA the cluster secret
+    /// derives; `None` for a node alone (no `[gossip]`, no `[tls]`), which
+    /// talks to no peer.
+    pub fn identity(&self) -> anyhow::Result<Option<identity::NodeIdentity>> {
+        if let Some(tls) = &self.tls {
+            let identity = identity::NodeIdentity::load(&self.node, &tls.ca, &tls.cert, &tls.key)
+                .context("[tls]")?;
+            return Ok(Some(identity));
+        }
+        let Some(gossip) = &self.gossip else {
+            return Ok(None);
+        };
+        let secret = gossip::read_secret(&gossip.secret_file)?;
+        let identity = identity::NodeIdentity::from_secret(&self.node, &secret)
+            .context("cannot derive this node's certificate from the cluster secret")?;
+        Ok(Some(identity))
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -348,6 +401,9 @@ impl NodeConfig {
             if let Some(addr) = self.listen.iter().find(|a| a.ip().is_unspecified()) {
                 bail!("listen address {addr} must be a specific address: it is announced to the cluster as a link");
             }
+        }
+        if !self.listen.is_empty() && self.gossip.is_none() && self.tls.is_none() {
+            bail!("listen needs [gossip] (its cluster secret) or [tls]: peers must prove they are of the cluster");
         }
         if self.store.listen.is_some() && self.gossip.is_none() {
             bail!("[store] needs [gossip]: store messages are signed with the cluster secret, and members are found by gossip");
@@ -442,6 +498,11 @@ mod tests {
         };
         let secret = "secret_file = \"/k\"\n";
         assert!(refused("[gossip]\nbind = \"10.0.0.1:7000\"\n").contains("secret_file"));
+        // Peers must prove they are of the cluster: no identity, no peers.
+        assert!(refused("listen = [\"10.0.0.1:7100\"]\n").contains("[gossip]"));
+        assert!(
+            refused("[tls]\nca = \"/ca.pem\"\ncert = \"/a.pem\"\n").contains("ca, cert and key")
+        );
         assert!(refused(&format!("[gossip]\n{secret}")).contains("bind"));
         assert!(
             refused(&format!("[gossip]\nbind = \"0.0.0.0:7000\"\n{secret}")).contains("specific")
@@ -484,13 +545,15 @@ mod tests {
         let gossip = json["gossip"].as_object().unwrap().clone();
         let store = json["store"].as_object().unwrap().clone();
         let mirror = json["mirror"].as_object().unwrap().clone();
+        let tls = json["tls"].as_object().unwrap().clone();
         let keys = json
             .as_object()
             .unwrap()
             .iter()
             .chain(gossip.iter())
             .chain(store.iter())
-            .chain(mirror.iter());
+            .chain(mirror.iter())
+            .chain(tls.iter());
         for (key, value) in keys {
             assert!(
                 !value.is_null(),

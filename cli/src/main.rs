@@ -1,6 +1,7 @@
 //! `ublkvd`: the node daemon (`serve`) and the client commands that drive it.
 
 mod args;
+mod ca;
 mod cluster;
 mod config;
 mod control;
@@ -141,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ca(command) => ca::run(command),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());

@@ -47,11 +47,12 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             .context("cannot read the peer listeners' addresses")?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let identity = config.identity()?;
         let store = open_store(config).await?;
-        let cluster = Cluster::start(config, links.clone()).await?;
+        let cluster = Cluster::start(config, links.clone(), identity).await?;
         let gossip = cluster.gossip().cloned();
         let (stop, stopped) = watch::channel(false);
-        let mut peer_servers = cluster.serve_peers(peer_listeners, &stopped);
+        let mut peer_servers = cluster.serve_peers(peer_listeners, &stopped)?;
         let record = NodeRecord {
             name: config.node.clone(),
             links,

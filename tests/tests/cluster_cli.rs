@@ -184,20 +184,12 @@ fn a_listen_address_already_taken_stops_the_daemon_at_start_with_the_reason() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, format!("listen = [\"{addr}\"]\n")).unwrap();
-    let output = std::process::Command::new(support::ublkvd_bin())
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let gossip = gossip_section(dir.path(), "127.0.0.1:0", &[], CLUSTER_SECRET);
+    let stderr = failed_start(
+        dir.path(),
+        "node",
+        &format!("listen = [\"{addr}\"]\n{gossip}"),
+    );
     assert!(
         stderr.contains(&format!("cannot listen for peers on {addr}")),
         "{stderr}"
@@ -289,4 +281,66 @@ fn the_metrics_endpoint_serves_prometheus_text_whose_counters_move() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(http_get(addr, "/other").0.contains("404"));
+}
+
+/// `ublkvd ca` in `dir`: its output, asserted successful.
+fn ca(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::ublkvd_bin())
+        .arg("ca")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_admins_ca_issues_the_certificate_a_node_proves_and_a_wrong_one_stops_it() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pki = dir.path().join("ca");
+    assert!(ca(&pki, &["init"]).status.success());
+    let again = ca(&pki, &["init"]);
+    assert!(!again.status.success(), "a second init replaced the CA");
+    for node in ["a", "b"] {
+        let issued = ca(&pki, &["issue", node]);
+        assert!(issued.status.success(), "{issued:?}");
+    }
+    let tls = |node: &str, cert: &str| {
+        format!(
+            "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/{cert}.pem\"\nkey = \"{0}/{cert}.key\"\n",
+            pki.display()
+        ) + &format!("# node {node}\n")
+    };
+    let gossip = gossip_section(dir.path(), "127.0.0.1:0", &[], CLUSTER_SECRET);
+    let config = |node: &str, cert: &str| {
+        format!(
+            "node = \"{node}\"\nlisten = [\"127.0.0.1:0\"]\ndevices = false\n{}{gossip}",
+            tls(node, cert)
+        )
+    };
+    let a = Daemon::start_with_config(Some(&config("a", "a")));
+    assert_eq!(members(&a)["members"][0]["name"], "a");
+
+    // b's certificate on node c: refused at start, with the reason.
+    let stderr = failed_start(dir.path(), "c", &config("c", "b"));
+    assert!(stderr.contains("names node \"b\""), "{stderr}");
+}
+
+/// Starts a daemon with `config` (files named after `name` in `dir`),
+/// which must refuse to start; returns what it said.
+fn failed_start(dir: &std::path::Path, name: &str, config: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(support::ublkvd_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join(format!("{name}-data")))
+        .arg("--socket")
+        .arg(dir.join(format!("{name}.sock")))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the daemon started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }

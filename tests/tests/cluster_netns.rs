@@ -42,7 +42,7 @@ impl Driver {
         let [a1, a2] = lab.links("a");
         let [b1, b2] = lab.links("b");
         let mut child = lab
-            .command("c", env!("CARGO_BIN_EXE_vdisk-io").as_ref())
+            .vdisk_io("c")
             .args(["--vdisk", VDISK, "--blocks", &BLOCKS.to_string()])
             .args(["--peer", &format!("a={a1},{a2}")])
             .args(["--peer", &format!("b={b1},{b2}")])

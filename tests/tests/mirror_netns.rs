@@ -96,7 +96,7 @@ fn identical(a: &Path, b: &Path) -> bool {
 fn write_through(lab: &Lab, from: &str, to: &str, epoch: u64, run: Duration) -> serde_json::Value {
     let links = lab.links(to);
     let mut writer = lab
-        .command(from, env!("CARGO_BIN_EXE_vdisk-io").as_ref())
+        .vdisk_io(from)
         .args([
             "--vdisk",
             "v",

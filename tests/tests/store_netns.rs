@@ -243,7 +243,7 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
     let before = std::fs::read(&shared).unwrap();
     let b = lab.links("b");
     let mut writer = lab
-        .command("d", env!("CARGO_BIN_EXE_vdisk-io").as_ref())
+        .vdisk_io("d")
         .args([
             "--vdisk", "v1", "--blocks", "16", "--depth", "1", "--epoch", "1",
         ])

@@ -3,6 +3,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
+use identity::rustls::ClientConfig;
 use tokio::sync::watch;
 
 use super::{HealthConfig, Link, LinkError, Reply};
@@ -24,6 +25,8 @@ pub struct PeerLinks {
 struct Inner {
     name: String,
     config: HealthConfig,
+    /// What the peer is dialled with: its certificate must name it.
+    tls: Arc<ClientConfig>,
     links: RwLock<Arc<[Link]>>,
     member: AtomicBool,
     next: AtomicUsize,
@@ -32,13 +35,15 @@ struct Inner {
 
 impl PeerLinks {
     /// A peer not known to be a live member yet: no links, unreachable
-    /// until [`PeerLinks::set_membership`] says otherwise.
-    pub fn new(name: &str, config: HealthConfig) -> PeerLinks {
+    /// until [`PeerLinks::set_membership`] says otherwise. Its links dial
+    /// with `tls` ([`identity::NodeIdentity::client_config`] for `name`).
+    pub fn new(name: &str, config: HealthConfig, tls: Arc<ClientConfig>) -> PeerLinks {
         let (up, _) = watch::channel(false);
         PeerLinks {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 config,
+                tls,
                 links: RwLock::new(Arc::from(Vec::new())),
                 member: AtomicBool::new(false),
                 next: AtomicUsize::new(0),
@@ -60,7 +65,7 @@ impl PeerLinks {
                 if current != addrs {
                     let links: Vec<Link> = addrs
                         .iter()
-                        .map(|&addr| Link::spawn(addr, inner.config))
+                        .map(|&addr| Link::spawn(addr, inner.config, inner.tls.clone()))
                         .collect();
                     for link in &links {
                         follow(Arc::downgrade(inner), link.watch());

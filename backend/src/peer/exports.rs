@@ -1,5 +1,4 @@
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::mirror::MirroredVdisk;
@@ -39,8 +38,9 @@ struct Export {
 /// server and whoever adds, removes and reconfigures vdisks while it runs.
 pub struct Exports {
     tails: RwLock<HashMap<u64, Export>>,
-    /// `None`: every peer is served.
-    admitted: RwLock<Option<HashSet<IpAddr>>>,
+    /// The nodes served, by the name their certificate proves; `None`:
+    /// every node of the cluster's CA is.
+    admitted: RwLock<Option<HashSet<String>>>,
 }
 
 impl Default for Exports {
@@ -50,7 +50,7 @@ impl Default for Exports {
 }
 
 impl Exports {
-    /// No tails, every peer admitted.
+    /// No tails, every authenticated peer admitted.
     pub fn new() -> Self {
         Exports {
             tails: RwLock::new(HashMap::new()),
@@ -107,20 +107,20 @@ impl Exports {
         tails.get(&vdisk).map(|e| (e.served.clone(), e.epoch))
     }
 
-    /// Serves only peers whose address is in `members` from now on (`None`:
-    /// everyone). Checked on every request, so a peer that leaves is
-    /// refused at once on the connections it already has.
-    pub fn admit_only(&self, members: Option<HashSet<IpAddr>>) {
-        let members = members.map(|m| m.into_iter().map(|ip| ip.to_canonical()).collect());
+    /// Serves only the nodes named in `members` from now on (`None`: every
+    /// node with a certificate of the cluster's CA). Checked on every
+    /// request, so a peer that leaves is refused at once on the
+    /// connections it already has.
+    pub fn admit_only(&self, members: Option<HashSet<String>>) {
         *write(&self.admitted) = members;
     }
 
-    /// Whether a peer at `ip` is served.
-    pub fn admits(&self, ip: IpAddr) -> bool {
+    /// Whether the authenticated node `peer` is served.
+    pub fn admits(&self, peer: &str) -> bool {
         let admitted = read(&self.admitted);
         admitted
             .as_ref()
-            .is_none_or(|members| members.contains(&ip.to_canonical()))
+            .is_none_or(|members| members.contains(peer))
     }
 
     /// What a request of `epoch` for `vdisk` may run on, or why not. A

@@ -2,11 +2,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use identity::rustls::ServerConfig;
+use identity::{server::TlsStream, TlsAcceptor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{Exports, Served};
@@ -20,31 +22,68 @@ const IN_FLIGHT_PER_CONNECTION: usize = 256;
 /// larger transfers bypass it.
 const IO_BUFFER: usize = 128 << 10;
 
+/// Connections open at once, authenticated or not: beyond it, new ones
+/// are closed at once, so that a flood costs a descriptor and a moment.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a connection has to complete its TLS handshake: a peer that
+/// dawdles holds a connection slot for no longer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the listener rests after an accept error (out of descriptors,
+/// say) before it accepts again, so that it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// A reply ready to go: its header, and the data of a read.
 type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>);
 
-/// Serves `exports` to every peer that connects to `listener`, many requests
-/// in flight per connection, until `shutdown` resolves. Then it stops
-/// reading, lets the requests in flight finish and answers them, and
-/// returns.
+/// The two halves of a peer's TLS session.
+type SessionReader = ReadHalf<TlsStream<TcpStream>>;
+type SessionWriter = WriteHalf<TlsStream<TcpStream>>;
+
+/// An authenticated peer: the node its certificate names, and where its
+/// connection comes from (for logs only).
+#[derive(Clone, Debug)]
+struct Peer {
+    name: Arc<str>,
+    addr: SocketAddr,
+}
+
+/// Serves `exports` to every peer that connects to `listener` and proves
+/// a certificate of the cluster's CA (`tls`), many requests in flight per
+/// connection, until `shutdown` resolves. Then it stops reading, lets the
+/// requests in flight finish and answers them, and returns.
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<Exports>,
+    tls: Arc<ServerConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
     let (stop, stopped) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, exports.clone(), stopped.clone()));
+                Ok((stream, addr)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%addr, "peer connection refused: {MAX_CONNECTIONS} open");
+                        continue;
+                    };
+                    let connection = authenticate_and_serve(
+                        stream, addr, acceptor.clone(), exports.clone(), stopped.clone(), slot,
+                    );
+                    connections.spawn(connection);
                 }
                 // Out of descriptors or a connection reset while queued:
                 // the listener itself is fine.
-                Err(e) => tracing::warn!("accepting a peer connection: {e}"),
+                Err(e) => {
+                    tracing::warn!("accepting a peer connection: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -54,14 +93,52 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
+/// Completes the TLS handshake, in bounded time, before a byte of the
+/// wire protocol is read: whoever cannot prove a certificate of the
+/// cluster's CA gets nothing allocated beyond the handshake's buffers.
+async fn authenticate_and_serve(
     stream: TcpStream,
-    peer: SocketAddr,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    exports: Arc<Exports>,
+    stopped: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, "peer connection refused: TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "peer connection refused: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let name = match identity::peer_name(stream.get_ref().1) {
+        Ok(name) => name,
+        Err(e) => {
+            tracing::warn!(%addr, "peer connection refused: {e}");
+            return;
+        }
+    };
+    tracing::debug!(%addr, peer = %name, "peer connection authenticated");
+    let peer = Peer {
+        name: name.into(),
+        addr,
+    };
+    serve_connection(stream, peer, exports, stopped).await;
+}
+
+async fn serve_connection(
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
     exports: Arc<Exports>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    let addr = peer.addr;
+    let (reader, writer) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     let (replies, outgoing) = mpsc::channel(IN_FLIGHT_PER_CONNECTION);
     let writer = tokio::spawn(write_replies(writer, outgoing));
@@ -74,7 +151,7 @@ async fn serve_connection(
             read = reader.read_exact(&mut head) => {
                 if let Err(e) = read {
                     if e.kind() != io::ErrorKind::UnexpectedEof {
-                        tracing::debug!(%peer, "peer connection: {e}");
+                        tracing::debug!(%addr, peer = %peer.name, "peer connection: {e}");
                     }
                     break;
                 }
@@ -83,14 +160,14 @@ async fn serve_connection(
         let header = match Header::decode(&head) {
             Ok(header) => header,
             Err(e) => {
-                tracing::warn!(%peer, "closing peer connection: malformed header: {e}");
+                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: malformed header: {e}");
                 break;
             }
         };
         let payload = match read_payload(&mut reader, &header).await {
             Ok(payload) => payload,
             Err(e) => {
-                tracing::warn!(%peer, "closing peer connection: {e}");
+                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
                 break;
             }
         };
@@ -101,7 +178,7 @@ async fn serve_connection(
             op,
         } = header.frame
         else {
-            tracing::warn!(%peer, "closing peer connection: a reply sent to the server");
+            tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a reply sent to the server");
             break;
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -109,8 +186,9 @@ async fn serve_connection(
         };
         let exports = exports.clone();
         let replies = replies.clone();
+        let name = peer.name.clone();
         requests.spawn(async move {
-            let (status, data) = execute(&exports, peer, vdisk, epoch, op, payload).await;
+            let (status, data) = execute(&exports, &name, vdisk, epoch, op, payload).await;
             let frame = Frame::Reply { id, status };
             let head = frame.encode(data.as_deref().unwrap_or_default());
             match head {
@@ -131,7 +209,7 @@ async fn serve_connection(
 }
 
 async fn read_payload(
-    reader: &mut BufReader<OwnedReadHalf>,
+    reader: &mut BufReader<SessionReader>,
     header: &Header,
 ) -> io::Result<AlignedBuf> {
     let mut payload = AlignedBuf::new(header.payload_len as usize)?;
@@ -143,7 +221,7 @@ async fn read_payload(
 }
 
 /// Sends replies as they come; those ready together go out in one flush.
-async fn write_replies(writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outgoing>) {
+async fn write_replies(writer: SessionWriter, mut outgoing: mpsc::Receiver<Outgoing>) {
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
@@ -167,18 +245,19 @@ async fn write_replies(writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Outg
     }
 }
 
-/// Runs one request for `peer`: refuses a peer that is not a member (its
-/// heartbeats too, so that its links go down and it routes elsewhere), an
-/// unknown vdisk or a stale epoch, else runs it on the exported tail.
+/// Runs one request for the authenticated node `peer`: refuses a peer
+/// that is not a live member (its heartbeats too, so that its links go
+/// down and it routes elsewhere), an unknown vdisk or a stale epoch, else
+/// runs it on the exported tail.
 async fn execute(
     exports: &Exports,
-    peer: SocketAddr,
+    peer: &str,
     vdisk: u64,
     epoch: u64,
     op: Op,
     payload: AlignedBuf,
 ) -> (Status, Option<AlignedBuf>) {
-    if !exports.admits(peer.ip()) {
+    if !exports.admits(peer) {
         return (Status::Nack(Nack::NotAMember), None);
     }
     if op == Op::Heartbeat {

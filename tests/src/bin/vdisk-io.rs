@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use backend::link::{HealthConfig, PeerLinks};
 use backend::route::{RouteConfig, RoutedVdisk, TailPath};
 use backend::BlockBackend;
 use clap::Parser;
+use identity::NodeIdentity;
 
 const BLOCK: usize = 4096;
 
@@ -34,6 +36,13 @@ struct Args {
     /// A path, in order of preference: NAME=ADDR[,ADDR...]
     #[arg(long = "peer", required = true)]
     peers: Vec<String>,
+    /// The node this driver proves it is (a certificate of the CA the
+    /// cluster secret derives, as a daemon's)
+    #[arg(long)]
+    name: String,
+    /// The cluster secret's file
+    #[arg(long)]
+    secret_file: PathBuf,
     /// Requests in flight
     #[arg(long, default_value_t = 8)]
     depth: u64,
@@ -81,7 +90,11 @@ fn main() -> anyhow::Result<()> {
     local.block_on(&runtime, run(args))
 }
 
-fn parse_peer(text: &str, health: HealthConfig) -> anyhow::Result<TailPath> {
+fn parse_peer(
+    text: &str,
+    health: HealthConfig,
+    identity: &NodeIdentity,
+) -> anyhow::Result<TailPath> {
     let Some((name, addrs)) = text.split_once('=') else {
         bail!("--peer wants NAME=ADDR[,ADDR...], not {text:?}");
     };
@@ -89,7 +102,7 @@ fn parse_peer(text: &str, health: HealthConfig) -> anyhow::Result<TailPath> {
         .split(',')
         .map(|a| a.parse().with_context(|| format!("bad address {a:?}")))
         .collect::<anyhow::Result<_>>()?;
-    let peer = PeerLinks::new(name, health);
+    let peer = PeerLinks::new(name, health, identity.client_config(name)?);
     peer.set_membership(Some(&addrs));
     Ok(TailPath::Peer(Arc::new(peer)))
 }
@@ -102,10 +115,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map_or(default.interval, Duration::from_millis),
         ..default
     };
+    let secret = std::fs::read(&args.secret_file)
+        .with_context(|| format!("cannot read {}", args.secret_file.display()))?;
+    let identity = NodeIdentity::from_secret(&args.name, secret.trim_ascii())?;
     let paths = args
         .peers
         .iter()
-        .map(|p| parse_peer(p, health))
+        .map(|p| parse_peer(p, health, &identity))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let id: u64 = configdb::VdiskName::try_from(args.vdisk.clone())?.id();
     let route = RouteConfig::default();

@@ -110,6 +110,28 @@ impl Lab {
         format!("10.1.0.{}:{GOSSIP_PORT}", self.index(node))
     }
 
+    /// The `vdisk-io` driver in `node`'s namespace, proving it is `node`
+    /// with a certificate of the lab's cluster secret.
+    pub fn vdisk_io(&self, node: &str) -> Command {
+        self.vdisk_io_as(node, node, super::CLUSTER_SECRET)
+    }
+
+    /// The `vdisk-io` driver in `node`'s namespace, claiming to be node
+    /// `name` with a certificate of the CA `secret` derives.
+    pub fn vdisk_io_as(&self, node: &str, name: &str, secret: &str) -> Command {
+        use std::os::unix::fs::PermissionsExt;
+        let key = self.dir.path().join(format!("vdisk-io-{node}-{name}.key"));
+        std::fs::write(&key, secret).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut command = self.command(node, env!("CARGO_BIN_EXE_vdisk-io").as_ref());
+        command
+            .arg("--name")
+            .arg(name)
+            .arg("--secret-file")
+            .arg(&key);
+        command
+    }
+
     /// A node config: listens on both networks, gossips on network 1 with
     /// `secret` and the lab's first two nodes as seeds, and has the given
     /// tails.

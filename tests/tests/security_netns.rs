@@ -1,0 +1,80 @@
+//! Only the cluster touches the data, between real daemons in network
+//! namespaces: a tail's server answers a node that proves, with a
+//! certificate of the cluster's CA, that it is a live member, and nobody
+//! else, wherever it connects from. Needs root, as CI is.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::fs::File;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::lab::{wait_all, Lab, NodeDaemon};
+use support::CLUSTER_SECRET;
+
+/// The blocks the drivers write: the vdisk's first 256 KiB.
+const BLOCKS: u64 = 64;
+
+/// Runs `vdisk-io` in `from`'s namespace as node `name` (certificate of
+/// the CA `secret` derives) against a's tail for two seconds; returns its
+/// last report.
+fn drive(lab: &Lab, from: &str, name: &str, secret: &str) -> serde_json::Value {
+    let links = lab.links("a");
+    let mut driver = lab
+        .vdisk_io_as(from, name, secret)
+        .args(["--vdisk", "v", "--blocks", &BLOCKS.to_string()])
+        .args(["--depth", "2", "--io-timeout-ms", "1500"])
+        .args(["--peer", &format!("a={},{}", links[0], links[1])])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap()
+}
+
+#[test]
+fn only_a_member_proving_its_name_reads_or_writes_a_tail() {
+    let lab = Lab::new(&["a", "b", "c"]);
+    let tail = lab.dir.path().join("a-disk0.img");
+    File::create(&tail).unwrap().set_len(4 << 20).unwrap();
+    std::fs::write(&tail, vec![0x5a; 4 << 20]).unwrap();
+    let a_config = lab.config("a", false, &[("disk0", &tail)], CLUSTER_SECRET);
+    let a = NodeDaemon::start(&lab, "a", a_config);
+    let b = NodeDaemon::start(&lab, "b", lab.config("b", false, &[], CLUSTER_SECRET));
+    wait_all(&[&a], "b", "alive", Duration::from_secs(15));
+    let add = a.client(&["add", "v", "--size", "1M", "--primary", "a:disk0"]);
+    assert!(add.status.success(), "{add:?}");
+    let before = std::fs::read(&tail).unwrap();
+
+    // c holds the cluster secret but is no member: a proves nothing to it.
+    let outsider = drive(&lab, "c", "c", CLUSTER_SECRET);
+    // c claims to be b, with another cluster's CA: the handshake fails.
+    let impostor = drive(&lab, "c", "b", "another cluster's secret, 0600");
+    for (who, report) in [("a non-member", &outsider), ("an impostor", &impostor)] {
+        // Not one request, read or write, completed.
+        assert_eq!(report["completed"]["a"], 0, "{who} was served: {report}");
+        assert_eq!(report["writes"], 0, "{who} wrote: {report}");
+        assert!(report["errors"].as_u64().unwrap() >= 1, "{who}: {report}");
+    }
+    assert!(std::fs::read(&tail).unwrap() == before, "the tail changed");
+    let log = std::fs::read_to_string(lab.dir.path().join("a").join("daemon.log")).unwrap();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+
+    // The control: b, a member proving its name, reads and writes.
+    let member = drive(&lab, "b", "b", CLUSTER_SECRET);
+    assert!(member["writes"].as_u64().unwrap() > 0, "{member}");
+    assert!(member["completed"]["a"].as_u64().unwrap() > 0, "{member}");
+    assert_eq!(member["errors"], 0, "{member}");
+    assert_eq!(member["mismatches"], 0, "{member}");
+    assert!(
+        std::fs::read(&tail).unwrap() != before,
+        "b's writes missing"
+    );
+    drop(b);
+}
