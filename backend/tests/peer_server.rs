@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 
-use backend::peer::{serve, Exports};
+use backend::peer::{serve, Clients, Exports};
 use backend::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
 use backend::{Engine, LocalTail};
 use identity::rustls::{ClientConnection, StreamOwned};
@@ -531,5 +531,33 @@ fn a_certificate_of_another_cluster_gets_no_byte_and_changes_none() {
         file_bytes(&server.tail, 0, TAIL_SIZE as usize),
         pattern(TAIL_SIZE as usize, 9)
     );
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_export_for_one_node_is_no_tail_to_any_other() {
+    let server = Server::start();
+    // The tail served again, as a mirror's copy is: to node "primary" only.
+    let copy = VDISK ^ (1 << 63);
+    let (tail, _) = server.exports.get(VDISK).unwrap();
+    let only = Clients::Only("primary".to_owned());
+    assert!(server.exports.insert_if(copy, EPOCH, tail, only, || true));
+    let mut client = server.connect();
+    let (status, _) = client.call(copy, EPOCH, write_block(0), &pattern(4096, 4));
+    assert_eq!(status, Status::Nack(Nack::NoSuchTail));
+    let read = Op::Read {
+        offset: 0,
+        len: 4096,
+    };
+    assert_eq!(
+        client.call(copy, EPOCH, read, &[]).0,
+        Status::Nack(Nack::NoSuchTail)
+    );
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+
+    let mut primary = server.connect_as(support::client_tls("primary", "server"));
+    let (status, _) = primary.call(copy, EPOCH, write_block(0), &pattern(4096, 4));
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 4));
     server.stop().unwrap();
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use backend::link::{HealthConfig, PeerLinks};
 use backend::mirror::MirrorConfig;
-use backend::peer::{serve, Exports, Served};
+use backend::peer::{serve, Clients, Exports, Served};
 use backend::route::RouteConfig;
 use backend::{Engine, EngineRing, LocalTail};
 use configdb::TailRef;
@@ -297,21 +297,24 @@ impl Cluster {
         }
     }
 
-    /// Like [`Cluster::export`], once `ready` has run: what must be done
-    /// before peers may use the tail. Dropping the handle first stops
-    /// `ready` and serves nothing.
+    /// Like [`Cluster::export`], to `clients` only, once `ready` has run:
+    /// what must be done before peers may use the tail. Dropping the
+    /// handle first stops `ready` and serves nothing.
     pub fn export_when(
         &self,
         vdisk: u64,
         epoch: u64,
         served: Served,
+        clients: Clients,
         ready: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Export {
         let alive = Arc::new(AtomicBool::new(true));
         let (exports, still) = (self.exports.clone(), alive.clone());
         let preparing = self.runtime.spawn(async move {
             ready.await;
-            exports.insert_if(vdisk, epoch, served, || still.load(Ordering::SeqCst));
+            exports.insert_if(vdisk, epoch, served, clients, || {
+                still.load(Ordering::SeqCst)
+            });
         });
         Export {
             exports: self.exports.clone(),

@@ -13,6 +13,7 @@ use backend::mirror::{
     copy_id, pull_dirty, CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorSetup, MirrorStatus,
     MirroredVdisk, RecordFuture, Recorded, ReplicaConfig, Side, SideState,
 };
+use backend::peer::Clients;
 use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
 use backend::{EngineRing, IoMetrics, LocalTail, Metered};
 use configdb::{
@@ -794,7 +795,11 @@ fn mapping(
             true => {
                 let tail = open_own_tail(spec, mirror, cluster)?;
                 let ready = take_back(record, primary, &tail, cluster, previous)?;
-                Some(cluster.export_when(copy_id(id), record.epoch, tail.into(), ready))
+                // The raw copy answers the primary alone: anything else
+                // writing it would go behind the dirty map's back.
+                let primary_only = Clients::Only(primary.node.clone());
+                let copy = copy_id(id);
+                Some(cluster.export_when(copy, record.epoch, tail.into(), primary_only, ready))
             }
             false => None,
         };

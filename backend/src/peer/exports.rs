@@ -27,10 +27,30 @@ impl From<Arc<MirroredVdisk>> for Served {
     }
 }
 
-/// One export and the configuration epoch it is served under.
+/// Which authenticated nodes an export answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// Every admitted node: a vdisk every member has a device of.
+    Members,
+    /// That node alone: a mirror's raw copy answers its primary only, so
+    /// that nothing reaches it behind the primary's dirty map.
+    Only(String),
+}
+
+impl Clients {
+    fn include(&self, peer: &str) -> bool {
+        match self {
+            Clients::Members => true,
+            Clients::Only(node) => node == peer,
+        }
+    }
+}
+
+/// One export, the configuration epoch it is served under, and whom.
 struct Export {
     served: Served,
     epoch: u64,
+    clients: Clients,
 }
 
 /// The tails and mirrors this node serves to peers, by vdisk id, each under its own
@@ -58,29 +78,39 @@ impl Exports {
         }
     }
 
-    /// Serves a tail or a mirror for `vdisk` under `epoch` from now on, in
-    /// place of any earlier one.
+    /// Serves a tail or a mirror for `vdisk` under `epoch` to every
+    /// admitted node from now on, in place of any earlier one.
     pub fn insert(&self, vdisk: u64, epoch: u64, served: impl Into<Served>) {
-        let served = served.into();
-        write(&self.tails).insert(vdisk, Export { served, epoch });
+        let export = Export {
+            served: served.into(),
+            epoch,
+            clients: Clients::Members,
+        };
+        write(&self.tails).insert(vdisk, export);
     }
 
-    /// Serves `served` for `vdisk` under `epoch` if `still()` holds, checked
-    /// under the lock that [`remove`](Self::remove) takes: an export whose
-    /// owner gave it up before it was ready is never inserted after.
+    /// Serves `served` for `vdisk` under `epoch` to `clients` if `still()`
+    /// holds, checked under the lock that [`remove`](Self::remove) takes:
+    /// an export whose owner gave it up before it was ready is never
+    /// inserted after.
     pub fn insert_if(
         &self,
         vdisk: u64,
         epoch: u64,
         served: impl Into<Served>,
+        clients: Clients,
         still: impl FnOnce() -> bool,
     ) -> bool {
         let mut tails = write(&self.tails);
         if !still() {
             return false;
         }
-        let served = served.into();
-        tails.insert(vdisk, Export { served, epoch });
+        let export = Export {
+            served: served.into(),
+            epoch,
+            clients,
+        };
+        tails.insert(vdisk, export);
         true
     }
 
@@ -123,14 +153,23 @@ impl Exports {
             .is_none_or(|members| members.contains(peer))
     }
 
-    /// What a request of `epoch` for `vdisk` may run on, or why not. A
-    /// newer epoch than the export's raises it: the sender has seen a
-    /// committed mapping this node has not applied yet, and from now on
-    /// requests under the older one are refused.
-    pub(crate) fn for_request(&self, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
+    /// What a request of node `peer` at `epoch` for `vdisk` may run on,
+    /// or why not. An export that does not answer `peer` is, to it, no
+    /// tail at all. A newer epoch than the export's raises it: the sender
+    /// has seen a committed mapping this node has not applied yet, and
+    /// from now on requests under the older one are refused.
+    pub(crate) fn for_request(&self, peer: &str, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
+        let served_to = |export: &Export| {
+            if export.clients.include(peer) {
+                Ok(())
+            } else {
+                Err(Nack::NoSuchTail)
+            }
+        };
         {
             let tails = read(&self.tails);
             let export = tails.get(&vdisk).ok_or(Nack::NoSuchTail)?;
+            served_to(export)?;
             if epoch < export.epoch {
                 return Err(Nack::StaleEpoch {
                     current: export.epoch,
@@ -144,6 +183,7 @@ impl Exports {
         // replaced or raised further meanwhile.
         let mut tails = write(&self.tails);
         let export = tails.get_mut(&vdisk).ok_or(Nack::NoSuchTail)?;
+        served_to(export)?;
         if epoch < export.epoch {
             return Err(Nack::StaleEpoch {
                 current: export.epoch,

@@ -4,6 +4,6 @@
 mod exports;
 mod server;
 
-pub use exports::{Exports, Served};
+pub use exports::{Clients, Exports, Served};
 pub(crate) use server::run_on_tail;
 pub use server::serve;

@@ -263,7 +263,7 @@ async fn execute(
     if op == Op::Heartbeat {
         return (Status::Ok, None);
     }
-    match exports.for_request(vdisk, epoch) {
+    match exports.for_request(peer, vdisk, epoch) {
         Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
         Ok(Served::Mirror(mirror)) => {
             let payload = matches!(op, Op::Write { .. }).then(|| Arc::new(payload));
