@@ -399,20 +399,39 @@ fn a_stale_epoch_write_is_refused_and_never_reaches_the_tail() {
 }
 
 #[test]
-fn a_newer_epoch_is_served_and_refuses_the_older_one_from_then_on() {
+fn a_request_never_raises_an_epoch_however_new() {
     let server = Server::start();
     let mut client = server.connect();
-    let (status, _) = client.call(VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    for epoch in [EPOCH + 1, u64::MAX] {
+        let (status, _) = client.call(VDISK, epoch, write_block(0), &pattern(4096, 1));
+        assert_eq!(status, Status::Nack(Nack::StaleEpoch { current: EPOCH }));
+    }
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    assert_eq!(server.exports.get(VDISK).unwrap().1, EPOCH);
+    // The honest nodes, at the store's epoch, are still served.
+    let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 2));
     assert_eq!(status, Status::Ok);
-    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 1));
-    assert_eq!(server.exports.get(VDISK).unwrap().1, EPOCH + 1);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 2));
+    server.stop().unwrap();
+}
 
+#[test]
+fn a_newer_epoch_is_served_once_this_nodes_store_applies_it() {
+    let server = Server::start();
+    let mut client = server.connect();
+    client.send(7, VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    // The store applies the new mapping: the held request runs.
+    assert_eq!(server.exports.set_epoch(VDISK, EPOCH + 1), Some(EPOCH + 1));
+    let (id, status, _) = client.recv();
+    assert_eq!((id, status), (7, Status::Ok));
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 1));
     let (status, _) = client.call(VDISK, EPOCH, write_block(4096), &pattern(4096, 2));
     assert_eq!(
         status,
         Status::Nack(Nack::StaleEpoch { current: EPOCH + 1 })
     );
-    assert_eq!(file_bytes(&server.tail, 4096, 4096), vec![0; 4096]);
     server.stop().unwrap();
 }
 

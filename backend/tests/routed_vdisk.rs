@@ -399,8 +399,8 @@ fn resume_with_a_new_mapping_sends_held_requests_on_the_new_path_under_the_new_e
         assert_eq!(file_block(&tail.path, 1), block(2));
         write_and_check(&vdisk, 2, 3).await;
 
-        // The new server refuses epoch 1 and would be raised by a later
-        // one: the requests carried epoch 2 exactly.
+        // The new server refuses epoch 1 and holds a later one: the
+        // requests carried epoch 2 exactly.
         assert_eq!(new.exports.get(VDISK).unwrap().1, 2);
         let paths = vdisk.counters().paths();
         assert_eq!(paths.len(), 1);

@@ -1,6 +1,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tokio::sync::watch;
+
 use crate::mirror::MirroredVdisk;
 use crate::wire::Nack;
 use crate::{EngineRing, LocalTail};
@@ -46,6 +48,17 @@ impl Clients {
     }
 }
 
+/// What a request may run on.
+pub(crate) enum Admission {
+    Served(Served),
+    Refused(Nack),
+    /// The request's epoch is newer than the export's: the sender applied
+    /// a mapping this node has not yet; it may catch up in a moment.
+    Ahead {
+        current: u64,
+    },
+}
+
 /// One export, the configuration epoch it is served under, and whom.
 struct Export {
     served: Served,
@@ -61,6 +74,9 @@ pub struct Exports {
     /// The nodes served, by the name their certificate proves; `None`:
     /// every node of the cluster's CA is.
     admitted: RwLock<Option<HashSet<String>>>,
+    /// Marked at every change of `tails`, for requests that wait for an
+    /// epoch.
+    changes: watch::Sender<()>,
 }
 
 impl Default for Exports {
@@ -75,6 +91,7 @@ impl Exports {
         Exports {
             tails: RwLock::new(HashMap::new()),
             admitted: RwLock::new(None),
+            changes: watch::Sender::new(()),
         }
     }
 
@@ -87,6 +104,7 @@ impl Exports {
             clients: Clients::Members,
         };
         write(&self.tails).insert(vdisk, export);
+        self.changes.send_replace(());
     }
 
     /// Serves `served` for `vdisk` under `epoch` to `clients` if `still()`
@@ -111,6 +129,8 @@ impl Exports {
             clients,
         };
         tails.insert(vdisk, export);
+        drop(tails);
+        self.changes.send_replace(());
         true
     }
 
@@ -122,13 +142,17 @@ impl Exports {
         let mut tails = write(&self.tails);
         let export = tails.get_mut(&vdisk)?;
         export.epoch = export.epoch.max(epoch);
-        Some(export.epoch)
+        let now = export.epoch;
+        drop(tails);
+        self.changes.send_replace(());
+        Some(now)
     }
 
     /// Stops serving `vdisk`: later requests for it are refused. Requests
     /// already running keep their tail until they finish.
     pub fn remove(&self, vdisk: u64) {
         write(&self.tails).remove(&vdisk);
+        self.changes.send_replace(());
     }
 
     /// What is served for `vdisk`, and its epoch.
@@ -155,50 +179,33 @@ impl Exports {
 
     /// What a request of node `peer` at `epoch` for `vdisk` may run on,
     /// or why not. An export that does not answer `peer` is, to it, no
-    /// tail at all. A newer epoch than the export's raises it: the sender
-    /// has seen a committed mapping this node has not applied yet, and
-    /// from now on requests under the older one are refused.
-    pub(crate) fn for_request(&self, peer: &str, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
-        let served_to = |export: &Export| {
-            if export.clients.include(peer) {
-                Ok(())
-            } else {
-                Err(Nack::NoSuchTail)
-            }
+    /// tail at all. A request never changes an epoch: only what this
+    /// node's store applied does ([`set_epoch`](Self::set_epoch),
+    /// [`insert`](Self::insert)), so that no peer, however buggy, can
+    /// fence the others out.
+    pub(crate) fn for_request(&self, peer: &str, vdisk: u64, epoch: u64) -> Admission {
+        let tails = read(&self.tails);
+        let Some(export) = tails.get(&vdisk) else {
+            return Admission::Refused(Nack::NoSuchTail);
         };
-        {
-            let tails = read(&self.tails);
-            let export = tails.get(&vdisk).ok_or(Nack::NoSuchTail)?;
-            served_to(export)?;
-            if epoch < export.epoch {
-                return Err(Nack::StaleEpoch {
-                    current: export.epoch,
-                });
-            }
-            if epoch == export.epoch {
-                return Ok(export.served.clone());
-            }
+        if !export.clients.include(peer) {
+            return Admission::Refused(Nack::NoSuchTail);
         }
-        // Checked again under the write lock: the export may have been
-        // replaced or raised further meanwhile.
-        let mut tails = write(&self.tails);
-        let export = tails.get_mut(&vdisk).ok_or(Nack::NoSuchTail)?;
-        served_to(export)?;
-        if epoch < export.epoch {
-            return Err(Nack::StaleEpoch {
+        match epoch.cmp(&export.epoch) {
+            std::cmp::Ordering::Less => Admission::Refused(Nack::StaleEpoch {
                 current: export.epoch,
-            });
+            }),
+            std::cmp::Ordering::Equal => Admission::Served(export.served.clone()),
+            std::cmp::Ordering::Greater => Admission::Ahead {
+                current: export.epoch,
+            },
         }
-        if epoch > export.epoch {
-            tracing::info!(
-                vdisk,
-                from = export.epoch,
-                to = epoch,
-                "a peer's request raised the export's epoch"
-            );
-            export.epoch = epoch;
-        }
-        Ok(export.served.clone())
+    }
+
+    /// Follows changes to the exports: each insert, epoch raise or removal
+    /// marks the receiver changed.
+    pub(crate) fn changes(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::exports::Admission;
 use super::{Exports, Served};
 use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
 use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
@@ -33,6 +34,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the listener rests after an accept error (out of descriptors,
 /// say) before it accepts again, so that it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a request of a newer epoch than its export's waits for this
+/// node's store to apply it: the store applies a committed change within
+/// milliseconds, and the sender resends after its request timeout.
+const EPOCH_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// A reply ready to go: its header, and the data of a read.
 type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>);
@@ -263,7 +269,7 @@ async fn execute(
     if op == Op::Heartbeat {
         return (Status::Ok, None);
     }
-    match exports.for_request(peer, vdisk, epoch) {
+    match admit(exports, peer, vdisk, epoch).await {
         Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
         Ok(Served::Mirror(mirror)) => {
             let payload = matches!(op, Op::Write { .. }).then(|| Arc::new(payload));
@@ -276,6 +282,35 @@ async fn execute(
             }
         }
         Err(nack) => (Status::Nack(nack), None),
+    }
+}
+
+/// What `peer`'s request at `epoch` for `vdisk` may run on. A request
+/// newer than the export waits, up to [`EPOCH_CATCH_UP`], for this node's
+/// store to apply its epoch: the sender's store applied it first. Past
+/// that, it is refused as stale with the export's epoch, which tells the
+/// sender this node lags; the export's epoch is never raised by a request.
+async fn admit(exports: &Exports, peer: &str, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
+    let mut changes = exports.changes();
+    let deadline = tokio::time::Instant::now() + EPOCH_CATCH_UP;
+    loop {
+        match exports.for_request(peer, vdisk, epoch) {
+            Admission::Served(served) => return Ok(served),
+            Admission::Refused(nack) => return Err(nack),
+            Admission::Ahead { current } => {
+                let changed = tokio::time::timeout_at(deadline, changes.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) {
+                    tracing::debug!(
+                        vdisk,
+                        peer,
+                        epoch,
+                        current,
+                        "request of a newer epoch refused: this node's store has not applied it"
+                    );
+                    return Err(Nack::StaleEpoch { current });
+                }
+            }
+        }
     }
 }
 
