@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use configdb::raft::StoreKey;
+use configdb::raft::StoreTls;
 use configdb::{NodeRecord, Store, StoreConfig};
 
 use crate::cluster::Cluster;
@@ -48,7 +48,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let identity = config.identity()?;
-        let store = open_store(config).await?;
+        let store = open_store(config, identity.as_ref()).await?;
         let cluster = Cluster::start(config, links.clone(), identity).await?;
         let gossip = cluster.gossip().cloned();
         let (stop, stopped) = watch::channel(false);
@@ -113,14 +113,16 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
 }
 
 /// Opens this node's member of the configuration store: on the network,
-/// signed with the cluster secret, with a `[store]` section; else alone.
-async fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
+/// over TLS as `identity`, with a `[store]` section; else alone.
+async fn open_store(
+    config: &NodeConfig,
+    identity: Option<&identity::NodeIdentity>,
+) -> anyhow::Result<Store> {
     let settings = &config.store;
-    let key = match &config.gossip {
-        Some(gossip) => StoreKey::from_secret(&gossip::read_secret(&gossip.secret_file)?),
-        // Nothing is sent or received: the key signs nothing.
-        None => StoreKey::from_secret(config.node.as_bytes()),
-    };
+    let tls = identity
+        .map(StoreTls::new)
+        .transpose()
+        .context("the store's TLS configuration")?;
     let listen = match settings.listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -134,7 +136,7 @@ async fn open_store(config: &NodeConfig) -> anyhow::Result<Store> {
         dir: config.data_dir.clone(),
         voters: settings.voters.clone(),
         listen,
-        key,
+        tls,
         raft: configdb::store::lan_raft_config(),
         write_timeout: settings.write_timeout,
     })

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use configdb::raft::StoreKey;
+use configdb::raft::StoreTls;
 use configdb::store::lan_raft_config;
 use configdb::{Command, Permissions, Placement, Store, StoreConfig, VdiskSpec};
 use tokio::net::TcpListener;
@@ -58,7 +58,11 @@ async fn main() {
             dir: dir.path().join(name),
             voters: voters.clone(),
             listen: Some(listener),
-            key: StoreKey::from_secret(b"store bench secret"),
+            tls: Some(
+                identity::NodeIdentity::from_secret(name, b"store bench secret")
+                    .and_then(|identity| StoreTls::new(&identity))
+                    .expect("an identity from a fixed secret"),
+            ),
             raft: lan_raft_config(),
             write_timeout: Duration::from_secs(5),
         })

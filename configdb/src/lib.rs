@@ -11,7 +11,7 @@ pub mod raft;
 pub mod store;
 mod vdisk;
 
-pub use model::{Command, Configuration, Response};
+pub use model::{Client, Command, Configuration, Request, Response};
 pub use store::{node_id, Store, StoreConfig, StoreError, StoreStatus};
 pub use vdisk::{
     is_safe_name, MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, TailRef,

@@ -3,7 +3,7 @@
 //! every node that applies the same log reaches the same state, and the
 //! rules are tested without Raft.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,10 +11,9 @@ use crate::{
     MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, VdiskName, VdiskRecord, VdiskSpec,
 };
 
-/// How many recent requests are remembered with their outcome, so that a
-/// client retrying after a lost reply gets the first outcome instead of
-/// applying its command twice.
-const REMEMBERED_REQUESTS: usize = 256;
+/// The most answers one client may leave unacknowledged: a bound on what
+/// a session remembers. A node's store has a few writes in flight at once.
+const MAX_UNACKNOWLEDGED: usize = 1024;
 
 /// A change to the configuration, as replicated in the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,12 +83,39 @@ impl Command {
     }
 }
 
-/// A command as a client sends it: `id` (random, chosen by the client)
-/// lets the store recognise a retry.
+/// A command as a client sends it, numbered in the client's session (the
+/// Raft dissertation's client sessions, section 6.3): the store applies
+/// each number at most once, answers a retry with the first outcome, and
+/// forgets an answer only once the client says it has it. A late or
+/// replayed request is thus never applied twice, however many others came
+/// between.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    pub id: u64,
+    pub client: Client,
+    /// This request's number in the client's session: 1, 2, 3...
+    pub seq: u64,
+    /// The client has the answers of all its requests numbered below this.
+    pub acked_below: u64,
     pub command: Command,
+}
+
+/// Who sends requests: a node's store, in one life of its daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// The node's name; over the network, the one its certificate proves.
+    pub node: String,
+    /// Grows with each start of the node's daemon (its start time in ms):
+    /// a request of an earlier life is refused once a later one spoke.
+    pub incarnation: u64,
+}
+
+/// What the store remembers of one node's requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    incarnation: u64,
+    acked_below: u64,
+    /// The outcome of each request not yet acknowledged, by number.
+    answers: BTreeMap<u64, Response>,
 }
 
 /// What applying a request did.
@@ -113,16 +139,19 @@ pub struct Configuration {
     #[serde(skip)]
     pub vdisks: BTreeMap<VdiskName, VdiskRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
-    /// The outcome of the latest requests, by request id, oldest first.
-    recent: VecDeque<(u64, Response)>,
+    /// Each node's session, by node name.
+    #[serde(default)]
+    sessions: BTreeMap<String, Session>,
 }
 
 impl Configuration {
-    /// Applies one request: the same outcome on every node, and a retried
-    /// request gets the outcome of its first application.
+    /// Applies one request: the same outcome on every node; a retried
+    /// request gets the outcome of its first application, and one the
+    /// client had its answer to, or from an earlier life of the client, is
+    /// refused unapplied.
     pub fn apply(&mut self, request: &Request) -> Response {
-        if let Some((_, response)) = self.recent.iter().find(|(id, _)| *id == request.id) {
-            return response.clone();
+        if let Some(answer) = self.answer_without_applying(request) {
+            return answer;
         }
         let response = match self.apply_command(&request.command) {
             Ok(vdisk) => {
@@ -139,11 +168,53 @@ impl Configuration {
                 refused: Some(why),
             },
         };
-        if self.recent.len() == REMEMBERED_REQUESTS {
-            self.recent.pop_front();
+        if let Some(session) = self.sessions.get_mut(&request.client.node) {
+            session.answers.insert(request.seq, response.clone());
         }
-        self.recent.push_back((request.id, response.clone()));
         response
+    }
+
+    /// Checks `request` against its client's session: the answer it gets
+    /// instead of being applied, if any.
+    fn answer_without_applying(&mut self, request: &Request) -> Option<Response> {
+        let generation = self.generation;
+        let refuse = |why: String| Response {
+            generation,
+            vdisk: None,
+            refused: Some(why),
+        };
+        let node = &request.client.node;
+        let session = self.sessions.entry(node.clone()).or_default();
+        if request.client.incarnation < session.incarnation {
+            return Some(refuse(format!(
+                "a request from an earlier run of node {node}'s daemon: not applied"
+            )));
+        }
+        if request.client.incarnation > session.incarnation {
+            *session = Session {
+                incarnation: request.client.incarnation,
+                ..Session::default()
+            };
+        }
+        if request.acked_below > session.acked_below {
+            session.acked_below = request.acked_below;
+            session.answers = session.answers.split_off(&request.acked_below);
+        }
+        if request.seq < session.acked_below {
+            return Some(refuse(format!(
+                "request {} of node {node} was answered already: not applied again",
+                request.seq
+            )));
+        }
+        if let Some(answer) = session.answers.get(&request.seq) {
+            return Some(answer.clone());
+        }
+        if session.answers.len() >= MAX_UNACKNOWLEDGED {
+            return Some(refuse(format!(
+                "node {node} has {MAX_UNACKNOWLEDGED} requests unacknowledged: not applied"
+            )));
+        }
+        None
     }
 
     /// The store's membership changed: a change like any other.
@@ -394,8 +465,21 @@ mod tests {
         }
     }
 
-    fn apply(config: &mut Configuration, id: u64, command: Command) -> Response {
-        config.apply(&Request { id, command })
+    fn apply(config: &mut Configuration, seq: u64, command: Command) -> Response {
+        config.apply(&request(1, seq, 0, command))
+    }
+
+    fn request(incarnation: u64, seq: u64, acked_below: u64, command: Command) -> Request {
+        let client = Client {
+            node: "a".into(),
+            incarnation,
+        };
+        Request {
+            client,
+            seq,
+            acked_below,
+            command,
+        }
     }
 
     fn name(name: &str) -> VdiskName {
@@ -449,6 +533,46 @@ mod tests {
         assert_eq!(first, retry);
         assert!(retry.refused.is_none());
         assert_eq!(c.generation, 1);
+    }
+
+    #[test]
+    fn a_late_duplicate_is_never_applied_again_however_many_came_between() {
+        let mut c = Configuration::default();
+        let add = || Command::AddVdisk(spec("x", "a:d0"));
+        let delete = || Command::DeleteVdisk { name: name("x") };
+        assert!(c.apply(&request(1, 1, 1, add())).refused.is_none());
+        // Many requests later (more than any window would hold), each
+        // acknowledging the ones before, x is gone.
+        for seq in 2..600 {
+            let command = if seq == 599 {
+                delete()
+            } else {
+                Command::DeleteVdisk { name: name("none") }
+            };
+            c.apply(&request(1, seq, seq, command));
+        }
+        assert!(c.vdisks.is_empty());
+        let generation = c.generation;
+        // The first add, delivered again: refused, x stays gone.
+        let late = c.apply(&request(1, 1, 1, add()));
+        assert!(late.refused.unwrap().contains("answered already"));
+        assert!(c.vdisks.is_empty());
+        assert_eq!(c.generation, generation);
+        // What the session remembers is what is not acknowledged.
+        assert!(c.sessions["a"].answers.len() <= 1);
+    }
+
+    #[test]
+    fn a_request_of_an_earlier_life_of_a_node_is_refused() {
+        let mut c = Configuration::default();
+        c.apply(&request(2, 1, 1, Command::AddVdisk(spec("x", "a:d0"))));
+        let old = c.apply(&request(1, 5, 1, Command::DeleteVdisk { name: name("x") }));
+        assert!(old.refused.unwrap().contains("earlier run"));
+        assert_eq!(c.vdisks.len(), 1);
+        // A later life starts afresh: its request 1 is new.
+        let later = c.apply(&request(3, 1, 1, Command::DeleteVdisk { name: name("x") }));
+        assert!(later.refused.is_none());
+        assert!(c.vdisks.is_empty());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::model::{Command, Configuration, Request, Response};
-use crate::raft::network::{call, write_reply, RaftRpc, StoreKey, WriteReply};
+use crate::model::{Client, Command, Configuration, Request, Response};
+use crate::raft::network::{call, write_reply, FrameError, RaftRpc, StoreTls, WriteReply};
 use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
 
 /// The Raft log's file and the state machine's, inside the data dir.
@@ -39,7 +39,9 @@ pub struct StoreConfig {
     /// Where this node answers store RPCs: its voter address, or where a
     /// learner is sent the log. `None` only for a node alone.
     pub listen: Option<TcpListener>,
-    pub key: StoreKey,
+    /// How this node proves who it is to the others, and checks them;
+    /// `None` only for a node alone.
+    pub tls: Option<StoreTls>,
     pub raft: Arc<openraft::Config>,
     /// How long a write may wait for a majority before it is given up.
     pub write_timeout: Duration,
@@ -85,7 +87,8 @@ pub struct Store {
     id: u64,
     raft: Raft,
     machine: StateMachine,
-    key: StoreKey,
+    tls: Option<StoreTls>,
+    session: ClientSession,
     write_timeout: Duration,
     stop: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -129,7 +132,7 @@ impl Store {
         let raft = Raft::new(
             id,
             config.raft.clone(),
-            TcpNetwork::new(id, config.key.clone()),
+            TcpNetwork::new(id, config.tls.clone()),
             log,
             machine.clone(),
         )
@@ -138,11 +141,16 @@ impl Store {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if let Some(listener) = config.listen {
+            let Some(tls) = config.tls.clone() else {
+                return Err(StoreError::Start(
+                    "a store that listens needs this node's identity ([gossip] or [tls])".into(),
+                ));
+            };
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(serve(
                 listener,
                 raft.clone(),
-                config.key.clone(),
+                tls,
                 async move {
                     let _ = stopped.wait_for(|&s| s).await;
                 },
@@ -171,12 +179,17 @@ impl Store {
         } else if !members.contains_key(&id) {
             let voters: Vec<String> = config.voters.values().map(ToString::to_string).collect();
             let node = BasicNode::new(&addr);
+            let Some(tls) = config.tls.clone() else {
+                return Err(StoreError::Start(
+                    "a learner needs this node's identity ([gossip] or [tls])".into(),
+                ));
+            };
             tasks.push(tokio::spawn(join(
                 raft.clone(),
                 id,
                 node,
                 voters,
-                config.key.clone(),
+                tls,
                 stopped,
             )));
         }
@@ -184,7 +197,8 @@ impl Store {
             id,
             raft,
             machine,
-            key: config.key,
+            session: ClientSession::new(&config.node),
+            tls: config.tls,
             write_timeout: config.write_timeout,
             stop,
             tasks: std::sync::Mutex::new(tasks),
@@ -217,8 +231,11 @@ impl Store {
     /// what applying it did. A refused command is an error, with the
     /// store's reason.
     pub async fn write(&self, command: Command) -> Result<Response, StoreError> {
+        let numbered = self.session.begin();
         let request = Request {
-            id: rand::random(),
+            client: self.session.client.clone(),
+            seq: numbered.seq,
+            acked_below: numbered.acked_below,
             command,
         };
         let mut last_error = String::from("no leader known yet");
@@ -232,9 +249,14 @@ impl Store {
                         let outcome = self.raft.client_write(request.clone()).await;
                         write_reply(outcome.map(|r| r.data))
                     }
-                    Some(node) => call(&node.addr, &self.key, &RaftRpc::Write(request.clone()))
-                        .await
-                        .unwrap_or_else(|e| WriteReply::Failed(format!("{}: {e}", node.addr))),
+                    Some(node) => {
+                        let rpc = RaftRpc::Write(request.clone());
+                        let sent = match &self.tls {
+                            Some(tls) => call(&node.addr, tls, &rpc).await,
+                            None => Err(FrameError::NoIdentity),
+                        };
+                        sent.unwrap_or_else(|e| WriteReply::Failed(format!("{}: {e}", node.addr)))
+                    }
                 };
                 match reply {
                     WriteReply::Done(response) => return *response,
@@ -305,6 +327,70 @@ impl Store {
     }
 }
 
+/// This store's side of its client session ([`Request`]): numbers its
+/// writes and tells the store which answers it has.
+struct ClientSession {
+    client: Client,
+    numbers: std::sync::Mutex<Numbers>,
+}
+
+struct Numbers {
+    next: u64,
+    /// Writes not yet answered (or given up on), by number.
+    in_flight: BTreeSet<u64>,
+}
+
+/// A write's number, held until the write is answered or given up.
+struct Numbered<'a> {
+    session: &'a ClientSession,
+    seq: u64,
+    acked_below: u64,
+}
+
+impl ClientSession {
+    fn new(node: &str) -> ClientSession {
+        // A later start of the daemon has a later time: its session
+        // replaces the earlier life's, whose late requests are refused.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        ClientSession {
+            client: Client {
+                node: node.to_owned(),
+                incarnation,
+            },
+            numbers: std::sync::Mutex::new(Numbers {
+                next: 1,
+                in_flight: BTreeSet::new(),
+            }),
+        }
+    }
+
+    fn begin(&self) -> Numbered<'_> {
+        let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = numbers.next;
+        numbers.next += 1;
+        numbers.in_flight.insert(seq);
+        let acked_below = numbers.in_flight.first().copied().unwrap_or(seq);
+        Numbered {
+            session: self,
+            seq,
+            acked_below,
+        }
+    }
+}
+
+impl Drop for Numbered<'_> {
+    fn drop(&mut self) {
+        let mut numbers = self
+            .session
+            .numbers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        numbers.in_flight.remove(&self.seq);
+    }
+}
+
 fn open_files(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Start(format!("cannot create {}: {e}", dir.display())))?;
@@ -324,7 +410,7 @@ async fn join(
     id: u64,
     node: BasicNode,
     voters: Vec<String>,
-    key: StoreKey,
+    tls: StoreTls,
     mut stopped: watch::Receiver<bool>,
 ) {
     let known = |raft: &Raft| {
@@ -344,7 +430,7 @@ async fn join(
             let mut addr = voter.clone();
             // At most one hop: a voter names the leader.
             for _ in 0..2 {
-                match call(&addr, &key, &rpc).await {
+                match call(&addr, &tls, &rpc).await {
                     Ok(WriteReply::Done(_)) => {
                         tracing::info!(leader = %addr, "joined the configuration store as a learner");
                         return;

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 mod support;
 
-use support::{key, raft_config, spec, TIMEOUT};
+use support::{raft_config, spec, tls, TIMEOUT};
 
 struct Member {
     store: Store,
@@ -29,7 +29,7 @@ async fn open(
         dir: dir.path().into(),
         voters: voters.clone(),
         listen,
-        key: key(),
+        tls: Some(tls(node)),
         raft: raft_config(),
         write_timeout: Duration::from_secs(3),
     })
@@ -167,7 +167,7 @@ async fn a_node_alone_is_its_own_store_and_keeps_it_across_restarts() {
         dir: dir.path().into(),
         voters: BTreeMap::new(),
         listen: None,
-        key: key(),
+        tls: None,
         raft: raft_config(),
         write_timeout: Duration::from_secs(3),
     };

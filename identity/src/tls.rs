@@ -159,8 +159,20 @@ impl NodeIdentity {
     /// and a server certificate of the cluster's CA that names `peer`, not
     /// merely any member.
     pub fn client_config(&self, peer: &str) -> Result<Arc<ClientConfig>, IdentityError> {
+        self.dialler(Some(peer.to_owned()))
+    }
+
+    /// What this node dials a node of the cluster with when it knows the
+    /// node only by address: any certificate of the cluster's CA is taken,
+    /// and the caller checks the name ([`peer_name`]) before it trusts the
+    /// node with anything.
+    pub fn client_config_any_member(&self) -> Result<Arc<ClientConfig>, IdentityError> {
+        self.dialler(None)
+    }
+
+    fn dialler(&self, peer: Option<String>) -> Result<Arc<ClientConfig>, IdentityError> {
         let verifier = PeerVerifier {
-            peer: peer.to_owned(),
+            peer,
             roots: self.roots.clone(),
             provider: self.provider.clone(),
         };
@@ -266,11 +278,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Checks a dialled peer: its certificate chains to the cluster's CA and
-/// names the node this link is for.
+/// Checks a dialled peer: its certificate chains to the cluster's CA and,
+/// with `peer`, names the node this link is for.
 #[derive(Debug)]
 struct PeerVerifier {
-    peer: String,
+    peer: Option<String>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
@@ -293,7 +305,9 @@ impl ServerCertVerifier for PeerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         match node_name(end_entity) {
-            Ok(name) if name == self.peer => Ok(ServerCertVerified::assertion()),
+            Ok(name) if self.peer.as_ref().is_none_or(|peer| *peer == name) => {
+                Ok(ServerCertVerified::assertion())
+            }
             _ => Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,
             )),

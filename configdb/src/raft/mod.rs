@@ -12,6 +12,6 @@ mod state_machine;
 mod types;
 
 pub use log_store::{LogReader, LogStore};
-pub use network::{serve, RaftRpc, StoreKey, TcpConnection, TcpNetwork, MAX_FRAME};
+pub use network::{serve, RaftRpc, StoreTls, TcpConnection, TcpNetwork, MAX_FRAME};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{Raft, TypeConfig};

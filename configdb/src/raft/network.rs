@@ -1,16 +1,28 @@
-//! Raft RPCs over TCP. openraft runs the protocol; this only carries its
-//! requests and replies between nodes.
+//! Raft RPCs over TLS 1.3 on TCP. openraft runs the protocol; this only
+//! carries its requests and replies between nodes.
 //!
-//! Each message is one frame: a big-endian `u32` length, that many bytes
-//! of JSON, then a 32-byte BLAKE3 tag of the JSON keyed with the cluster's
-//! [`StoreKey`]: a node without the cluster secret can neither vote nor
-//! write. A request frame holds a [`RaftRpc`]; the reply frame holds the
-//! `Result` that the target's `Raft` returned for it. Frames longer than
-//! [`MAX_FRAME`] are refused on both sides.
+//! Both ends of every connection prove a certificate of the cluster's CA
+//! ([`identity::NodeIdentity`]); a node's Raft id is [`node_id`] of the
+//! name its certificate carries, and a node may only speak for itself: a
+//! vote, an append or a snapshot must come from the candidate or leader it
+//! names, a join from the node joining. A dialled node must be the target
+//! openraft asked for. TLS numbers and authenticates every record, so a
+//! frame can be neither altered, replayed nor moved to another session; a
+//! connection carries one request at a time, each answered before the next,
+//! so a reply is bound to its request.
+//!
+//! Each message is one frame: a big-endian `u32` length, then that many
+//! bytes of JSON. A request frame holds a [`RaftRpc`]; the reply frame holds
+//! the `Result` that the target's `Raft` returned for it. Frames longer than
+//! [`MAX_FRAME`] are refused on both sides; nothing is read before the
+//! handshake completes, within [`HANDSHAKE_TIMEOUT`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use identity::rustls::{ClientConfig, ServerConfig};
+use identity::{IdentityError, NodeIdentity, ServerName, TlsAcceptor, TlsConnector};
 use openraft::error::{
     ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
     Timeout, Unreachable,
@@ -28,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::types::{Raft, Request, Response, TypeConfig};
+use crate::store::node_id;
 
 /// The largest frame either side sends or accepts, in bytes.
 pub const MAX_FRAME: u32 = 64 << 20;
@@ -35,32 +48,49 @@ pub const MAX_FRAME: u32 = 64 << 20;
 /// How long one RPC may take when openraft gives no deadline of its own.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The bytes of a frame's tag.
-const TAG_LEN: usize = 32;
+/// How long an accepted connection has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the store's frames are authenticated with, derived from the
-/// cluster secret.
+/// Connections the store's listener keeps open at once; beyond it, new
+/// ones are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+
+/// What the store's connections are made and accepted with: this node's
+/// certificate and the cluster's CA.
 #[derive(Clone)]
-pub struct StoreKey([u8; 32]);
+pub struct StoreTls {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+}
 
-impl StoreKey {
-    /// Derived with its own context: the gossip key made from the same
-    /// secret cannot sign store frames.
-    pub fn from_secret(secret: &[u8]) -> StoreKey {
-        StoreKey(blake3::derive_key(
-            "ublkvd 2026-11 configuration store frames",
-            secret,
-        ))
+impl StoreTls {
+    pub fn new(identity: &NodeIdentity) -> Result<StoreTls, IdentityError> {
+        Ok(StoreTls {
+            server: identity.server_config()?,
+            client: identity.client_config_any_member()?,
+        })
     }
 
-    fn tag(&self, body: &[u8]) -> blake3::Hash {
-        blake3::keyed_hash(&self.0, body)
+    /// Dials `addr` and returns the stream and the Raft id of the node the
+    /// certificate it proved names.
+    async fn connect(
+        &self,
+        addr: &str,
+    ) -> Result<(BufStream<identity::client::TlsStream<TcpStream>>, u64), FrameError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let ip = tcp.peer_addr()?.ip();
+        let tls = TlsConnector::from(self.client.clone())
+            .connect(ServerName::from(ip), tcp)
+            .await?;
+        let peer = identity::peer_name(tls.get_ref().1)?;
+        Ok((BufStream::new(tls), node_id(&peer)))
     }
 }
 
-impl std::fmt::Debug for StoreKey {
+impl std::fmt::Debug for StoreTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreKey(..)")
+        f.write_str("StoreTls(..)")
     }
 }
 
@@ -99,12 +129,22 @@ pub enum FrameError {
     TooLarge(u64),
     #[error("malformed frame: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("frame not signed with the cluster secret")]
-    BadTag,
+    #[error("this node has no identity to reach others with ([gossip] or [tls])")]
+    NoIdentity,
+    #[error("peer identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("node {peer} is not the node {wanted} this connection is for")]
+    WrongPeer { peer: u64, wanted: u64 },
+    #[error("node {peer} may not send {what} for node {claimed}")]
+    Impersonation {
+        peer: u64,
+        claimed: u64,
+        what: &'static str,
+    },
 }
 
-/// Writes `value` as one frame signed with `key`, and flushes it.
-pub async fn write_frame<W, T>(w: &mut W, key: &StoreKey, value: &T) -> Result<(), FrameError>
+/// Writes `value` as one frame, and flushes it.
+pub async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), FrameError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize + ?Sized,
@@ -116,14 +156,13 @@ where
         .ok_or(FrameError::TooLarge(body.len() as u64))?;
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(&body).await?;
-    w.write_all(key.tag(&body).as_bytes()).await?;
     w.flush().await?;
     Ok(())
 }
 
-/// Reads one frame and checks it was signed with `key`. `Ok(None)` when
-/// the peer closed cleanly before a frame.
-pub async fn read_frame<R, T>(r: &mut R, key: &StoreKey) -> Result<Option<T>, FrameError>
+/// Reads one frame. `Ok(None)` when the peer closed cleanly before a
+/// frame.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
@@ -140,12 +179,6 @@ where
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body).await?;
-    let mut tag = [0u8; TAG_LEN];
-    r.read_exact(&mut tag).await?;
-    // `Hash` compares in constant time: no tag found byte by byte.
-    if key.tag(&body) != blake3::Hash::from_bytes(tag) {
-        return Err(FrameError::BadTag);
-    }
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
@@ -153,14 +186,14 @@ where
 #[derive(Debug, Clone)]
 pub struct TcpNetwork {
     id: u64,
-    key: StoreKey,
+    tls: Option<StoreTls>,
 }
 
 impl TcpNetwork {
     /// The network of node `id`, which it names as the sender in timeouts,
-    /// signing with `key`.
-    pub fn new(id: u64, key: StoreKey) -> Self {
-        TcpNetwork { id, key }
+    /// dialling with `tls` (`None`: a node alone, which dials nobody).
+    pub fn new(id: u64, tls: Option<StoreTls>) -> Self {
+        TcpNetwork { id, tls }
     }
 }
 
@@ -170,7 +203,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> TcpConnection {
         TcpConnection {
             id: self.id,
-            key: self.key.clone(),
+            tls: self.tls.clone(),
             target,
             addr: node.addr.clone(),
             stream: None,
@@ -178,15 +211,15 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     }
 }
 
-/// One node's link to another: a TCP stream opened on first use and
+/// One node's link to another: a TLS stream opened on first use and
 /// reopened after any error.
 #[derive(Debug)]
 pub struct TcpConnection {
     id: u64,
-    key: StoreKey,
+    tls: Option<StoreTls>,
     target: u64,
     addr: String,
-    stream: Option<BufStream<TcpStream>>,
+    stream: Option<BufStream<identity::client::TlsStream<TcpStream>>>,
 }
 
 type RpcError<E> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -203,13 +236,19 @@ impl TcpConnection {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let tcp = TcpStream::connect(&self.addr).await?;
-                tcp.set_nodelay(true)?;
-                self.stream.insert(BufStream::new(tcp))
+                let tls = self.tls.as_ref().ok_or(FrameError::NoIdentity)?;
+                let (stream, peer) = tls.connect(&self.addr).await?;
+                if peer != self.target {
+                    return Err(FrameError::WrongPeer {
+                        peer,
+                        wanted: self.target,
+                    });
+                }
+                self.stream.insert(stream)
             }
         };
-        write_frame(stream, &self.key, rpc).await?;
-        read_frame(stream, &self.key).await?.ok_or_else(|| {
+        write_frame(stream, rpc).await?;
+        read_frame(stream).await?.ok_or_else(|| {
             FrameError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed before the reply",
@@ -291,14 +330,17 @@ impl RaftNetwork<TypeConfig> for TcpConnection {
     }
 }
 
-/// Answers RPCs arriving on `listener` with `raft` until `shutdown`
-/// completes; open connections are dropped then.
+/// Answers RPCs arriving on `listener` with `raft`, from nodes that prove
+/// a certificate of the cluster's CA, until `shutdown` completes; open
+/// connections are dropped then.
 pub async fn serve(
     listener: TcpListener,
     raft: Raft,
-    key: StoreKey,
+    tls: StoreTls,
     shutdown: impl Future<Output = ()>,
 ) {
+    let acceptor = TlsAcceptor::from(tls.server.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -306,16 +348,21 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "store connection refused: {MAX_CONNECTIONS} open");
+                        continue;
+                    };
                     let raft = raft.clone();
-                    let key = key.clone();
+                    let acceptor = acceptor.clone();
                     connections.spawn(async move {
-                        if let Err(e) = answer(stream, raft, key).await {
-                            tracing::warn!(%peer, error = %e, "closing raft connection");
+                        if let Err(e) = answer(stream, acceptor, raft).await {
+                            tracing::warn!(%peer, error = %e, "closing store connection");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a raft connection failed");
+                    tracing::warn!(error = %e, "accepting a store connection failed");
                     // Likely out of descriptors: give others a moment.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -326,32 +373,63 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
-/// Answers the requests on one connection until the peer closes it or sends
-/// something unreadable or unsigned.
-async fn answer(stream: TcpStream, raft: Raft, key: StoreKey) -> Result<(), FrameError> {
+/// Authenticates one connection, then answers its requests until the peer
+/// closes it or sends something unreadable, or speaks for another node.
+async fn answer(stream: TcpStream, acceptor: TlsAcceptor, raft: Raft) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time")
+        })??;
+    let peer = node_id(&identity::peer_name(stream.get_ref().1)?);
     let mut stream = BufStream::new(stream);
-    while let Some(rpc) = read_frame::<_, RaftRpc>(&mut stream, &key).await? {
+    while let Some(rpc) = read_frame::<_, RaftRpc>(&mut stream).await? {
+        rpc.check_sender(peer)?;
         match rpc {
             RaftRpc::AppendEntries(rpc) => {
-                write_frame(&mut stream, &key, &raft.append_entries(rpc).await).await?
+                write_frame(&mut stream, &raft.append_entries(rpc).await).await?
             }
-            RaftRpc::Vote(rpc) => write_frame(&mut stream, &key, &raft.vote(rpc).await).await?,
+            RaftRpc::Vote(rpc) => write_frame(&mut stream, &raft.vote(rpc).await).await?,
             RaftRpc::InstallSnapshot(rpc) => {
-                write_frame(&mut stream, &key, &raft.install_snapshot(rpc).await).await?
+                write_frame(&mut stream, &raft.install_snapshot(rpc).await).await?
             }
             RaftRpc::Write(request) => {
                 let reply = write_reply(raft.client_write(request).await.map(|r| r.data));
-                write_frame(&mut stream, &key, &reply).await?
+                write_frame(&mut stream, &reply).await?
             }
             RaftRpc::Join { id, node } => {
                 let added = raft.add_learner(id, node, false).await;
                 let reply = write_reply(added.map(|_| Response::default()));
-                write_frame(&mut stream, &key, &reply).await?
+                write_frame(&mut stream, &reply).await?
             }
         }
     }
     Ok(())
+}
+
+impl RaftRpc {
+    /// Refuses an RPC that authenticated node `peer` sends for another
+    /// node: votes, appends and snapshots come from the node whose vote
+    /// they carry, a join from the node joining, a write from the node
+    /// whose session numbers it.
+    fn check_sender(&self, peer: u64) -> Result<(), FrameError> {
+        let (claimed, what) = match self {
+            RaftRpc::AppendEntries(rpc) => (rpc.vote.leader_id().voted_for(), "an append"),
+            RaftRpc::Vote(rpc) => (rpc.vote.leader_id().voted_for(), "a vote"),
+            RaftRpc::InstallSnapshot(rpc) => (rpc.vote.leader_id().voted_for(), "a snapshot"),
+            RaftRpc::Join { id, .. } => (Some(*id), "a join"),
+            RaftRpc::Write(request) => (Some(node_id(&request.client.node)), "a write"),
+        };
+        match claimed {
+            Some(claimed) if claimed == peer => Ok(()),
+            claimed => Err(FrameError::Impersonation {
+                peer,
+                claimed: claimed.unwrap_or_default(),
+                what,
+            }),
+        }
+    }
 }
 
 /// A local write's outcome as a remote writer is told it.
@@ -371,12 +449,10 @@ pub fn write_reply(
 
 /// Sends one write or join to the store node at `addr` on a connection of
 /// its own, and returns its answer.
-pub async fn call(addr: &str, key: &StoreKey, rpc: &RaftRpc) -> Result<WriteReply, FrameError> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let mut stream = BufStream::new(tcp);
-    write_frame(&mut stream, key, rpc).await?;
-    read_frame(&mut stream, key).await?.ok_or_else(|| {
+pub async fn call(addr: &str, tls: &StoreTls, rpc: &RaftRpc) -> Result<WriteReply, FrameError> {
+    let (mut stream, _) = tls.connect(addr).await?;
+    write_frame(&mut stream, rpc).await?;
+    read_frame(&mut stream).await?.ok_or_else(|| {
         FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "connection closed before the reply",

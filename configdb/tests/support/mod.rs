@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use configdb::model::{Command, Request};
-use configdb::raft::{Raft, StateMachine, StoreKey};
+use configdb::model::{Client, Command, Request};
+use configdb::raft::{Raft, StateMachine, StoreTls};
 use configdb::{Permissions, Placement, VdiskName, VdiskSpec};
 use openraft::Config;
 
@@ -33,8 +33,15 @@ pub fn spec(name: &str, size_bytes: u64) -> VdiskSpec {
 /// `command` as a request of its own.
 pub fn request(command: Command) -> Request {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+    let client = Client {
+        node: "n1".into(),
+        incarnation: 1,
+    };
     Request {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        client,
+        seq,
+        acked_below: 0,
         command,
     }
 }
@@ -58,9 +65,16 @@ pub fn specs(machine: &StateMachine) -> Vec<VdiskSpec> {
         .collect()
 }
 
-/// The key the test clusters share.
-pub fn key() -> StoreKey {
-    StoreKey::from_secret(b"configdb test cluster secret")
+/// What node `name` of the test clusters proves who it is with: a
+/// certificate of the CA their shared secret derives.
+pub fn tls(name: &str) -> StoreTls {
+    StoreTls::new(&identity(name, SECRET)).unwrap()
+}
+
+pub const SECRET: &[u8] = b"configdb test cluster secret";
+
+pub fn identity(name: &str, secret: &[u8]) -> identity::NodeIdentity {
+    identity::NodeIdentity::from_secret(name, secret).unwrap()
 }
 
 /// Heartbeats and elections fast enough for a test to take seconds.
