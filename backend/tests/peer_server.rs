@@ -580,3 +580,39 @@ fn an_export_for_one_node_is_no_tail_to_any_other() {
     assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 4));
     server.stop().unwrap();
 }
+
+#[test]
+fn a_node_may_keep_only_so_many_connections_open() {
+    let server = Server::start();
+    let mut open: Vec<Client> = (0..16)
+        .map(|_| {
+            let mut client = server.connect();
+            assert_eq!(client.call(VDISK, EPOCH, Op::Flush, &[]).0, Status::Ok);
+            client
+        })
+        .collect();
+    // The seventeenth of the same node is closed unanswered.
+    let mut extra = server.connect();
+    extra.send(1, VDISK, EPOCH, Op::Flush, &[]);
+    let mut head = [0u8; HEADER_LEN];
+    assert!(extra.stream.read_exact(&mut head).is_err());
+    // Another node is not held back by it.
+    let mut other = server.connect_as(support::client_tls("other", "server"));
+    assert_eq!(other.call(VDISK, EPOCH, Op::Flush, &[]).0, Status::Ok);
+    // One closed, one more may open.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut again = server.connect();
+        again.send(2, VDISK, EPOCH, Op::Flush, &[]);
+        if again.stream.read_exact(&mut head).is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.stop().unwrap();
+}

@@ -1,6 +1,6 @@
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,40 @@ use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 const IN_FLIGHT_PER_CONNECTION: usize = 256;
+
+/// Bytes of data (write payloads, read buffers) one connection's requests
+/// may hold at once; reading pauses beyond it. A queue depth of 32 of
+/// 1 MiB requests fits twice.
+const IN_FLIGHT_BYTES_PER_CONNECTION: u32 = 64 << 20;
+
+/// Connections one authenticated node may keep open at once: one per link
+/// of each of its networks, and room for reconnects while old ones close.
+const CONNECTIONS_PER_PEER: usize = 16;
+
+/// Connections from one address still in their TLS handshake: a flood from
+/// one host cannot take every slot from the members.
+const HANDSHAKES_PER_SOURCE: usize = 64;
+
+/// What the listener counts to share itself out.
+#[derive(Clone, Default)]
+struct Limits {
+    /// Connections in their handshake, by source address.
+    handshaking: OpenCounts<IpAddr>,
+    /// Authenticated connections, by node.
+    per_peer: OpenCounts<Arc<str>>,
+}
+
+/// A connection silent this long is closed: every link sends a heartbeat
+/// at least each interval (80 ms by default), so only a dead or stalled
+/// peer is this quiet.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a request's payload may take to arrive once its header has: 8
+/// MiB at the slowest link a cluster would use, with room to spare.
+const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the peer has to take a batch of replies.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Socket buffering each way: several 4 KiB requests per system call;
 /// larger transfers bypass it.
@@ -41,7 +75,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const EPOCH_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// A reply ready to go: its header, and the data of a read.
-type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>);
+/// The byte budget it holds is given back once it is sent: a peer that
+/// does not read its replies stops being served, it cannot pile them up.
+type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>, OwnedSemaphorePermit);
 
 /// The two halves of a peer's TLS session.
 type SessionReader = ReadHalf<TlsStream<TcpStream>>;
@@ -68,6 +104,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let (stop, stopped) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = Limits::default();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -79,8 +116,13 @@ pub async fn serve(
                         tracing::debug!(%addr, "peer connection refused: {MAX_CONNECTIONS} open");
                         continue;
                     };
+                    let Some(handshaking) = limits.handshaking.open(&addr.ip(), HANDSHAKES_PER_SOURCE) else {
+                        tracing::debug!(%addr, "peer connection refused: {HANDSHAKES_PER_SOURCE} handshakes from there already");
+                        continue;
+                    };
                     let connection = authenticate_and_serve(
-                        stream, addr, acceptor.clone(), exports.clone(), stopped.clone(), slot,
+                        stream, addr, acceptor.clone(), exports.clone(), stopped.clone(),
+                        (slot, handshaking), limits.clone(),
                     );
                     connections.spawn(connection);
                 }
@@ -108,7 +150,8 @@ async fn authenticate_and_serve(
     acceptor: TlsAcceptor,
     exports: Arc<Exports>,
     stopped: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    (_slot, handshaking): (OwnedSemaphorePermit, Counted<IpAddr>),
+    limits: Limits,
 ) {
     let _ = stream.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -118,10 +161,11 @@ async fn authenticate_and_serve(
             return;
         }
         Err(_) => {
-            tracing::warn!(%addr, "peer connection refused: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+            tracing::debug!(%addr, "peer connection refused: no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
             return;
         }
     };
+    drop(handshaking);
     let name = match identity::peer_name(stream.get_ref().1) {
         Ok(name) => name,
         Err(e) => {
@@ -134,7 +178,61 @@ async fn authenticate_and_serve(
         name: name.into(),
         addr,
     };
+    let Some(_counted) = limits.per_peer.open(&peer.name, CONNECTIONS_PER_PEER) else {
+        tracing::warn!(%addr, peer = %peer.name, "peer connection refused: {CONNECTIONS_PER_PEER} open already");
+        return;
+    };
     serve_connection(stream, peer, exports, stopped).await;
+}
+
+/// How many connections each key (a node's name, a source address) has
+/// open, so that none takes more than its share.
+struct OpenCounts<K>(Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>);
+
+impl<K> Clone for OpenCounts<K> {
+    fn clone(&self) -> Self {
+        OpenCounts(self.0.clone())
+    }
+}
+
+impl<K> Default for OpenCounts<K> {
+    fn default() -> Self {
+        OpenCounts(Arc::default())
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct Counted<K: std::hash::Hash + Eq> {
+    counts: OpenCounts<K>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> OpenCounts<K> {
+    /// Counts a new connection of `key`, unless it has `cap` open.
+    fn open(&self, key: &K, cap: usize) -> Option<Counted<K>> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            counts: self.clone(),
+            key: key.clone(),
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Counted<K> {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 async fn serve_connection(
@@ -149,16 +247,24 @@ async fn serve_connection(
     let (replies, outgoing) = mpsc::channel(IN_FLIGHT_PER_CONNECTION);
     let writer = tokio::spawn(write_replies(writer, outgoing));
     let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let bytes = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_PER_CONNECTION as usize));
     let mut requests = JoinSet::new();
     loop {
         let mut head = [0u8; HEADER_LEN];
         tokio::select! {
             _ = stopped.changed() => break,
-            read = reader.read_exact(&mut head) => {
-                if let Err(e) = read {
+            // The writer gave up on the peer: so does the reader.
+            () = replies.closed() => break,
+            read = tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut head)) => match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     if e.kind() != io::ErrorKind::UnexpectedEof {
                         tracing::debug!(%addr, peer = %peer.name, "peer connection: {e}");
                     }
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: silent for {IDLE_TIMEOUT:?}");
                     break;
                 }
             }
@@ -167,13 +273,6 @@ async fn serve_connection(
             Ok(header) => header,
             Err(e) => {
                 tracing::warn!(%addr, peer = %peer.name, "closing peer connection: malformed header: {e}");
-                break;
-            }
-        };
-        let payload = match read_payload(&mut reader, &header).await {
-            Ok(payload) => payload,
-            Err(e) => {
-                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
                 break;
             }
         };
@@ -187,8 +286,37 @@ async fn serve_connection(
             tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a reply sent to the server");
             break;
         };
+        // Both budgets are taken before the payload is read or a read's
+        // buffer allocated: a peer cannot make this node hold more.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
+        };
+        let read_len = match op {
+            Op::Read { len, .. } => len,
+            _ => 0,
+        };
+        let cost = header
+            .payload_len
+            .saturating_add(read_len)
+            .min(IN_FLIGHT_BYTES_PER_CONNECTION);
+        let Ok(held) = bytes.clone().acquire_many_owned(cost).await else {
+            break;
+        };
+        let payload = match tokio::time::timeout(
+            PAYLOAD_TIMEOUT,
+            read_payload(&mut reader, &header),
+        )
+        .await
+        {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(e)) => {
+                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a payload not sent within {PAYLOAD_TIMEOUT:?}");
+                break;
+            }
         };
         let exports = exports.clone();
         let replies = replies.clone();
@@ -199,7 +327,7 @@ async fn serve_connection(
             let head = frame.encode(data.as_deref().unwrap_or_default());
             match head {
                 Ok(head) => {
-                    let _ = replies.send((head, data)).await;
+                    let _ = replies.send((head, data, held)).await;
                 }
                 Err(e) => tracing::error!("cannot encode reply {frame:?}: {e}"),
             }
@@ -231,22 +359,27 @@ async fn write_replies(writer: SessionWriter, mut outgoing: mpsc::Receiver<Outgo
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     while let Some(first) = outgoing.recv().await {
         let mut next = Some(first);
-        let mut sent = Ok(());
-        while let Some((head, data)) = next.take().or_else(|| outgoing.try_recv().ok()) {
-            sent = match &data {
-                Some(data) => writer
-                    .write_all(&head)
-                    .await
-                    .and(writer.write_all(data).await),
-                None => writer.write_all(&head).await,
-            };
-            if sent.is_err() {
-                break;
+        let batch = async {
+            while let Some((head, data, _held)) = next.take().or_else(|| outgoing.try_recv().ok()) {
+                writer.write_all(&head).await?;
+                if let Some(data) = &data {
+                    writer.write_all(data).await?;
+                }
             }
-        }
-        if let Err(e) = sent.and(writer.flush().await) {
-            tracing::debug!("peer connection: cannot send a reply: {e}");
-            return;
+            writer.flush().await
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("peer connection: cannot send a reply: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "closing peer connection: its replies not taken within {SEND_TIMEOUT:?}"
+                );
+                return;
+            }
         }
     }
 }

@@ -51,6 +51,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an accepted connection has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A connection silent this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Connections the store's listener keeps open at once; beyond it, new
 /// ones are closed at once.
 const MAX_CONNECTIONS: usize = 256;
@@ -384,7 +387,16 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, raft: Raft) -> Result<
         })??;
     let peer = node_id(&identity::peer_name(stream.get_ref().1)?);
     let mut stream = BufStream::new(stream);
-    while let Some(rpc) = read_frame::<_, RaftRpc>(&mut stream).await? {
+    loop {
+        // Raft's heartbeats keep a used connection busy: a silent one is
+        // dead or abandoned.
+        let next = tokio::time::timeout(IDLE_TIMEOUT, read_frame::<_, RaftRpc>(&mut stream));
+        let Some(rpc) = next.await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "silent for a minute")
+        })??
+        else {
+            break;
+        };
         rpc.check_sender(peer)?;
         match rpc {
             RaftRpc::AppendEntries(rpc) => {

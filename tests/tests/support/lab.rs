@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{gossip_section, ublkvd_bin};
@@ -31,6 +32,9 @@ pub fn sh(args: &[&str]) {
     );
 }
 
+/// Numbers the labs of one test process.
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
 impl Lab {
     /// Namespaces `sw` (two bridges) and one per node, node `i` (from 1)
     /// having 10.1.0.i on network 1 and 10.2.0.i on network 2.
@@ -42,7 +46,12 @@ impl Lab {
             "the cluster lab needs root for network namespaces"
         );
         let lab = Lab {
-            prefix: format!("uvd{}", std::process::id()),
+            // Unique per lab: tests of one binary run side by side.
+            prefix: format!(
+                "uvd{}-{}",
+                std::process::id(),
+                NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+            ),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
         };
@@ -258,6 +267,11 @@ impl NodeDaemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
     }
 
     pub fn client(&self, args: &[&str]) -> std::process::Output {
