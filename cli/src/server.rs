@@ -78,6 +78,11 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         let failovers = tokio::spawn(daemon.clone().follow_membership(stopped.clone()));
         let registration = tokio::spawn(daemon.clone().register(record));
         if let Some(addr) = config.metrics_listen {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics_listen {addr} is not a loopback address: /metrics has no authentication, and tells whoever reaches it this node's vdisks, peers and links"
+                );
+            }
             crate::metrics::serve(addr, daemon.clone())?;
         }
         tracing::info!(
