@@ -12,6 +12,7 @@ use backend::mirror::{MirrorConfig, PacerConfig};
 use backend::route::RouteConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ControlGroups, Group};
 use crate::size::parse_size;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
@@ -28,6 +29,12 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// The Unix socket the `ublkvd` client talks to.
     pub control_socket: Option<PathBuf>,
+    /// A group whose members may do on the control socket all that root
+    /// may. Default: none (root only).
+    pub admin_group: Option<String>,
+    /// A group whose members may send the control socket's read requests
+    /// (list, status, members, store, resync without --full). Default: none.
+    pub read_group: Option<String>,
     /// Addresses the peer server listens on for other nodes' requests, one
     /// per redundant network. Default: none (the node serves no peer).
     pub listen: Option<Vec<SocketAddr>>,
@@ -292,6 +299,8 @@ pub struct NodeConfig {
     pub node: String,
     pub data_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Who besides root may use the control socket.
+    pub control_groups: ControlGroups,
     pub listen: Vec<SocketAddr>,
     pub devices: bool,
     pub tails: BTreeMap<String, PathBuf>,
@@ -337,6 +346,16 @@ impl NodeConfig {
             control_socket: control_socket
                 .or(file.control_socket)
                 .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            control_groups: ControlGroups {
+                admin: file
+                    .admin_group
+                    .map(|name| lookup_group("admin_group", name))
+                    .transpose()?,
+                read: file
+                    .read_group
+                    .map(|name| lookup_group("read_group", name))
+                    .transpose()?,
+            },
             listen: file.listen.unwrap_or_default(),
             devices: file.devices.unwrap_or(true),
             tails: file.tails.unwrap_or_default(),
@@ -418,6 +437,18 @@ impl NodeConfig {
     }
 }
 
+/// The group a config key names. An unknown one is refused at start,
+/// rather than found out when its members are refused.
+fn lookup_group(key: &str, name: String) -> anyhow::Result<Group> {
+    match uzers::get_group_by_name(&name) {
+        Some(group) => Ok(Group {
+            gid: group.gid(),
+            name,
+        }),
+        None => bail!("{key} {name:?} is not a group on this host (see getent group)"),
+    }
+}
+
 /// The hostname, when it is a valid node name; a machine without one
 /// (a bare VM says "(none)") is "localhost".
 fn default_node_name() -> String {
@@ -440,6 +471,7 @@ mod tests {
         assert!(config.listen.is_empty() && config.gossip.is_none());
         assert_eq!(config.route, RouteConfig::default());
         assert_eq!(config.control_socket, Path::new(DEFAULT_SOCKET));
+        assert!(config.control_groups.is_empty());
         assert!(!config.node.is_empty());
     }
 
@@ -560,6 +592,28 @@ mod tests {
                 "the README's config reference lacks {key}"
             );
         }
+    }
+
+    #[test]
+    fn control_groups_are_looked_up_by_name_and_unknown_ones_refused() {
+        let file: ConfigFile = toml::from_str("admin_group = \"root\"\n").unwrap();
+        let config = NodeConfig::resolve(file, None, None).unwrap();
+        assert_eq!(
+            config.control_groups,
+            ControlGroups {
+                admin: Some(Group {
+                    name: "root".into(),
+                    gid: 0
+                }),
+                read: None,
+            }
+        );
+        let file: ConfigFile = toml::from_str("read_group = \"ublkvd-no-such-group\"\n").unwrap();
+        let refused = NodeConfig::resolve(file, None, None).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "read_group \"ublkvd-no-such-group\" is not a group on this host (see getent group)"
+        );
     }
 
     #[test]

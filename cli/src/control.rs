@@ -280,12 +280,20 @@ pub fn members(socket: &Path) -> anyhow::Result<MembersInfo> {
 
 /// One request, one reply; the daemon's error becomes this call's.
 fn exchange(socket: &Path, request: &Request) -> anyhow::Result<Response> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the ublkvd daemon at {} (is `ublkvd serve` running?)",
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        // Running or not, the daemon is not this user's to reach.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "may not reach the ublkvd daemon at {}: permission denied (root only, unless the daemon's config names admin_group or read_group)",
             socket.display()
-        )
-    })?;
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot reach the ublkvd daemon at {} (is `ublkvd serve` running?)",
+                socket.display()
+            )))
+        }
+    };
     let mut line = serde_json::to_string(request).context("cannot encode request")?;
     line.push('\n');
     stream

@@ -1,5 +1,6 @@
 //! `ublkvd`: the node daemon (`serve`) and the client commands that drive it.
 
+mod access;
 mod args;
 mod ca;
 mod cluster;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use configdb::raft::StoreTls;
 use configdb::{NodeRecord, Store, StoreConfig};
 
+use crate::access::{Access, AccessRules, ControlGroups, Peer};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
@@ -32,7 +33,11 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = bind_control_socket(&config.control_socket)?;
+        let listener = bind_control_socket(&config.control_socket, &config.control_groups)?;
+        let rules = Arc::new(AccessRules::new(
+            config.control_groups.clone(),
+            uzers::get_effective_uid(),
+        ));
         if config.devices && !Path::new("/dev/ublk-control").exists() {
             tracing::warn!(
                 "kernel module ublk_drv is not loaded: vdisks cannot start until `modprobe ublk_drv`"
@@ -73,6 +78,11 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         let failovers = tokio::spawn(daemon.clone().follow_membership(stopped.clone()));
         let registration = tokio::spawn(daemon.clone().register(record));
         if let Some(addr) = config.metrics_listen {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics_listen {addr} is not a loopback address: /metrics has no authentication, and tells whoever reaches it this node's vdisks, peers and links"
+                );
+            }
             crate::metrics::serve(addr, daemon.clone())?;
         }
         tracing::info!(
@@ -86,7 +96,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("cannot tell systemd the daemon is ready: {e}");
         }
-        let served = run(listener, daemon.clone(), shutdown_signal()?).await;
+        let served = run(listener, daemon.clone(), rules, shutdown_signal()?).await;
         if keep_devices {
             tracing::info!("shutting down: keeping devices for the next daemon");
         } else {
@@ -148,6 +158,7 @@ async fn open_store(
 pub async fn run(
     listener: UnixListener,
     daemon: Arc<Daemon>,
+    rules: Arc<AccessRules>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
@@ -156,13 +167,20 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("accepting a control connection")?;
-                tokio::spawn(serve_connection(stream, daemon.clone()));
+                tokio::spawn(serve_connection(stream, daemon.clone(), rules.clone()));
             }
         }
     }
 }
 
-async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>) {
+async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>, rules: Arc<AccessRules>) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!("control connection: cannot read the peer's credentials: {e}");
+            return;
+        }
+    };
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -188,7 +206,13 @@ async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>) {
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
-                Ok(request) => execute(request, &daemon).await,
+                Ok(request) => match rules.admit(&peer, Access::of(&request)) {
+                    Ok(()) => execute(request, &daemon).await,
+                    Err(refusal) => {
+                        tracing::info!(pid = ?peer.pid, "control request refused: {refusal}");
+                        Response::Error { message: refusal }
+                    }
+                },
                 Err(e) => Response::Error {
                     message: format!("malformed request: {e}"),
                 },
@@ -260,7 +284,7 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
 }
 
 /// Binds the control socket, refusing to steal one a live daemon serves.
-fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_control_socket(path: &Path, groups: &ControlGroups) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket dir {}", dir.display()))?;
@@ -274,9 +298,15 @@ fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    // The socket controls block devices: root (or the daemon's user) only.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    // The socket controls block devices. With no group configured, only
+    // root (or the daemon's user) may connect. With groups, anyone may, and
+    // each request is admitted by its peer's credentials (AccessRules): a
+    // socket file has one group, not the two an admin and a read group
+    // need, and the credentials are the kernel's record of the peer at
+    // connect(), which nobody can forge (the D-Bus system bus works so).
+    let mode = if groups.is_empty() { 0o600 } else { 0o666 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)
 }
 

@@ -231,3 +231,18 @@ fn invalid_config_file_is_refused_in_one_line() {
     assert!(stderr.contains("invalid config file"), "{stderr}");
     assert!(stderr.contains("data_dri"), "{stderr}");
 }
+
+#[test]
+fn a_metrics_address_off_loopback_is_warned_of_at_start() {
+    let warning = "is not a loopback address: /metrics has no authentication";
+    let mut exposed = Daemon::start_with_config(Some("metrics_listen = \"0.0.0.0:0\"\n"));
+    let (_, log) = exposed.terminate();
+    assert!(
+        log.contains(&format!("metrics_listen 0.0.0.0:0 {warning}")),
+        "{log}"
+    );
+    let mut loopback = Daemon::start_with_config(Some("metrics_listen = \"127.0.0.1:0\"\n"));
+    let (_, log) = loopback.terminate();
+    assert!(log.contains("serving metrics"), "{log}");
+    assert!(!log.contains(warning), "{log}");
+}

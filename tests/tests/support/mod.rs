@@ -42,7 +42,13 @@ impl Daemon {
     /// Starts with a config file of `toml` (the data dir and socket still
     /// come from flags).
     pub fn start_with_config(toml: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        Daemon::start_with_config_in(Path::new(env!("CARGO_TARGET_TMPDIR")), toml)
+    }
+
+    /// The same, with the daemon's directory (its socket, data and config)
+    /// made in `parent`.
+    pub fn start_with_config_in(parent: &Path, toml: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let socket = dir.path().join("ublkvd.sock");
         let config = toml.map(|text| {
             let path = dir.path().join("ublkvd.toml");
