@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foca::{
     AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec,
@@ -56,13 +56,14 @@ pub enum GossipError {
     Stopped,
 }
 
-/// Datagrams in and out, and those dropped: unauthenticated (no or wrong
-/// secret) or undecodable.
+/// Datagrams in and out, and those dropped, each for one reason.
 #[derive(Debug, Default)]
 pub struct GossipCounters {
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// Not authenticated: sealed without the cluster secret, or altered.
     pub rejected: AtomicU64,
+    /// Authenticated, but foca could not use it.
     pub malformed: AtomicU64,
 }
 
@@ -228,7 +229,7 @@ impl Agent {
             };
             let result = tokio::select! {
                 received = self.socket.recv_from(&mut datagram) => match received {
-                    Ok((len, from)) => self.received(&datagram[..len], from),
+                    Ok((len, from)) => self.received(&mut datagram[..len], from),
                     Err(e) => {
                         tracing::debug!("gossip receive: {e}");
                         Ok(())
@@ -275,25 +276,20 @@ impl Agent {
         }
     }
 
-    fn received(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), foca::Error> {
+    fn received(&mut self, datagram: &mut [u8], from: SocketAddr) -> Result<(), foca::Error> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        match self.config.key.open(datagram) {
-            Ok(packet) => {
-                let handled = self.foca.handle_data(packet, &mut self.runtime);
-                if handled.is_err() {
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-                handled
-            }
+        let opened = match self.config.key.open(datagram) {
+            Ok(opened) => opened,
             Err(e) => {
-                let rejected = self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                // One line per sender's first few, not per packet.
-                if rejected < 10 {
-                    tracing::warn!(%from, "gossip datagram dropped: {e}");
-                }
-                Ok(())
+                dropped(&self.counters.rejected, from, &e);
+                return Ok(());
             }
+        };
+        let handled = self.foca.handle_data(opened.packet, &mut self.runtime);
+        if handled.is_err() {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
         }
+        handled
     }
 
     /// Announces this node to every seed while it knows no live member.
@@ -313,7 +309,13 @@ impl Agent {
     /// Carries out what foca asked for: datagrams, timers, notifications.
     async fn flush(&mut self) {
         while let Some((to, packet)) = self.runtime.to_send() {
-            let datagram = self.config.key.seal(&packet);
+            let datagram = match self.config.key.seal(&packet, unix_millis()) {
+                Ok(datagram) => datagram,
+                Err(e) => {
+                    tracing::warn!(to = %to.gossip, "gossip send: {e}");
+                    continue;
+                }
+            };
             match self.socket.send_to(&datagram, to.gossip).await {
                 Ok(_) => {
                     self.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -411,4 +413,22 @@ impl Agent {
         members[1..].sort_by(|a, b| a.name.cmp(&b.name));
         members
     }
+}
+
+/// Counts a dropped datagram; logs the first few of each kind, not one line
+/// per packet.
+fn dropped(counter: &AtomicU64, from: SocketAddr, reason: &dyn std::fmt::Display) {
+    if counter.fetch_add(1, Ordering::Relaxed) < 10 {
+        tracing::warn!(%from, "gossip datagram dropped: {reason}");
+    }
+}
+
+/// This node's clock in ms since the Unix epoch: the timestamp of what it
+/// sends.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }

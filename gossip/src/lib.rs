@@ -11,7 +11,9 @@ mod timing;
 mod view;
 
 pub use agent::{Gossip, GossipConfig, GossipCounters, GossipError, MemberState, MemberStatus};
-pub use envelope::{read_secret, ClusterKey, OpenError, SecretError, OVERHEAD};
+pub use envelope::{
+    read_secret, ClusterKey, Nonce, OpenError, Opened, SealError, SecretError, OVERHEAD,
+};
 pub use identity::{NodeId, NodeMeta};
 pub use timing::{Timing, TimingError};
 pub use view::{Change, View};
