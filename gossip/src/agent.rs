@@ -19,7 +19,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::{Change, ClusterKey, NodeId, NodeMeta, Timing, TimingError, View};
+use crate::{
+    Change, ClusterKey, NodeId, NodeMeta, ReplayError, ReplayWindow, Timing, TimingError, View,
+};
 
 /// How often a node that knows no member announces itself to its seeds
 /// again: seeds may start after it, or come back after a partition.
@@ -63,7 +65,14 @@ pub struct GossipCounters {
     pub received: AtomicU64,
     /// Not authenticated: sealed without the cluster secret, or altered.
     pub rejected: AtomicU64,
-    /// Authenticated, but foca could not use it.
+    /// Authenticated, but sent outside the window of this node's clock
+    /// ([`crate::MAX_SKEW_MS`]) or before the oldest datagram it
+    /// remembers: a clock is off, or an old datagram was replayed.
+    pub stale: AtomicU64,
+    /// Authenticated, but received already: replayed, or duplicated by
+    /// the network.
+    pub replayed: AtomicU64,
+    /// Authenticated and fresh, but foca could not use it.
     pub malformed: AtomicU64,
 }
 
@@ -115,6 +124,10 @@ impl Gossip {
             addr: config.bind,
             source,
         };
+        // Opened before the socket: a datagram sent earlier was meant for
+        // a previous life of this node, or for nobody, and may be a replay
+        // this new window could not recognise.
+        let replay = ReplayWindow::new(unix_millis());
         let socket = UdpSocket::bind(config.bind).await.map_err(bind_error)?;
         let local_addr = socket.local_addr().map_err(bind_error)?;
         let identity = NodeId::new(config.name.clone(), local_addr, config.meta.clone());
@@ -128,6 +141,7 @@ impl Gossip {
             foca,
             runtime: AccumulatingRuntime::new(),
             socket,
+            replay,
             timers: BinaryHeap::new(),
             timer_seq: 0,
             view: View::default(),
@@ -205,6 +219,7 @@ struct Agent {
     foca: Swim,
     runtime: AccumulatingRuntime<NodeId>,
     socket: UdpSocket,
+    replay: ReplayWindow,
     timers: BinaryHeap<Reverse<Scheduled>>,
     timer_seq: u64,
     view: View,
@@ -285,6 +300,17 @@ impl Agent {
                 return Ok(());
             }
         };
+        if let Err(e) = self
+            .replay
+            .admit(opened.sent_at_ms, opened.nonce, unix_millis())
+        {
+            let counter = match e {
+                ReplayError::Stale { .. } | ReplayError::Unverifiable => &self.counters.stale,
+                ReplayError::Replayed => &self.counters.replayed,
+            };
+            dropped(counter, from, &e);
+            return Ok(());
+        }
         let handled = self.foca.handle_data(opened.packet, &mut self.runtime);
         if handled.is_err() {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -424,7 +450,7 @@ fn dropped(counter: &AtomicU64, from: SocketAddr, reason: &dyn std::fmt::Display
 }
 
 /// This node's clock in ms since the Unix epoch: the timestamp of what it
-/// sends.
+/// sends and the `now` of its replay window.
 fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

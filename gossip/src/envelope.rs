@@ -2,8 +2,8 @@
 //! XChaCha20-Poly1305 under a key derived from the cluster secret, so a node
 //! without the secret can neither read the membership (names, addresses,
 //! tails) nor join or disturb it. Each datagram also carries its sender's
-//! clock and a random nonce, for the receiver's replay window. Pure functions
-//! over bytes; the agent counts what fails.
+//! clock and a random nonce, for the receiver's [`crate::ReplayWindow`].
+//! Pure functions over bytes; the agent counts what fails.
 //!
 //! Layout: magic (4) | sent at, ms since the Unix epoch (u64 LE, 8) |
 //! nonce (24) | ciphertext of foca's packet | tag (16). The magic and the
