@@ -142,6 +142,13 @@ pub struct MembersInfo {
     pub config_number: u64,
     /// Gossip datagrams dropped because they failed authentication.
     pub rejected_packets: u64,
+    /// Authenticated gossip datagrams dropped as sent outside the window of
+    /// this node's clock (gossip::MAX_SKEW_MS either way).
+    #[serde(default)]
+    pub stale_packets: u64,
+    /// Authenticated gossip datagrams dropped as received already.
+    #[serde(default)]
+    pub replayed_packets: u64,
     /// This node first, then the others by name.
     pub members: Vec<gossip::MemberStatus>,
 }

@@ -240,11 +240,8 @@ fn print_members(info: &MembersInfo) {
     ];
     print_rows(&header, &rows);
     println!("configuration number {}", info.config_number);
-    if info.rejected_packets > 0 {
-        println!(
-            "{} gossip packets rejected: sent without the cluster secret",
-            info.rejected_packets
-        );
+    for line in status::gossip_drops(info) {
+        println!("{line}");
     }
 }
 

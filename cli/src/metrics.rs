@@ -257,14 +257,23 @@ impl Collector for NodeCollector {
                 ),
             ];
             family(e, "ublkvd_gossip_datagrams", "Gossip datagrams", datagrams)?;
-            let rejected = vec![(
-                Labels::new(),
-                ConstCounter::new(counters.rejected.load(Ordering::Relaxed)),
-            )];
+            let rejected = [
+                ("unauthenticated", &counters.rejected),
+                ("stale", &counters.stale),
+                ("replayed", &counters.replayed),
+            ]
+            .into_iter()
+            .map(|(reason, counter)| {
+                (
+                    vec![("reason", reason.to_owned())],
+                    ConstCounter::new(counter.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
             family(
                 e,
                 "ublkvd_gossip_rejected",
-                "Gossip datagrams dropped: not authenticated with the cluster secret",
+                "Gossip datagrams dropped: unauthenticated (without the cluster secret, or altered), stale (outside the clock window) or replayed (received already)",
                 rejected,
             )?;
         }

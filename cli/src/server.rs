@@ -240,6 +240,8 @@ async fn members(gossip: Option<&Gossip>) -> Response {
         Ok(members) => Response::Members(MembersInfo {
             config_number: gossip.view().borrow().config_number,
             rejected_packets: gossip.counters().rejected.load(Ordering::Relaxed),
+            stale_packets: gossip.counters().stale.load(Ordering::Relaxed),
+            replayed_packets: gossip.counters().replayed.load(Ordering::Relaxed),
             members,
         }),
         Err(e) => Response::Error {

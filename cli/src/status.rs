@@ -38,6 +38,30 @@ pub struct VdiskStatus {
     pub mirror: Option<String>,
 }
 
+/// The gossip datagrams this node dropped, one sentence per reason, each
+/// with what likely sends them; none when nothing was dropped.
+pub fn gossip_drops(members: &MembersInfo) -> Vec<String> {
+    let skew_s = gossip::MAX_SKEW_MS / 1000;
+    [
+        (
+            members.rejected_packets,
+            "rejected: sent without the cluster secret, or altered on the way".to_owned(),
+        ),
+        (
+            members.stale_packets,
+            format!("stale: sent more than {skew_s} s off this node's clock (check NTP on every node), or old ones played back"),
+        ),
+        (
+            members.replayed_packets,
+            "replayed: copies of datagrams received already, played back by someone on the network or duplicated by it".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, why)| format!("{count} gossip datagrams {why}"))
+    .collect()
+}
+
 /// Composes the status; `members` is `None` on a node without gossip.
 pub fn summarize(
     vdisks: &[VdiskInfo],
@@ -68,12 +92,7 @@ pub fn summarize(
                 }
             }
         }
-        if members.rejected_packets > 0 {
-            problems.push(format!(
-                "{} gossip packets rejected: something without the cluster secret is sending",
-                members.rejected_packets
-            ));
-        }
+        problems.extend(gossip_drops(members));
     }
     let vdisks = vdisks
         .iter()
@@ -302,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn down_members_and_rejected_packets_are_problems() {
+    fn down_members_and_dropped_gossip_datagrams_are_problems() {
         let member = |name: &str, state, is_self| gossip::MemberStatus {
             name: name.into(),
             gossip: "10.1.0.1:7000".parse().unwrap(),
@@ -316,6 +335,8 @@ mod tests {
         let members = MembersInfo {
             config_number: 4,
             rejected_packets: 3,
+            stale_packets: 2,
+            replayed_packets: 0,
             members: vec![
                 member("a", gossip::MemberState::Alive, true),
                 member("b", gossip::MemberState::Down, false),
@@ -324,7 +345,9 @@ mod tests {
         let status = summarize(&[], Some(&members), None);
         assert_eq!(status.node.as_deref(), Some("a"));
         assert_eq!((status.members_alive, status.members_down), (1, 1));
-        assert_eq!(status.problems.len(), 2);
+        assert_eq!(status.problems.len(), 3, "{:?}", status.problems);
+        assert!(status.problems[1].starts_with("3 gossip datagrams rejected"));
+        assert!(status.problems[2].starts_with("2 gossip datagrams stale: sent more than 30 s off"));
         assert!(render(&status)
             .starts_with("node a: 1 members alive, 0 suspect, 1 down (configuration number 4)"));
     }

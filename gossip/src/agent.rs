@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foca::{
     AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec,
@@ -19,7 +19,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::{Change, ClusterKey, NodeId, NodeMeta, Timing, TimingError, View};
+use crate::{
+    Change, ClusterKey, NodeId, NodeMeta, ReplayError, ReplayWindow, Timing, TimingError, View,
+};
 
 /// How often a node that knows no member announces itself to its seeds
 /// again: seeds may start after it, or come back after a partition.
@@ -56,13 +58,21 @@ pub enum GossipError {
     Stopped,
 }
 
-/// Datagrams in and out, and those dropped: unauthenticated (no or wrong
-/// secret) or undecodable.
+/// Datagrams in and out, and those dropped, each for one reason.
 #[derive(Debug, Default)]
 pub struct GossipCounters {
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// Not authenticated: sealed without the cluster secret, or altered.
     pub rejected: AtomicU64,
+    /// Authenticated, but sent outside the window of this node's clock
+    /// ([`crate::MAX_SKEW_MS`]) or before the oldest datagram it
+    /// remembers: a clock is off, or an old datagram was replayed.
+    pub stale: AtomicU64,
+    /// Authenticated, but received already: replayed, or duplicated by
+    /// the network.
+    pub replayed: AtomicU64,
+    /// Authenticated and fresh, but foca could not use it.
     pub malformed: AtomicU64,
 }
 
@@ -114,6 +124,10 @@ impl Gossip {
             addr: config.bind,
             source,
         };
+        // Opened before the socket: a datagram sent earlier was meant for
+        // a previous life of this node, or for nobody, and may be a replay
+        // this new window could not recognise.
+        let replay = ReplayWindow::new(unix_millis());
         let socket = UdpSocket::bind(config.bind).await.map_err(bind_error)?;
         let local_addr = socket.local_addr().map_err(bind_error)?;
         let identity = NodeId::new(config.name.clone(), local_addr, config.meta.clone());
@@ -127,6 +141,7 @@ impl Gossip {
             foca,
             runtime: AccumulatingRuntime::new(),
             socket,
+            replay,
             timers: BinaryHeap::new(),
             timer_seq: 0,
             view: View::default(),
@@ -204,6 +219,7 @@ struct Agent {
     foca: Swim,
     runtime: AccumulatingRuntime<NodeId>,
     socket: UdpSocket,
+    replay: ReplayWindow,
     timers: BinaryHeap<Reverse<Scheduled>>,
     timer_seq: u64,
     view: View,
@@ -228,7 +244,7 @@ impl Agent {
             };
             let result = tokio::select! {
                 received = self.socket.recv_from(&mut datagram) => match received {
-                    Ok((len, from)) => self.received(&datagram[..len], from),
+                    Ok((len, from)) => self.received(&mut datagram[..len], from),
                     Err(e) => {
                         tracing::debug!("gossip receive: {e}");
                         Ok(())
@@ -275,25 +291,31 @@ impl Agent {
         }
     }
 
-    fn received(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(), foca::Error> {
+    fn received(&mut self, datagram: &mut [u8], from: SocketAddr) -> Result<(), foca::Error> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        match self.config.key.open(datagram) {
-            Ok(packet) => {
-                let handled = self.foca.handle_data(packet, &mut self.runtime);
-                if handled.is_err() {
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-                handled
-            }
+        let opened = match self.config.key.open(datagram) {
+            Ok(opened) => opened,
             Err(e) => {
-                let rejected = self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                // One line per sender's first few, not per packet.
-                if rejected < 10 {
-                    tracing::warn!(%from, "gossip datagram dropped: {e}");
-                }
-                Ok(())
+                dropped(&self.counters.rejected, from, &e);
+                return Ok(());
             }
+        };
+        if let Err(e) = self
+            .replay
+            .admit(opened.sent_at_ms, opened.nonce, unix_millis())
+        {
+            let counter = match e {
+                ReplayError::Stale { .. } | ReplayError::Unverifiable => &self.counters.stale,
+                ReplayError::Replayed => &self.counters.replayed,
+            };
+            dropped(counter, from, &e);
+            return Ok(());
         }
+        let handled = self.foca.handle_data(opened.packet, &mut self.runtime);
+        if handled.is_err() {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+        handled
     }
 
     /// Announces this node to every seed while it knows no live member.
@@ -313,7 +335,13 @@ impl Agent {
     /// Carries out what foca asked for: datagrams, timers, notifications.
     async fn flush(&mut self) {
         while let Some((to, packet)) = self.runtime.to_send() {
-            let datagram = self.config.key.seal(&packet);
+            let datagram = match self.config.key.seal(&packet, unix_millis()) {
+                Ok(datagram) => datagram,
+                Err(e) => {
+                    tracing::warn!(to = %to.gossip, "gossip send: {e}");
+                    continue;
+                }
+            };
             match self.socket.send_to(&datagram, to.gossip).await {
                 Ok(_) => {
                     self.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -411,4 +439,22 @@ impl Agent {
         members[1..].sort_by(|a, b| a.name.cmp(&b.name));
         members
     }
+}
+
+/// Counts a dropped datagram; logs the first few of each kind, not one line
+/// per packet.
+fn dropped(counter: &AtomicU64, from: SocketAddr, reason: &dyn std::fmt::Display) {
+    if counter.fetch_add(1, Ordering::Relaxed) < 10 {
+        tracing::warn!(%from, "gossip datagram dropped: {reason}");
+    }
+}
+
+/// This node's clock in ms since the Unix epoch: the timestamp of what it
+/// sends and the `now` of its replay window.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
