@@ -91,6 +91,60 @@ if wants nbd; then
     LAB_PID=()
 fi
 
+# ------------------------------------------------- 1b. TLS vs plaintext
+# The same remote tail served by this build (TLS 1.3 on every link) and by
+# UBLKVD_PLAIN_BIN, the build of the last commit before TLS; each round
+# starts one lab per build in turn (alternating which goes first) and runs
+# every job in it.
+if wants tls; then
+    PLAIN=${UBLKVD_PLAIN_BIN:?the tls rows need UBLKVD_PLAIN_BIN: see bench/tls.sh}
+    dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
+    JOBS=(
+        "4k randread QD32|--rw=randread --bs=4k --iodepth=32|IOPS"
+        "4k randwrite QD32|--rw=randwrite --bs=4k --iodepth=32|IOPS"
+        "1M seq read QD8|--rw=read --bs=1M --iodepth=8|MiB/s"
+        "1M seq write QD8|--rw=write --bs=1M --iodepth=8|MiB/s"
+    )
+    declare -A runs=()
+    tls_bin=$BIN
+    for round in $(seq "$ROUNDS"); do
+        order="tls plain"
+        [ $((round % 2)) = 1 ] || order="plain tls"
+        for build in $order; do
+            if [ "$build" = tls ]; then BIN=$tls_bin; else BIN=$PLAIN; fi
+            LAB=tlsb LAB_NETS=1 LAB_DIR=$WORK/tlsb-$build-$round
+            start_pair >"$WORK/dev"
+            ublk=$(cat "$WORK/dev")
+            for job in "${JOBS[@]}"; do
+                IFS='|' read -r name args unit <<<"$job"
+                # shellcheck disable=SC2086 # args are words on purpose
+                runs[$build/$name]+="$(run_fio "$unit" "$ublk" $args) "
+            done
+            # Guest CPU per I/O explains a ratio: the daemons' CPU seconds.
+            cpu=0
+            for node in s c; do
+                cpu=$(awk -v c="$cpu" '{ print c + ($14 + $15) / 100 }' "/proc/${LAB_PID[$node]:-self}/stat" 2>/dev/null || echo "$cpu")
+            done
+            echo "  round $round $build: daemons' CPU ${cpu} s" >&2
+            lab_down
+            LAB_PID=()
+        done
+    done
+    BIN=$tls_bin
+    echo "## Remote tail over one veth: TLS 1.3 (this build) vs plaintext (UBLKVD_PLAIN_BIN)"
+    echo
+    echo "| job | TLS | plaintext | TLS / plaintext |"
+    echo "|---|---|---|---|"
+    for job in "${JOBS[@]}"; do
+        IFS='|' read -r name args unit <<<"$job"
+        t=$(printf '%s\n' ${runs[tls/$name]} | median)
+        p=$(printf '%s\n' ${runs[plain/$name]} | median)
+        echo "| $name | $t $unit | $p $unit | $(ratio "$t" "$p")x |"
+        echo "  runs: tls ${runs[tls/$name]}/ plain ${runs[plain/$name]}" >&2
+    done
+    echo
+fi
+
 # ------------------------------------------------- 2. two links vs one, capped
 if wants links; then
     LAB=lnkb LAB_NETS="1 2" LAB_DIR=$WORK/lnkb

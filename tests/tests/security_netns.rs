@@ -150,3 +150,86 @@ fn floods_without_credentials_leave_memory_bounded_and_members_served() {
     );
     assert!(a.client(&["list"]).status.success());
 }
+
+#[test]
+fn a_capture_shows_no_written_byte_and_no_vdisk_name() {
+    let started = std::time::Instant::now();
+    let lab = Lab::new(&["a", "b", "c"]);
+    let tail = lab.dir.path().join("a-disk0.img");
+    File::create(&tail).unwrap().set_len(4 << 20).unwrap();
+    let voters = ["a", "b", "c"];
+    let a_config = lab.config_with_store("a", false, &[("disk0", &tail)], &voters);
+    let a = NodeDaemon::start(&lab, "a", a_config);
+    let b = NodeDaemon::start(&lab, "b", lab.config_with_store("b", false, &[], &voters));
+    let c = NodeDaemon::start(&lab, "c", lab.config_with_store("c", false, &[], &voters));
+    wait_all(&[&a, &b, &c], "a", "alive", Duration::from_secs(15));
+    eprintln!("{:?}: the store's voters are up", started.elapsed());
+    // Everything a sends or receives, on both networks.
+    let capture = lab.dir.path().join("a.pcap");
+    let mut tcpdump = lab
+        .command("a", "/usr/bin/tcpdump".as_ref())
+        .args(["-i", "any", "-U", "-s", "0", "-w"])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The name crosses the store: added on c, committed by the voters.
+    let name = "payroll-db-7f3a";
+    let add = c.client(&["add", name, "--size", "1M", "--primary", "a:disk0"]);
+    assert!(add.status.success(), "{add:?}");
+    eprintln!("{:?}: {name} added", started.elapsed());
+    let links = lab.links("a");
+    let mut driver = lab
+        .vdisk_io("b")
+        .args(["--vdisk", name, "--blocks", &BLOCKS.to_string()])
+        .args(["--peer", &format!("a={},{}", links[0], links[1])])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(report["writes"].as_u64().unwrap() > 0, "{report}");
+    eprintln!("{:?}: b's driver done: {report}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory effects; SIGINT makes tcpdump flush.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    tcpdump.wait().unwrap();
+
+    let captured = std::fs::read(&capture).unwrap();
+    let written = std::fs::read(&tail).unwrap();
+    let blocks: Vec<&[u8]> = written[..BLOCKS as usize * 4096]
+        .chunks(4096)
+        .filter(|block| block.iter().any(|&b| b != 0))
+        .collect();
+    assert!(!blocks.is_empty(), "b wrote nothing to the tail");
+    // The data did cross a's interfaces: more bytes than were written.
+    let crossed: usize = blocks.len() * 4096;
+    assert!(
+        captured.len() > crossed,
+        "{} bytes captured",
+        captured.len()
+    );
+    let shows = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    // 32 bytes from every 512 of each block written, looked for at every
+    // offset of the capture in one pass.
+    let pieces: std::collections::HashSet<&[u8]> = blocks
+        .iter()
+        .flat_map(|block| block.chunks(512).map(|piece| &piece[..32]))
+        .collect();
+    let clear = captured.windows(32).filter(|w| pieces.contains(w)).count();
+    assert_eq!(clear, 0, "written bytes in the clear");
+    assert!(!shows(name.as_bytes()), "the vdisk's name in the clear");
+    assert!(!shows(b"disk0"), "a tail's name in the clear");
+}

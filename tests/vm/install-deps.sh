@@ -2,13 +2,13 @@
 # Installs what a fresh Debian bookworm machine lacks to build ublkvd and to
 # boot its test VM: libclang (libublk's bindgen), qemu, busybox, fio and the
 # bookworm-backports kernel whose modules include ublk_drv and nbd; systemd
-# for checking the unit file.
+# for checking the unit file; tcpdump for the security tests' captures.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 need=()
-for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod iproute2 nbd-client systemd; do
+for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod iproute2 nbd-client systemd tcpdump; do
     installed "$pkg" || need+=("$pkg")
 done
 
