@@ -13,7 +13,8 @@ cargo build --release --locked -p ublkvd
 tests/vm/run.sh --disk-size 2G --timeout 1200 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/e2e.sh
 tests/vm/run.sh --disk-size 2G --timeout 900 -- \
-    env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/cluster-e2e.sh
+    env UBLKVD_BIN="$PWD/target/release/ublkvd" VDISK_IO_BIN="$PWD/target/debug/vdisk-io" \
+    tests/vm/cluster-e2e.sh
 tests/vm/run.sh --disk-size 2G --timeout 900 -- \
     env UBLKVD_BIN="$PWD/target/release/ublkvd" tests/vm/store-e2e.sh
 tests/vm/run.sh --disk-size 2G --timeout 900 -- \

@@ -232,4 +232,94 @@ fn a_capture_shows_no_written_byte_and_no_vdisk_name() {
     assert_eq!(clear, 0, "written bytes in the clear");
     assert!(!shows(name.as_bytes()), "the vdisk's name in the clear");
     assert!(!shows(b"disk0"), "a tail's name in the clear");
+
+    // The client side of a captured store session, played back to a's
+    // store port: nothing of it is applied.
+    let store_port = lab.store("a").rsplit(':').next().unwrap().parse().unwrap();
+    let sessions = client_streams(&captured, store_port);
+    let (_, session) = sessions
+        .iter()
+        .max_by_key(|(_, bytes)| bytes.len())
+        .expect("store sessions in the capture");
+    let replayed = lab.dir.path().join("replayed");
+    std::fs::write(&replayed, session).unwrap();
+    let state = |daemon: &NodeDaemon| {
+        let store = daemon.client(&["store", "--json"]);
+        let store: serde_json::Value = serde_json::from_slice(&store.stdout).unwrap();
+        (
+            store["generation"].clone(),
+            daemon.client(&["list", "--json"]).stdout,
+        )
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = state(&a);
+    let replay = lab
+        .command("c", env!("CARGO_BIN_EXE_flood").as_ref())
+        .args(["--addr", &lab.store("a"), "--replay"])
+        .arg(&replayed)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    eprintln!(
+        "replayed {} bytes: {}",
+        session.len(),
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        state(&a),
+        before,
+        "a replayed store session changed the store"
+    );
+}
+
+/// The bytes each client sent to `port` in a pcap capture (Ethernet or
+/// Linux cooked link layers, IPv4, TCP), by client address and port, in
+/// capture order; a retransmitted segment is taken once.
+fn client_streams(pcap: &[u8], port: u16) -> std::collections::HashMap<(u32, u16), Vec<u8>> {
+    let u16_be = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    let u32_be = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let u32_le = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let link_header = match u32_le(pcap, 20) {
+        1 => 14,   // Ethernet
+        113 => 16, // Linux cooked v1
+        276 => 20, // Linux cooked v2
+        other => panic!("link type {other}"),
+    };
+    let mut streams: std::collections::HashMap<(u32, u16), (u32, Vec<u8>)> = Default::default();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let len = u32_le(pcap, at + 8) as usize;
+        let packet = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        let Some(ip) = packet.get(link_header..) else {
+            continue;
+        };
+        if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+            continue;
+        }
+        let tcp = &ip[usize::from(ip[0] & 0xf) * 4..];
+        if tcp.len() < 20 || u16_be(tcp, 2) != port {
+            continue;
+        }
+        let payload = &tcp[usize::from(tcp[12] >> 4) * 4..];
+        let ip_total = usize::from(u16_be(ip, 2));
+        let payload = &payload[..payload
+            .len()
+            .min(ip_total.saturating_sub(ip.len() - payload.len()))];
+        if payload.is_empty() {
+            continue;
+        }
+        let seq = u32_be(tcp, 4);
+        let key = (u32_be(ip, 12), u16_be(tcp, 0));
+        let (next, bytes) = streams.entry(key).or_insert((seq, Vec::new()));
+        if seq == *next {
+            bytes.extend_from_slice(payload);
+            *next = seq.wrapping_add(payload.len() as u32);
+        }
+    }
+    streams
+        .into_iter()
+        .map(|(key, (_, bytes))| (key, bytes))
+        .collect()
 }

@@ -12,6 +12,8 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
+# The wire protocol's test driver, here a stranger's tool.
+VDISK_IO=${VDISK_IO_BIN:-$PWD/target/debug/vdisk-io}
 SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
 WORK=$(mktemp -d /tmp/ublkvd-cluster.XXXXXX)
 MNT=/mnt/scratch
@@ -94,6 +96,48 @@ test_c_finds_its_peers_and_their_tails_by_gossip() {
     [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "a") | .tails[0]')" = disk0 ]
     [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "b") | .links | length')" = 2 ]
     [ "$(lab_cli c members --json | jq '.config_number')" -ge 2 ]
+}
+
+# nobody CMD...: CMD as an unprivileged user with no group of note.
+nobody() { setpriv --reuid 65534 --regid 65534 --clear-groups "$@"; }
+
+# Strangers on c, the member host that has the device, while c's own fio
+# --verify writes the region they aim at: an unprivileged user, and a tool
+# speaking the wire protocol with a certificate of another cluster's CA.
+# None reads a byte of vd or changes one.
+test_strangers_on_a_member_host_get_no_byte_while_fio_verifies() {
+    local tools report
+    fio_verify strangers 0
+    # The device is root:disk 0660, the control socket root's, the cluster
+    # secret root's.
+    if nobody dd if="$DEV" of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null; then
+        echo "nobody read the device"; return 1
+    fi
+    if nobody "$BIN" --socket "$LAB_DIR/c/ublkvd.sock" del vd 2>"$WORK/nobody-del"; then
+        echo "nobody deleted vd"; return 1
+    fi
+    cat "$WORK/nobody-del"
+    if nobody cat "$LAB_DIR/cluster.key" >/dev/null 2>&1; then
+        echo "nobody read the cluster secret"; return 1
+    fi
+    # Its own secret makes it a certificate of its own CA: a refuses it.
+    tools=$(mktemp -d /tmp/strangers.XXXXXX)
+    chmod 755 "$tools"
+    cp "$VDISK_IO" "$tools/vdisk-io"
+    echo "another cluster's secret, 32 bytes" >"$tools/secret"
+    chown 65534 "$tools/secret"
+    chmod 600 "$tools/secret"
+    report=$(sleep 6 | ip netns exec "$(lab_ns c)" setpriv --reuid 65534 --regid 65534 --clear-groups \
+        "$tools/vdisk-io" --vdisk vd --blocks 64 --name c --secret-file "$tools/secret" \
+        --io-timeout-ms 1500 --peer "a=$(lab_addr a 1):7100,$(lab_addr a 2):7100" 2>/dev/null | tail -1)
+    echo "the stranger's tool: $report"
+    # It tried, and nothing it sent was taken.
+    [ "$(jq '.errors' <<<"$report")" -ge 1 ]
+    [ "$(jq '.completed.a' <<<"$report")" = 0 ]
+    [ "$(jq '.writes' <<<"$report")" = 0 ]
+    grep -q "TLS handshake failed" "$LAB_DIR/a/daemon.log"
+    fio_ok strangers
+    no_kernel_io_errors
 }
 
 incarnation() { # node member
@@ -196,6 +240,7 @@ test_ext4_on_the_vdisk_keeps_its_files_across_a_failover() {
 TESTS=(
     test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c
     test_c_finds_its_peers_and_their_tails_by_gossip
+    test_strangers_on_a_member_host_get_no_byte_while_fio_verifies
     test_fio_verify_runs_through_a_kill_of_the_primary
     test_metrics_count_the_io_and_the_failover
     test_fio_verify_runs_through_link_cuts

@@ -2,7 +2,9 @@
 //! many TCP connections to a peer server and holds them, silent (`idle`)
 //! or sending a byte of a handshake now and then (`slowloris`), then
 //! prints one JSON line: how many connected and how many the server closed
-//! by the end.
+//! by the end. With `--replay FILE`, it instead sends FILE's bytes (a
+//! captured client's side of a session) on one connection and prints how
+//! many bytes came back before the server closed it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +25,9 @@ struct Args {
     /// How long each connection is held
     #[arg(long, default_value_t = 8)]
     hold_secs: u64,
+    /// Send this file's bytes on one connection instead
+    #[arg(long, conflicts_with = "mode")]
+    replay: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,7 +49,25 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(args))
+    match &args.replay {
+        Some(path) => runtime.block_on(replay(args.addr, path)),
+        None => runtime.block_on(run(args)),
+    }
+}
+
+async fn replay(addr: SocketAddr, path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut stream = TcpStream::connect(addr).await?;
+    // The server may close before taking it all: what it took is enough.
+    let _ = stream.write_all(&bytes).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    let closed = matches!(read.await, Ok(Ok(_)) | Ok(Err(_)));
+    println!(
+        "{}",
+        serde_json::json!({"sent": bytes.len(), "answered": answer.len(), "closed_by_server": closed})
+    );
+    Ok(())
 }
 
 fn raise_descriptor_limit(wanted: u64) -> anyhow::Result<()> {
