@@ -24,7 +24,7 @@ WORK=$(mktemp -d /tmp/cluster-bench.XXXXXX)
 . "$here/lib.sh"
 
 modprobe -a ublk_drv nbd ext4 sch_tbf
-trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down; umount /mnt/bench 2>/dev/null' EXIT
+trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down; umount /mnt/bench 2>/dev/null || true' EXIT
 
 wants() { [[ -z $ONLY || $1 == *"$ONLY"* ]]; }
 
