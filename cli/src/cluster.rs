@@ -162,21 +162,19 @@ impl Cluster {
         if let Some(peer) = peers.get(name) {
             return Ok(peer.clone());
         }
-        let tls = identity.client_config(name)?;
-        let peer = peers.entry(name.to_owned()).or_insert_with(|| {
-            let peer = PeerLinks::new(name, self.health, tls);
-            let view = gossip.view();
-            let member = view
-                .borrow()
-                .alive
-                .get(name)
-                .map(|id| id.meta.links.clone());
-            // Entered on the runtime: links are tasks.
-            let _runtime = self.runtime.enter();
-            peer.set_membership(member.as_deref());
-            Arc::new(peer)
-        });
-        Ok(peer.clone())
+        let peer = PeerLinks::new(name, self.health, identity.client_config(name)?);
+        let member = gossip
+            .view()
+            .borrow()
+            .alive
+            .get(name)
+            .map(|id| id.meta.links.clone());
+        // Entered on the runtime: links are tasks.
+        let _runtime = self.runtime.enter();
+        peer.set_membership(member.as_deref());
+        let peer = Arc::new(peer);
+        peers.insert(name.to_owned(), peer.clone());
+        Ok(peer)
     }
 
     /// Whether the path named `path` (a peer's name, or "local") can take

@@ -5,7 +5,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ED25519,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -46,7 +46,6 @@ impl CertificateAuthority {
         let mut params = ca_params(&format!("ublkvd cluster CA {cluster}"));
         params.not_before = now - std::time::Duration::from_secs(3600);
         params.not_after = now + days(CA_DAYS);
-        params.serial_number = Some(random_serial()?);
         Self::self_signed(params, key)
     }
 
@@ -62,10 +61,10 @@ impl CertificateAuthority {
         let key =
             KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(pkcs8), &PKCS_ED25519)?;
         let mut params = ca_params("ublkvd cluster CA (derived from the cluster secret)");
-        // Fixed, so that every node derives the same certificate.
+        // Fixed, so that every node derives the same certificate (the
+        // serial too: rcgen derives it from the public key).
         params.not_before = rcgen::date_time_ymd(2025, 1, 1);
         params.not_after = rcgen::date_time_ymd(4000, 1, 1);
-        params.serial_number = Some(SerialNumber::from_slice(&seed[..8]));
         Self::self_signed(params, key)
     }
 
@@ -142,7 +141,6 @@ impl CertificateAuthority {
         let now = now();
         params.not_before = now - std::time::Duration::from_secs(3600);
         params.not_after = now + days(valid_days);
-        params.serial_number = Some(random_serial()?);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert, key))
     }
@@ -153,6 +151,9 @@ pub(crate) fn private_key(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
+/// A CA's parameters. No certificate here sets a serial: rcgen derives it
+/// from the certificate's public key, unique for a fresh key and the same
+/// everywhere for the derived CA's.
 fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -170,13 +171,4 @@ fn now() -> time::OffsetDateTime {
 
 fn days(count: u32) -> std::time::Duration {
     std::time::Duration::from_secs(u64::from(count) * 86_400)
-}
-
-fn random_serial() -> Result<SerialNumber, IdentityError> {
-    // A fresh key's public half is as random as a serial needs to be.
-    let key = KeyPair::generate_for(&PKCS_ED25519)?;
-    let mut serial = key.public_key_raw()[..16].to_vec();
-    // Positive, as DER integers that serials are must be.
-    serial[0] &= 0x7f;
-    Ok(SerialNumber::from_slice(&serial))
 }

@@ -17,13 +17,18 @@ use support::CLUSTER_SECRET;
 const BLOCKS: u64 = 64;
 
 /// Runs `vdisk-io` in `from`'s namespace as node `name` (certificate of
-/// the CA `secret` derives) against a's tail for two seconds; returns its
-/// last report.
+/// the CA `secret` derives) against a's tail of vdisk v for two seconds;
+/// returns its last report.
 fn drive(lab: &Lab, from: &str, name: &str, secret: &str) -> serde_json::Value {
+    drive_vdisk(lab, "v", from, name, secret)
+}
+
+/// [`drive`] on vdisk `vdisk`.
+fn drive_vdisk(lab: &Lab, vdisk: &str, from: &str, name: &str, secret: &str) -> serde_json::Value {
     let links = lab.links("a");
     let mut driver = lab
         .vdisk_io_as(from, name, secret)
-        .args(["--vdisk", "v", "--blocks", &BLOCKS.to_string()])
+        .args(["--vdisk", vdisk, "--blocks", &BLOCKS.to_string()])
         .args(["--depth", "2", "--io-timeout-ms", "1500"])
         .args(["--peer", &format!("a={},{}", links[0], links[1])])
         .stdin(Stdio::piped())
@@ -180,26 +185,7 @@ fn a_capture_shows_no_written_byte_and_no_vdisk_name() {
     let add = c.client(&["add", name, "--size", "1M", "--primary", "a:disk0"]);
     assert!(add.status.success(), "{add:?}");
     eprintln!("{:?}: {name} added", started.elapsed());
-    let links = lab.links("a");
-    let mut driver = lab
-        .vdisk_io("b")
-        .args(["--vdisk", name, "--blocks", &BLOCKS.to_string()])
-        .args(["--peer", &format!("a={},{}", links[0], links[1])])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    drop(driver.stdin.take());
-    let output = driver.wait_with_output().unwrap();
-    let report: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let report = drive_vdisk(&lab, name, "b", "b", CLUSTER_SECRET);
     assert!(report["writes"].as_u64().unwrap() > 0, "{report}");
     eprintln!("{:?}: b's driver done: {report}", started.elapsed());
     std::thread::sleep(Duration::from_millis(500));
