@@ -50,7 +50,7 @@ impl Peer {
     fn serve(&self, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
-            listener,
+            vec![listener],
             self.exports.clone(),
             support::server_tls("server"),
             async {

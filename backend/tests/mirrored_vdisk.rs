@@ -79,7 +79,7 @@ impl TestSide {
         exports.insert(VDISK, EPOCH, Arc::new(tail));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
-            listener,
+            vec![listener],
             exports,
             support::server_tls("side"),
             async {

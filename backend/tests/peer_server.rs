@@ -56,9 +56,14 @@ impl Server {
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 ready.send(listener.local_addr()?).unwrap();
-                serve(listener, served, support::server_tls("server"), async {
-                    let _ = stopped.await;
-                })
+                serve(
+                    vec![listener],
+                    served,
+                    support::server_tls("server"),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await
             })
         });
@@ -132,6 +137,50 @@ impl Client {
         let (id, status, data) = self.recv();
         assert_eq!(id, 42);
         (status, data)
+    }
+
+    /// Like `call`, for a request the server may hold a while: heartbeats
+    /// go out meanwhile, as from any link, since the server closes a
+    /// connection silent for `wire::SILENCE`.
+    fn call_patiently(
+        &mut self,
+        vdisk: u64,
+        epoch: u64,
+        op: Op,
+        payload: &[u8],
+    ) -> (Status, Vec<u8>) {
+        self.send(42, vdisk, epoch, op, payload);
+        let beats = 6;
+        for beat in 0..beats {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            self.send(100 + beat, 0, 0, Op::Heartbeat, &[]);
+        }
+        let mut answer = None;
+        for _ in 0..=beats {
+            let (id, status, data) = self.recv();
+            if id == 42 {
+                answer = Some((status, data));
+            }
+        }
+        answer.unwrap()
+    }
+
+    /// The replies that come until the server closes the connection.
+    fn replies_until_closed(&mut self) -> Vec<(u64, Status)> {
+        let mut replies = Vec::new();
+        loop {
+            let mut head = [0u8; HEADER_LEN];
+            if self.stream.read_exact(&mut head).is_err() {
+                return replies;
+            }
+            let header = Header::decode(&head).unwrap();
+            let mut payload = vec![0; header.payload_len as usize];
+            self.stream.read_exact(&mut payload).unwrap();
+            let Frame::Reply { id, status } = header.frame else {
+                panic!("not a reply: {header:?}");
+            };
+            replies.push((id, status));
+        }
     }
 
     /// True once the server has closed the connection.
@@ -403,7 +452,7 @@ fn a_request_never_raises_an_epoch_however_new() {
     let server = Server::start();
     let mut client = server.connect();
     for epoch in [EPOCH + 1, u64::MAX] {
-        let (status, _) = client.call(VDISK, epoch, write_block(0), &pattern(4096, 1));
+        let (status, _) = client.call_patiently(VDISK, epoch, write_block(0), &pattern(4096, 1));
         assert_eq!(status, Status::Nack(Nack::StaleEpoch { current: EPOCH }));
     }
     assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
@@ -614,5 +663,69 @@ fn a_node_may_keep_only_so_many_connections_open() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_request_whose_connection_closes_before_it_starts_never_starts() {
+    let server = Server::start();
+    let mut client = server.connect();
+    // Held: this node's store has not applied the epoch yet.
+    client.send(7, VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The sender gives up on the connection; the store catches up after.
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(server.exports.set_epoch(VDISK, EPOCH + 1), Some(EPOCH + 1));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(
+        file_bytes(&server.tail, 0, 4096),
+        vec![0; 4096],
+        "a request of a closed connection started"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_silent_connection_is_closed_and_its_held_request_never_runs() {
+    let server = Server::start();
+    let mut client = server.connect();
+    let sent = std::time::Instant::now();
+    client.send(7, VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    // Nothing more from the client, not even a heartbeat: the server counts
+    // it gone after SILENCE, long before the test client's 20 s read
+    // timeout would end the wait.
+    let replies = client.replies_until_closed();
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(10),
+        "a silent connection kept open"
+    );
+    assert!(!replies.contains(&(7, Status::Ok)), "{replies:?}");
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_fence_closes_the_nodes_other_connections_and_answers_once_nothing_of_theirs_can_start() {
+    let server = Server::start();
+    let mut old = server.connect();
+    old.send(7, VDISK, EPOCH + 1, write_block(0), &pattern(4096, 1));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The same node, on another connection (its other link).
+    let mut other = server.connect();
+    other.send(8, 0, 0, Op::Fence, &[]);
+    // The store catches up while the fence waits for the held request:
+    // too late for it, its connection is fenced.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    server.exports.set_epoch(VDISK, EPOCH + 1);
+    let (id, status, _) = other.recv();
+    assert_eq!((id, status), (8, Status::Ok));
+    let replies = old.replies_until_closed();
+    assert!(!replies.contains(&(7, Status::Ok)), "{replies:?}");
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+    // The fencing connection itself goes on.
+    let (status, _) = other.call(VDISK, EPOCH + 1, write_block(0), &pattern(4096, 2));
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 2));
     server.stop().unwrap();
 }

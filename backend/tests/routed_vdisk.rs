@@ -82,7 +82,7 @@ impl Server {
     fn serve(&mut self, listener: TcpListener) {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
-            listener,
+            vec![listener],
             self.exports.clone(),
             support::server_tls("server"),
             async {
@@ -494,5 +494,60 @@ fn a_request_parked_on_a_stale_epoch_fails_if_the_new_mapping_never_comes() {
         assert_eq!(*vdisk.stale().borrow(), 3);
         assert_eq!(file_block(&tail.path, 0), vec![0; BLOCK]);
         assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 1);
+    });
+}
+
+/// The resend-overlap hole of a twin-tailed tail: a write resent on the
+/// secondary after its request timeout must not complete while its first
+/// attempt may still land on the primary, or a newer write to the block,
+/// made once the first completed, would be undone by that attempt landing
+/// late. Here the primary holds the attempt because its store lags (as a
+/// slow disk would), and lands it when it catches up.
+#[test]
+fn a_resent_write_completes_only_once_its_first_attempt_can_no_longer_land() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let lagging = Server::start_at(&tail, 1).await;
+        let current = Server::start_at(&tail, 2).await;
+        let config = RouteConfig {
+            request_timeout: Duration::from_millis(200),
+            ..RouteConfig::default()
+        };
+        let paths = vec![
+            connected_peer("a", &lagging).await,
+            connected_peer("b", &current).await,
+        ];
+        let handle = tokio::runtime::Handle::current();
+        let vdisk = Arc::new(RoutedVdisk::spawn(&handle, VDISK, 2, paths, config));
+        // Another writer of the vdisk, through the secondary only.
+        let other = RoutedVdisk::spawn(
+            &handle,
+            VDISK,
+            2,
+            vec![connected_peer("b", &current).await],
+            config,
+        );
+
+        let first = spawn_write(&vdisk, 0, 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(file_block(&tail.path, 0), block(1), "resent on b");
+        let completed_early = first.is_finished();
+        if completed_early {
+            // What the application may do once the write completed.
+            other.write(0, &block(2)).await.unwrap();
+        }
+        // The primary's store catches up: the held attempt runs.
+        lagging.exports.set_epoch(VDISK, 2);
+        first.await.unwrap().unwrap();
+        if !completed_early {
+            other.write(0, &block(2)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            file_block(&tail.path, 0) == block(2),
+            "an old attempt landed over a newer write"
+        );
+        assert!(!completed_early, "completed while an attempt could land");
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
     });
 }

@@ -137,16 +137,16 @@ impl Cluster {
             bail!("this node has no identity to serve peers with: [gossip] or [tls] is needed");
         };
         let tls = identity.server_config()?;
-        for listener in listeners {
+        for listener in &listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving tails to peers");
             }
-            let mut stop = stop.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|&stop| stop).await;
-            };
-            servers.spawn(serve(listener, self.exports.clone(), tls.clone(), stopped));
         }
+        let mut stop = stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|&stop| stop).await;
+        };
+        servers.spawn(serve(listeners, self.exports.clone(), tls, stopped));
         Ok(servers)
     }
 

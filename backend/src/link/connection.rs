@@ -11,13 +11,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Health, HealthConfig, Transition};
-use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
+use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN, SILENCE};
 use crate::AlignedBuf;
 
 /// How often a session checks its heartbeats: finer than the heartbeat
 /// interval, so that probes and silences are acted on within a few
 /// milliseconds of being due.
 const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long after a connection was given up a request lost with it may
+/// still start at the peer: its [`SILENCE`] to notice, and a second for
+/// the network to deliver what was in it and the peer to start it.
+pub const STRAGGLE: std::time::Duration = SILENCE.saturating_add(std::time::Duration::from_secs(1));
 
 /// Calls queued together that go out in one flush, at most.
 const BATCH: usize = 64;
@@ -36,10 +41,15 @@ pub struct Reply {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// Not connected, or the connection broke or went silent while the call
-    /// was in flight: the call may or may not have reached the peer.
+    /// Not connected: the call never left.
     #[error("link is down")]
     Down,
+    /// The connection broke or went silent while the call was out: it may
+    /// or may not have reached the peer, and the peer may still start it
+    /// until `settles_at` (it stops taking a closed connection's requests
+    /// within [`crate::wire::SILENCE`]), unless fenced sooner.
+    #[error("link lost with the call unanswered")]
+    Lost { settles_at: Instant },
     /// The link was shut down.
     #[error("link is closed")]
     Closed,
@@ -256,6 +266,9 @@ async fn connect(
         .await
         .map_err(ConnectError::Refused)?;
     let _ = stream.set_nodelay(true);
+    // A link given up on is reset, its unsent requests discarded: none of
+    // them reaches the peer after the sender counted it lost.
+    let _ = stream.set_zero_linger();
     // The name is not what is checked (the client configuration holds the
     // peer's name), but a handshake needs one.
     connector
@@ -327,6 +340,7 @@ async fn session(
                 if let Err(e) = sent.and(writer.flush().await) {
                     break format!("send failed: {e}");
                 }
+                health.sent(Instant::now());
             }
             reply = replies.recv() => {
                 let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
@@ -378,9 +392,12 @@ async fn session(
         }
     };
     reader.abort();
+    // Whatever the peer has not started of them, it never will, once it
+    // sees the connection reset, or silent for its `SILENCE`.
+    let settles_at = Instant::now() + STRAGGLE;
     for waiter in pending.into_values() {
         if let Waiter::Call(caller) = waiter {
-            let _ = caller.send(Err(LinkError::Down));
+            let _ = caller.send(Err(LinkError::Lost { settles_at }));
         }
     }
     reason

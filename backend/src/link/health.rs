@@ -35,6 +35,7 @@ pub struct Health {
     up: bool,
     connected: bool,
     last_heard: Instant,
+    last_sent: Instant,
     last_probe: Option<Instant>,
 }
 
@@ -46,6 +47,7 @@ impl Health {
             up: false,
             connected: false,
             last_heard: now,
+            last_sent: now,
             last_probe: None,
         }
     }
@@ -58,6 +60,7 @@ impl Health {
     pub fn connected(&mut self, now: Instant) {
         self.connected = true;
         self.last_heard = now;
+        self.last_sent = now;
         self.last_probe = None;
     }
 
@@ -77,12 +80,18 @@ impl Health {
         }
     }
 
-    /// Whether a heartbeat is due now: the link has been idle an interval
-    /// since it last heard or probed. Records the probe.
+    /// Requests went out.
+    pub fn sent(&mut self, now: Instant) {
+        self.last_sent = now;
+    }
+
+    /// Whether a heartbeat is due now: the link has heard nothing, or sent
+    /// nothing, for an interval since it last probed. Records the probe.
+    /// Sending counts too because the peer closes a connection it has not
+    /// heard from for [`crate::wire::SILENCE`], even one busy answering.
     pub fn probe_due(&mut self, now: Instant) -> bool {
-        let since = self
-            .last_probe
-            .map_or(self.last_heard, |p| p.max(self.last_heard));
+        let idle_since = self.last_heard.min(self.last_sent);
+        let since = self.last_probe.map_or(idle_since, |p| p.max(idle_since));
         if self.connected && now.duration_since(since) >= self.config.interval {
             self.last_probe = Some(now);
             true
@@ -143,8 +152,24 @@ mod tests {
         assert!(!h.probe_due(t + 150 * MS));
         assert!(h.probe_due(t + 200 * MS));
         h.heard(t + 210 * MS);
+        h.sent(t + 210 * MS);
         assert!(!h.probe_due(t + 300 * MS));
         assert!(h.probe_due(t + 310 * MS));
+    }
+
+    #[test]
+    fn a_link_that_hears_but_sends_nothing_still_probes_each_interval() {
+        let (mut h, t) = link();
+        h.connected(t);
+        h.heard(t + 90 * MS);
+        assert!(
+            h.probe_due(t + 100 * MS),
+            "the peer has heard nothing since t"
+        );
+        h.heard(t + 150 * MS);
+        h.heard(t + 190 * MS);
+        assert!(!h.probe_due(t + 199 * MS));
+        assert!(h.probe_due(t + 200 * MS));
     }
 
     #[test]

@@ -2,12 +2,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Instant;
 
 use identity::rustls::ClientConfig;
 use tokio::sync::watch;
 
-use super::{HealthConfig, Link, LinkError, Reply};
-use crate::wire::Op;
+use super::{HealthConfig, Link, LinkError, Reply, STRAGGLE};
+use crate::wire::{Op, Status};
 use crate::AlignedBuf;
 
 /// A peer node reached over one link per network (seed 003's redundant
@@ -135,7 +136,13 @@ impl PeerLinks {
     ///
     /// A request resent on another link may have reached the peer on the
     /// first one too: requests are idempotent while pending (a write carries
-    /// the same data to the same offset), so running twice is harmless.
+    /// the same data to the same offset), so running twice is harmless. But
+    /// the copy lost with the first link must not start after the request
+    /// completes, when a newer write may follow it: before the resend, the
+    /// next link fences the peer (it closes this node's other connections
+    /// and answers once nothing they carried runs). If no link can, the
+    /// call fails with [`LinkError::Lost`], saying until when the lost copy
+    /// may still start.
     pub async fn call(
         &self,
         vdisk: u64,
@@ -150,6 +157,8 @@ impl PeerLinks {
         let count = links.len();
         let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut failed = false;
+        // Until when copies lost on earlier links may start, if unfenced.
+        let mut unfenced: Option<Instant> = None;
         for i in 0..count {
             let link = &links[(first + i) % count];
             let usable = if failed {
@@ -160,13 +169,40 @@ impl PeerLinks {
             if !usable {
                 continue;
             }
+            if unfenced.is_some() {
+                if !fence(link).await {
+                    continue;
+                }
+                unfenced = None;
+            }
             match link.call(vdisk, epoch, op, payload.clone()).await {
                 Err(LinkError::Down) => failed = true,
+                Err(LinkError::Lost { settles_at }) => {
+                    failed = true;
+                    unfenced = Some(unfenced.map_or(settles_at, |at| at.max(settles_at)));
+                }
                 other => return other,
             }
         }
-        Err(LinkError::Down)
+        Err(match unfenced {
+            Some(settles_at) => LinkError::Lost { settles_at },
+            None => LinkError::Down,
+        })
     }
+}
+
+/// Fences the peer on `link`: once answered, nothing this node sent on its
+/// other connections to the peer runs there or can start. Not worth
+/// waiting for longer than a lost request may start anyway.
+async fn fence(link: &Link) -> bool {
+    let fenced = tokio::time::timeout(STRAGGLE, link.call(0, 0, Op::Fence, None)).await;
+    matches!(
+        fenced,
+        Ok(Ok(Reply {
+            status: Status::Ok,
+            ..
+        }))
+    )
 }
 
 /// Which of a peer's reachability states

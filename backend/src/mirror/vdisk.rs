@@ -2,6 +2,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use super::{
     Action, DirtyMapFile, PacerConfig, Recorded, Replica, ReplicaConfig, Request, ResyncPacer,
     Side, SideState,
 };
-use crate::link::Reply;
+use crate::link::{LinkError, Reply};
 use crate::route::TailPath;
 use crate::wire::{Op, Status};
 use crate::{AlignedBuf, IoError};
@@ -269,7 +270,7 @@ impl MirroredVdisk {
             vdisk,
             wire_id,
             epoch,
-            sides: sides.map(Arc::new),
+            sides: sides.map(SidePath::new),
             replica,
             dirty,
             config,
@@ -354,7 +355,7 @@ fn request_of(op: Op) -> Request {
             offset,
             len: u64::from(len),
         },
-        Op::Flush | Op::Heartbeat => Request::Flush,
+        Op::Flush | Op::Heartbeat | Op::Fence => Request::Flush,
     }
 }
 
@@ -412,7 +413,7 @@ struct MirrorTask {
     vdisk: u64,
     wire_id: u64,
     epoch: u64,
-    sides: [Arc<TailPath>; 2],
+    sides: [Arc<SidePath>; 2],
     replica: Replica,
     dirty: AsyncDirtyMap,
     config: MirrorConfig,
@@ -642,7 +643,11 @@ impl MirrorTask {
             }
             Event::Probed { side, answered } => {
                 self.probing[side.index()] = false;
-                let quiet = self.outstanding[side.index()] == 0 && self.job.is_none();
+                // Not while an old write may still land on it: it would
+                // undo a resync copy made after it.
+                let quiet = self.outstanding[side.index()] == 0
+                    && self.sides[side.index()].is_settled()
+                    && self.job.is_none();
                 if answered && quiet && self.replica.state(side) == SideState::Down {
                     tracing::info!(
                         vdisk = self.vdisk,
@@ -673,7 +678,7 @@ impl MirrorTask {
     /// found by probes, which also see its export, not only its links.
     fn follow_reachability(&self) {
         for side in Side::BOTH {
-            let TailPath::Peer(peer) = &*self.sides[side.index()] else {
+            let TailPath::Peer(peer) = &self.sides[side.index()].path else {
                 continue;
             };
             let closed = self.events.clone();
@@ -1319,31 +1324,81 @@ async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(at.into()).await
 }
 
-/// One attempt of `op` on `path`, failing after `timeout`.
+/// One side of the mirror as the shell reaches it.
+struct SidePath {
+    path: TailPath,
+    /// Writes sent to the side that may still land there: those neither
+    /// answered nor lost with a connection long enough ago that the peer
+    /// can no longer start them. A side that was lost is taken back only
+    /// once none is left, so that no old write lands after a resync copy.
+    unsettled: AtomicUsize,
+}
+
+impl SidePath {
+    fn new(path: TailPath) -> Arc<SidePath> {
+        Arc::new(SidePath {
+            path,
+            unsettled: AtomicUsize::new(0),
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.path.name()
+    }
+
+    fn is_settled(&self) -> bool {
+        self.unsettled.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One attempt of `op` on `side`, failing after `timeout`. The attempt
+/// itself goes on past the timeout, until answered or lost: while it may
+/// land, a write counts in the side's unsettled writes.
 async fn attempt(
-    path: &TailPath,
+    side: &Arc<SidePath>,
     wire_id: u64,
     epoch: u64,
     op: Op,
     payload: Option<Arc<AlignedBuf>>,
     timeout: Duration,
 ) -> Result<Reply, String> {
-    let call = path.execute(wire_id, epoch, op, payload);
-    if let TailPath::Local(_) = path {
+    if let TailPath::Local(_) = side.path {
         // Never dropped half way: the kernel holds its buffers until the
         // I/O completes. A stalled local disk stalls the mirror.
+        let call = side.path.execute(wire_id, epoch, op, payload);
         return call.await.map_err(|e| e.to_string());
     }
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err(e.to_string()),
+    let tracked = op.changes_data();
+    if tracked {
+        side.unsettled.fetch_add(1, Ordering::AcqRel);
+    }
+    let (answer, answered) = oneshot::channel();
+    let call_side = side.clone();
+    tokio::spawn(async move {
+        let result = call_side.path.execute(wire_id, epoch, op, payload).await;
+        let lost_until = match result {
+            Err(LinkError::Lost { settles_at }) => Some(settles_at),
+            _ => None,
+        };
+        let _ = answer.send(result);
+        if tracked {
+            if let Some(at) = lost_until {
+                sleep_until(at).await;
+            }
+            call_side.unsettled.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
+    match tokio::time::timeout(timeout, answered).await {
+        Ok(Ok(Ok(reply))) => Ok(reply),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the attempt's task ended unanswered".to_owned()),
         Err(_) => Err(format!("no answer in {} ms", timeout.as_millis())),
     }
 }
 
 /// Reads `len` bytes at `offset` from `side`.
 async fn read_side(
-    sides: &[Arc<TailPath>; 2],
+    sides: &[Arc<SidePath>; 2],
     side: Side,
     (wire_id, epoch, timeout): (u64, u64, Duration),
     offset: u64,
@@ -1363,7 +1418,7 @@ async fn read_side(
 /// Runs a copy or a compare over `range`, a piece at a time. A compare
 /// answers whether the two copies' CRC32C match.
 async fn run_job(
-    sides: &[Arc<TailPath>; 2],
+    sides: &[Arc<SidePath>; 2],
     job: Job,
     range: Range<u64>,
     wire_id: u64,
@@ -1416,7 +1471,7 @@ async fn run_job(
 
 /// Copies `len` bytes at `offset` from `source` to `target`.
 async fn copy_piece(
-    sides: &[Arc<TailPath>; 2],
+    sides: &[Arc<SidePath>; 2],
     source: Side,
     target: Side,
     (wire_id, epoch, timeout): (u64, u64, Duration),
@@ -1437,7 +1492,7 @@ async fn copy_piece(
 
 /// Flushes one side.
 async fn flush_side(
-    path: &TailPath,
+    path: &Arc<SidePath>,
     wire_id: u64,
     epoch: u64,
     timeout: Duration,
@@ -1453,7 +1508,7 @@ async fn flush_side(
 
 /// Flushes both sides at once: whether both succeeded.
 async fn flush_both(
-    sides: &[Arc<TailPath>; 2],
+    sides: &[Arc<SidePath>; 2],
     wire_id: u64,
     epoch: u64,
     timeout: Duration,
@@ -1480,7 +1535,7 @@ pub async fn pull_dirty(
     timeout: Duration,
 ) -> Result<u64, String> {
     let geometry = dirty.geometry();
-    let sides = [Arc::new(target), Arc::new(source)];
+    let sides = [SidePath::new(target), SidePath::new(source)];
     let regions: Vec<u64> = dirty.regions().iter().collect();
     let mut copied = 0;
     for region in regions {

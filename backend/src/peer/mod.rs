@@ -3,6 +3,7 @@
 
 mod exports;
 mod server;
+mod sessions;
 
 pub use exports::{Clients, Exports, Served};
 pub(crate) use server::run_on_tail;

@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::exports::Admission;
+use super::sessions::{Session, Sessions};
 use super::{Exports, Served};
-use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
+use crate::wire::{self, Frame, Header, Nack, Op, Status, HEADER_LEN};
 use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
@@ -38,13 +39,8 @@ struct Limits {
     /// Connections in their handshake, by source address.
     handshaking: OpenCounts<IpAddr>,
     /// Authenticated connections, by node.
-    per_peer: OpenCounts<Arc<str>>,
+    sessions: Sessions,
 }
-
-/// A connection silent this long is closed: every link sends a heartbeat
-/// at least each interval (80 ms by default), so only a dead or stalled
-/// peer is this quiet.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a request's payload may take to arrive once its header has: 8
 /// MiB at the slowest link a cluster would use, with room to spare.
@@ -91,12 +87,14 @@ struct Peer {
     addr: SocketAddr,
 }
 
-/// Serves `exports` to every peer that connects to `listener` and proves
-/// a certificate of the cluster's CA (`tls`), many requests in flight per
-/// connection, until `shutdown` resolves. Then it stops reading, lets the
-/// requests in flight finish and answers them, and returns.
+/// Serves `exports` to every peer that connects to one of `listeners` (one
+/// per network) and proves a certificate of the cluster's CA (`tls`), many
+/// requests in flight per connection, until `shutdown` resolves. Then it
+/// stops reading, lets the requests in flight finish and answers them, and
+/// returns. The listeners share their limits and their peers' sessions, so
+/// that a fence on one network closes the node's connections on the other.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     exports: Arc<Exports>,
     tls: Arc<ServerConfig>,
     shutdown: impl Future<Output = ()>,
@@ -105,40 +103,59 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let limits = Limits::default();
+    let (accepted_tx, mut accepted) = mpsc::channel(listeners.len().max(1));
+    let mut accepting = JoinSet::new();
+    for listener in listeners {
+        accepting.spawn(accept(listener, accepted_tx.clone()));
+    }
+    drop(accepted_tx);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::debug!(%addr, "peer connection refused: {MAX_CONNECTIONS} open");
-                        continue;
-                    };
-                    let Some(handshaking) = limits.handshaking.open(&addr.ip(), HANDSHAKES_PER_SOURCE) else {
-                        tracing::debug!(%addr, "peer connection refused: {HANDSHAKES_PER_SOURCE} handshakes from there already");
-                        continue;
-                    };
-                    let connection = authenticate_and_serve(
-                        stream, addr, acceptor.clone(), exports.clone(), stopped.clone(),
-                        (slot, handshaking), limits.clone(),
-                    );
-                    connections.spawn(connection);
-                }
-                // Out of descriptors or a connection reset while queued:
-                // the listener itself is fine.
-                Err(e) => {
-                    tracing::warn!("accepting a peer connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+            next = accepted.recv() => {
+                let Some((stream, addr)) = next else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%addr, "peer connection refused: {MAX_CONNECTIONS} open");
+                    continue;
+                };
+                let Some(handshaking) = limits.handshaking.open(&addr.ip(), HANDSHAKES_PER_SOURCE) else {
+                    tracing::debug!(%addr, "peer connection refused: {HANDSHAKES_PER_SOURCE} handshakes from there already");
+                    continue;
+                };
+                let connection = authenticate_and_serve(
+                    stream, addr, acceptor.clone(), exports.clone(), stopped.clone(),
+                    (slot, handshaking), limits.clone(),
+                );
+                connections.spawn(connection);
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    accepting.abort_all();
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Accepts connections on `listener` for the server, until it is gone.
+async fn accept(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, SocketAddr)>) {
+    loop {
+        match listener.accept().await {
+            Ok(connection) => {
+                if accepted.send(connection).await.is_err() {
+                    return;
+                }
+            }
+            // Out of descriptors or a connection reset while queued: the
+            // listener itself is fine.
+            Err(e) => {
+                tracing::warn!("accepting a peer connection: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// Completes the TLS handshake, in bounded time, before a byte of the
@@ -178,11 +195,16 @@ async fn authenticate_and_serve(
         name: name.into(),
         addr,
     };
-    let Some(_counted) = limits.per_peer.open(&peer.name, CONNECTIONS_PER_PEER) else {
+    let budget = IN_FLIGHT_PER_CONNECTION as u32;
+    let Some(registered) = limits
+        .sessions
+        .open(&peer.name, CONNECTIONS_PER_PEER, budget)
+    else {
         tracing::warn!(%addr, peer = %peer.name, "peer connection refused: {CONNECTIONS_PER_PEER} open already");
         return;
     };
-    serve_connection(stream, peer, exports, stopped).await;
+    let session = registered.session.clone();
+    serve_connection(stream, peer, exports, stopped, session, limits.sessions).await;
 }
 
 /// How many connections each key (a node's name, a source address) has
@@ -240,13 +262,15 @@ async fn serve_connection(
     peer: Peer,
     exports: Arc<Exports>,
     mut stopped: watch::Receiver<bool>,
+    session: Arc<Session>,
+    sessions: Sessions,
 ) {
     let addr = peer.addr;
     let (reader, writer) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     let (replies, outgoing) = mpsc::channel(IN_FLIGHT_PER_CONNECTION);
     let writer = tokio::spawn(write_replies(writer, outgoing));
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let permits = session.requests().clone();
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_BYTES_PER_CONNECTION as usize));
     let mut requests = JoinSet::new();
     loop {
@@ -255,7 +279,11 @@ async fn serve_connection(
             _ = stopped.changed() => break,
             // The writer gave up on the peer: so does the reader.
             () = replies.closed() => break,
-            read = tokio::time::timeout(IDLE_TIMEOUT, reader.read_exact(&mut head)) => match read {
+            () = session.closed() => {
+                tracing::info!(%addr, peer = %peer.name, "closing peer connection: fenced from another of its connections");
+                break;
+            }
+            read = tokio::time::timeout(wire::SILENCE, reader.read_exact(&mut head)) => match read {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     if e.kind() != io::ErrorKind::UnexpectedEof {
@@ -264,7 +292,7 @@ async fn serve_connection(
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: silent for {IDLE_TIMEOUT:?}");
+                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: silent for {:?}", wire::SILENCE);
                     break;
                 }
             }
@@ -321,8 +349,15 @@ async fn serve_connection(
         let exports = exports.clone();
         let replies = replies.clone();
         let name = peer.name.clone();
+        let (session, sessions) = (session.clone(), sessions.clone());
         requests.spawn(async move {
-            let (status, data) = execute(&exports, &name, vdisk, epoch, op, payload).await;
+            let (status, data) = if op == Op::Fence {
+                let closed = sessions.fence(&name, &session).await;
+                tracing::debug!(peer = %name, closed, "fenced: the node's other connections closed and drained");
+                (Status::Ok, None)
+            } else {
+                execute(&exports, &name, &session, (vdisk, epoch), op, payload).await
+            };
             let frame = Frame::Reply { id, status };
             let head = frame.encode(data.as_deref().unwrap_or_default());
             match head {
@@ -335,6 +370,9 @@ async fn serve_connection(
         });
         while requests.try_join_next().is_some() {}
     }
+    // Whatever it read and has not started yet never starts: its sender
+    // counts it lost from the moment it closed or went silent.
+    session.shut();
     // Requests in flight own buffers the engine is writing into: they run
     // to completion, never dropped half-way.
     while requests.join_next().await.is_some() {}
@@ -384,15 +422,16 @@ async fn write_replies(writer: SessionWriter, mut outgoing: mpsc::Receiver<Outgo
     }
 }
 
-/// Runs one request for the authenticated node `peer`: refuses a peer
-/// that is not a live member (its heartbeats too, so that its links go
-/// down and it routes elsewhere), an unknown vdisk or a stale epoch, else
-/// runs it on the exported tail.
+/// Runs one request for the authenticated node `peer` on its connection
+/// `session`: refuses a peer that is not a live member (its heartbeats
+/// too, so that its links go down and it routes elsewhere), an unknown
+/// vdisk or a stale epoch, and a request whose connection has closed
+/// before it could start; else runs it on the exported tail.
 async fn execute(
     exports: &Exports,
     peer: &str,
-    vdisk: u64,
-    epoch: u64,
+    session: &Session,
+    (vdisk, epoch): (u64, u64),
     op: Op,
     payload: AlignedBuf,
 ) -> (Status, Option<AlignedBuf>) {
@@ -402,7 +441,18 @@ async fn execute(
     if op == Op::Heartbeat {
         return (Status::Ok, None);
     }
-    match admit(exports, peer, vdisk, epoch).await {
+    let served = admit(exports, peer, vdisk, epoch).await;
+    if !session.is_open() {
+        let fenced = session.was_fenced();
+        tracing::debug!(
+            peer,
+            vdisk,
+            fenced,
+            "request not started: its connection closed"
+        );
+        return (Status::Nack(Nack::ShuttingDown), None);
+    }
+    match served {
         Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
         Ok(Served::Mirror(mirror)) => {
             let payload = matches!(op, Op::Write { .. }).then(|| Arc::new(payload));
@@ -485,7 +535,7 @@ pub(crate) async fn run_on_tail(
         Op::Flush => tail.flush().await,
         Op::Discard { offset, len } => tail.discard(offset, u64::from(len)).await,
         Op::WriteZeroes { offset, len } => tail.write_zeroes(offset, u64::from(len)).await,
-        Op::Heartbeat => Ok(()),
+        Op::Heartbeat | Op::Fence => Ok(()),
     };
     match result {
         Ok(()) => (Status::Ok, None),

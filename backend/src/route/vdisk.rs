@@ -99,6 +99,9 @@ enum Event {
     },
     /// A path became reachable or unreachable.
     PathState { path: PathKey, up: bool },
+    /// An attempt of write `id` can no longer land: answered, or lost with
+    /// its connection and past the time the peer could still start it.
+    Settled { id: u64 },
 }
 
 /// A vdisk whose requests go to whichever of its tails can take them: the
@@ -289,6 +292,12 @@ struct Pending {
     submission: Submission,
     attempts: u32,
     since: Instant,
+    /// Attempts of a write that may still land.
+    unsettled: u32,
+    /// How the request ended, held back while an attempt of it may still
+    /// land: once it completes, the application may write the range again,
+    /// and an old attempt must not overwrite that. With when it ended.
+    ended: Option<(Completion, Instant)>,
 }
 
 impl RoutingTask {
@@ -300,7 +309,10 @@ impl RoutingTask {
         self.follow_path_states();
         let mut next_id = 0u64;
         loop {
-            let deadline = self.gate.next_deadline();
+            let deadline = [self.gate.next_deadline(), self.next_give_up()]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -323,6 +335,8 @@ impl RoutingTask {
                         submission,
                         attempts: 0,
                         since: now,
+                        unsettled: 0,
+                        ended: None,
                     };
                     self.pending.insert(next_id, request);
                     (self.gate.submit(next_id, now), None)
@@ -333,6 +347,10 @@ impl RoutingTask {
                     (Vec::new(), None)
                 }
                 Woken::Input(Input::Resume(mapping)) => (self.resume(mapping, now), None),
+                Woken::Event(Event::Settled { id }) => {
+                    self.settled(id);
+                    (Vec::new(), None)
+                }
                 // The old mapping's: its requests moved on.
                 Woken::Event(Event::Attempt { path, .. } | Event::PathState { path, .. })
                     if path.generation != self.generation =>
@@ -356,7 +374,10 @@ impl RoutingTask {
                         (self.gate.path_down(path, now), None)
                     }
                 }
-                Woken::Timer => (self.gate.tick(now), None),
+                Woken::Timer => {
+                    self.give_up_unsettled(now);
+                    (self.gate.tick(now), None)
+                }
             };
             for action in actions {
                 self.carry_out(action, &mut data);
@@ -511,36 +532,109 @@ impl RoutingTask {
                 let op = request.submission.op;
                 let payload = request.submission.payload.clone();
                 let events = self.events.clone();
+                let tracked = op.changes_data();
+                if tracked {
+                    request.unsettled += 1;
+                }
                 // The attempt runs to completion even if the request moves
-                // on: a local attempt owns a buffer the kernel writes into.
+                // on: a local attempt owns a buffer the kernel writes into,
+                // and a write is not complete while an attempt may land.
                 tokio::spawn(async move {
                     let result = tail_path.execute(vdisk, epoch, op, payload).await;
+                    let lost_until = match result {
+                        Err(LinkError::Lost { settles_at }) => Some(settles_at),
+                        _ => None,
+                    };
                     let _ = events.send(Event::Attempt { id, path, result });
+                    if tracked {
+                        if let Some(at) = lost_until {
+                            tokio::time::sleep_until(at.into()).await;
+                        }
+                        let _ = events.send(Event::Settled { id });
+                    }
                 });
             }
-            Action::Complete { id } => {
-                if let Some(request) = self.pending.remove(&id) {
-                    if request.attempts > 1 {
-                        self.counters.failovers.fetch_add(1, Ordering::Relaxed);
-                        let stall = request.since.elapsed().as_secs_f64();
-                        self.counters.failover_stall.observe(stall);
-                    }
-                    let _ = request.submission.done.send(Ok(data.take()));
+            Action::Complete { id } => self.end(id, Ok(data.take())),
+            Action::Fail { id } => {
+                tracing::error!(
+                    vdisk = self.vdisk,
+                    "request failed: no path took it for the I/O timeout"
+                );
+                let seconds = self.config.io_timeout.as_secs();
+                self.end(id, Err(IoError::Unreachable { seconds }));
+            }
+        }
+    }
+
+    /// Completes request `id` with `completion` once none of its attempts
+    /// may still land.
+    fn end(&mut self, id: u64, completion: Completion) {
+        let Some(request) = self.pending.get_mut(&id) else {
+            return;
+        };
+        if request.unsettled > 0 {
+            request.ended = Some((completion, Instant::now()));
+            return;
+        }
+        if let Some(request) = self.pending.remove(&id) {
+            self.complete(request, completion);
+        }
+    }
+
+    fn complete(&self, request: Pending, completion: Completion) {
+        if completion.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        } else if request.attempts > 1 {
+            self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            let stall = request.since.elapsed().as_secs_f64();
+            self.counters.failover_stall.observe(stall);
+        }
+        let _ = request.submission.done.send(completion);
+    }
+
+    /// An attempt of request `id` can no longer land.
+    fn settled(&mut self, id: u64) {
+        let Some(request) = self.pending.get_mut(&id) else {
+            return;
+        };
+        request.unsettled = request.unsettled.saturating_sub(1);
+        if request.unsettled == 0 && request.ended.is_some() {
+            if let Some(mut request) = self.pending.remove(&id) {
+                if let Some((completion, _)) = request.ended.take() {
+                    self.complete(request, completion);
                 }
             }
-            Action::Fail { id } => {
-                if let Some(request) = self.pending.remove(&id) {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        vdisk = self.vdisk,
-                        "request failed: no path took it for the I/O timeout"
-                    );
-                    let seconds = self.config.io_timeout.as_secs();
-                    let _ = request
-                        .submission
-                        .done
-                        .send(Err(IoError::Unreachable { seconds }));
-                }
+        }
+    }
+
+    /// When a request that ended but waits for its attempts gives up.
+    fn next_give_up(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter_map(|r| r.ended.as_ref())
+            .map(|(_, at)| *at + self.config.io_timeout)
+            .min()
+    }
+
+    /// A request that ended long ago and whose attempt still has not
+    /// settled (a peer that neither answers nor lets go of the connection)
+    /// fails: whether its data landed, or may yet, is unknown.
+    fn give_up_unsettled(&mut self, now: Instant) {
+        let timeout = self.config.io_timeout;
+        let stuck: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| r.ended.as_ref().is_some_and(|(_, at)| now >= *at + timeout))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stuck {
+            if let Some(request) = self.pending.remove(&id) {
+                tracing::error!(
+                    vdisk = self.vdisk,
+                    "request failed: an attempt of it on a silent path may still land"
+                );
+                let seconds = timeout.as_secs();
+                self.complete(request, Err(IoError::Unreachable { seconds }));
             }
         }
     }

@@ -34,6 +34,21 @@ pub enum Op {
     },
     /// Keeps a link's liveness known; answered with `Status::Ok`.
     Heartbeat,
+    /// A drain barrier: closes the sender's other connections to this node
+    /// and is answered once none of the requests they carried is running
+    /// or can still start. A request copy lost with a broken connection
+    /// is settled by it.
+    Fence,
+}
+
+impl Op {
+    /// Whether it changes data: a late copy of it could overwrite newer data.
+    pub fn changes_data(self) -> bool {
+        matches!(
+            self,
+            Op::Write { .. } | Op::Discard { .. } | Op::WriteZeroes { .. }
+        )
+    }
 }
 
 /// Why a peer refused a request; the sender may resend it elsewhere.
@@ -143,6 +158,7 @@ impl Frame {
                     Op::Discard { offset, len } => (4, offset, len),
                     Op::WriteZeroes { offset, len } => (5, offset, len),
                     Op::Heartbeat => (6, 0, 0),
+                    Op::Fence => (7, 0, 0),
                 };
                 Raw {
                     kind: KIND_REQUEST,
@@ -275,9 +291,9 @@ impl Header {
                         return inconsistent("range request with payload");
                     }
                 }
-                Op::Flush | Op::Heartbeat => {
+                Op::Flush | Op::Heartbeat | Op::Fence => {
                     if self.payload_len != 0 {
-                        return inconsistent("flush or heartbeat with payload");
+                        return inconsistent("flush, heartbeat or fence with payload");
                     }
                 }
             },
@@ -315,6 +331,7 @@ impl Frame {
                     4 => Op::Discard { offset, len },
                     5 => Op::WriteZeroes { offset, len },
                     6 => Op::Heartbeat,
+                    7 => Op::Fence,
                     code => {
                         return Err(WireError::UnknownCode {
                             kind: "request",
@@ -397,6 +414,7 @@ mod tests {
                 vec![],
             ),
             (request(Op::Heartbeat), vec![]),
+            (request(Op::Fence), vec![]),
             (
                 Frame::Reply {
                     id: 7,
