@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use backend::peer::{serve, Clients, Exports};
 use backend::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN};
-use backend::{Engine, LocalTail};
+use backend::{Engine, Lease, LocalTail};
 use identity::rustls::{ClientConnection, StreamOwned};
 use identity::ServerName;
 use tokio::sync::oneshot;
@@ -35,13 +35,19 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_leased(Lease::unbounded())
+    }
+
+    /// A server of a node that touches its tails only while it holds
+    /// `lease`.
+    fn start_leased(lease: Lease) -> Server {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let tail = dir.path().join("tail");
         File::create(&tail).unwrap().set_len(TAIL_SIZE).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, addr) = std::sync::mpsc::channel();
         let tail_path = tail.clone();
-        let exports = Arc::new(Exports::new());
+        let exports = Arc::new(Exports::leased(lease));
         let served = exports.clone();
         let thread = std::thread::spawn(move || {
             let engine = Engine::start(64)?;
@@ -725,6 +731,39 @@ fn a_fence_closes_the_nodes_other_connections_and_answers_once_nothing_of_theirs
     assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
     // The fencing connection itself goes on.
     let (status, _) = other.call(VDISK, EPOCH + 1, write_block(0), &pattern(4096, 2));
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 2));
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_node_without_its_lease_touches_none_of_its_tails() {
+    let lease = Lease::expired();
+    let server = Server::start_leased(lease.clone());
+    let mut client = server.connect();
+    for op in [
+        write_block(0),
+        Op::Read {
+            offset: 0,
+            len: 4096,
+        },
+        Op::Flush,
+    ] {
+        let payload = match op {
+            Op::Write { .. } => pattern(4096, 1),
+            _ => Vec::new(),
+        };
+        let (status, data) = client.call(VDISK, EPOCH, op, &payload);
+        assert_eq!(status, Status::Nack(Nack::NoLease), "{op:?}");
+        assert!(data.is_empty());
+    }
+    // Heartbeats are answered: the link is up, the node only refuses I/O.
+    let (status, _) = client.call(0, 0, Op::Heartbeat, &[]);
+    assert_eq!(status, Status::Ok);
+    assert_eq!(file_bytes(&server.tail, 0, 4096), vec![0; 4096]);
+
+    lease.confirmed(std::time::Instant::now());
+    let (status, _) = client.call(VDISK, EPOCH, write_block(0), &pattern(4096, 2));
     assert_eq!(status, Status::Ok);
     assert_eq!(file_bytes(&server.tail, 0, 4096), pattern(4096, 2));
     server.stop().unwrap();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use backend::link::{HealthConfig, PeerLinks};
 use backend::peer::{serve, Exports};
 use backend::route::{RouteConfig, RoutedVdisk, TailPath};
-use backend::{BlockBackend, Engine, EngineRing, IoError, LocalTail};
+use backend::{BlockBackend, Engine, EngineRing, IoError, Lease, LocalTail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -169,6 +169,7 @@ fn routed(paths: Vec<TailPath>, config: RouteConfig) -> RoutedVdisk {
         EPOCH,
         paths,
         config,
+        Lease::unbounded(),
     )
 }
 
@@ -178,10 +179,13 @@ fn requests_fail_over_to_the_secondary_and_return_to_the_primary() {
         let tail = Tail::new();
         let mut primary = Server::start(&tail).await;
         let secondary = Server::start(&tail).await;
-        let vdisk = routed(
-            vec![peer("a", &primary), peer("b", &secondary)],
-            RouteConfig::default(),
-        );
+        // Both reachable before the first request: else it goes wherever
+        // a link came up first.
+        let paths = vec![
+            connected_peer("a", &primary).await,
+            connected_peer("b", &secondary).await,
+        ];
+        let vdisk = routed(paths, RouteConfig::default());
         write_and_check(&vdisk, 0, 1).await;
         assert!(completed(&vdisk, 0) >= 1, "the primary serves first");
         assert_eq!(completed(&vdisk, 1), 0);
@@ -518,7 +522,14 @@ fn a_resent_write_completes_only_once_its_first_attempt_can_no_longer_land() {
             connected_peer("b", &current).await,
         ];
         let handle = tokio::runtime::Handle::current();
-        let vdisk = Arc::new(RoutedVdisk::spawn(&handle, VDISK, 2, paths, config));
+        let vdisk = Arc::new(RoutedVdisk::spawn(
+            &handle,
+            VDISK,
+            2,
+            paths,
+            config,
+            Lease::unbounded(),
+        ));
         // Another writer of the vdisk, through the secondary only.
         let other = RoutedVdisk::spawn(
             &handle,
@@ -526,6 +537,7 @@ fn a_resent_write_completes_only_once_its_first_attempt_can_no_longer_land() {
             2,
             vec![connected_peer("b", &current).await],
             config,
+            Lease::unbounded(),
         );
 
         let first = spawn_write(&vdisk, 0, 1);
@@ -548,6 +560,34 @@ fn a_resent_write_completes_only_once_its_first_attempt_can_no_longer_land() {
             "an old attempt landed over a newer write"
         );
         assert!(!completed_early, "completed while an attempt could land");
+        assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
+    });
+}
+
+/// The cut-off local writer: a node without its lease from the store's
+/// majority does not touch its own tail, though it is attached to it.
+#[test]
+fn the_local_tail_takes_requests_only_while_the_node_holds_its_lease() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let lease = Lease::expired();
+        let vdisk = Arc::new(RoutedVdisk::spawn(
+            &tokio::runtime::Handle::current(),
+            VDISK,
+            EPOCH,
+            vec![TailPath::Local(tail.open())],
+            RouteConfig::default(),
+            lease.clone(),
+        ));
+        let write = spawn_write(&vdisk, 0, 3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!write.is_finished());
+        assert_eq!(file_block(&tail.path, 0), vec![0; BLOCK]);
+        assert!(failed(&vdisk, 0) > 0, "refused, and tried again");
+
+        lease.confirmed(std::time::Instant::now());
+        write.await.unwrap().unwrap();
+        assert_eq!(file_block(&tail.path, 0), block(3));
         assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
     });
 }

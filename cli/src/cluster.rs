@@ -12,7 +12,7 @@ use backend::link::{HealthConfig, PeerLinks};
 use backend::mirror::MirrorConfig;
 use backend::peer::{serve, Clients, Exports, Served};
 use backend::route::RouteConfig;
-use backend::{Engine, EngineRing, LocalTail};
+use backend::{Engine, EngineRing, Lease, LocalTail};
 use configdb::TailRef;
 use gossip::{ClusterKey, Gossip, GossipConfig, NodeMeta, View};
 use identity::NodeIdentity;
@@ -45,6 +45,8 @@ pub struct Cluster {
     /// Who this node proves it is to its peers, and whom it trusts.
     identity: Option<NodeIdentity>,
     exports: Arc<Exports>,
+    /// This node's right to touch its tails, from the store's majority.
+    pub lease: Lease,
     engine: Engine,
 }
 
@@ -58,6 +60,7 @@ impl Cluster {
         config: &NodeConfig,
         links: Vec<SocketAddr>,
         identity: Option<NodeIdentity>,
+        lease: Lease,
     ) -> anyhow::Result<Cluster> {
         let engine = Engine::start(ENGINE_ENTRIES).context("cannot start the io_uring engine")?;
         let gossip = match &config.gossip {
@@ -81,7 +84,7 @@ impl Cluster {
             None => None,
         };
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
-        let exports = Arc::new(Exports::new());
+        let exports = Arc::new(Exports::leased(lease.clone()));
         if let Some(gossip) = &gossip {
             let fence = config.gossip.as_ref().is_some_and(|g| g.fence_non_members);
             let admitted = fence.then(|| exports.clone());
@@ -100,6 +103,7 @@ impl Cluster {
             gossip,
             identity,
             exports,
+            lease,
             engine,
         })
     }

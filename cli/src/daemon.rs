@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use backend::mirror::Side;
+use backend::LEASE_RUN_OUT;
 use configdb::{
     node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, VdiskName,
     VdiskRecord,
@@ -326,6 +327,9 @@ impl Daemon {
                 from_epoch: record.epoch,
             })
             .await?;
+        // No lease granted after this can let a node ignore the move: it
+        // would see the move along with the confirmation.
+        let begun_at = Instant::now();
         let move_id = begun
             .vdisk
             .as_ref()
@@ -338,6 +342,26 @@ impl Daemon {
             .wait_applied(begun.generation, self.move_timeout)
             .await;
         let acked = self.all_acknowledged(&name, move_id).await;
+        if let Ok(vouched) = &acked {
+            // A node of the vdisk's tails that did not suspend by itself
+            // (down, cut off, or not seen alive when the move began) may
+            // still write its own tail until its lease from the store runs
+            // out: the new mapping takes effect only after that.
+            let tail_nodes: BTreeSet<&str> = record
+                .spec
+                .placement
+                .cluster_tails()
+                .map(|t| t.node.as_str())
+                .collect();
+            let unheard = tail_nodes
+                .iter()
+                .any(|n| !waiting_for.contains(*n) || vouched.contains(*n));
+            if unheard {
+                let until = begun_at + LEASE_RUN_OUT;
+                tracing::info!(vdisk = %name, ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "reconfiguration: waiting out the lease of a tail's node that did not suspend");
+                tokio::time::sleep_until(until.into()).await;
+            }
+        }
         let commit = acked.is_ok();
         let ended = self
             .store
@@ -434,12 +458,18 @@ impl Daemon {
     }
 
     /// Waits for every acknowledgement of move `move_id`, at most the move
-    /// timeout; else returns who is missing. A member declared down while
-    /// the move waits is acknowledged for by the coordinator: it can do no
-    /// I/O that reaches a tail (its requests are refused as a non-member's,
-    /// and by the epoch once the move commits), and waiting for it would
-    /// only hold everyone's I/O for the whole timeout.
-    async fn all_acknowledged(&self, name: &VdiskName, move_id: u64) -> Result<(), Vec<String>> {
+    /// timeout, and returns those the coordinator acknowledged for; else
+    /// returns who is missing. A member declared down while the move waits
+    /// is acknowledged for by the coordinator: its requests to peers are
+    /// refused as a non-member's, and by the epoch once the move commits;
+    /// its own tails it touches only while its lease lasts, which the
+    /// commit waits out. Waiting for it would only hold everyone's I/O for
+    /// the whole timeout.
+    async fn all_acknowledged(
+        &self,
+        name: &VdiskName,
+        move_id: u64,
+    ) -> Result<BTreeSet<String>, Vec<String>> {
         let deadline = tokio::time::Instant::now() + self.move_timeout;
         let mut changes = self.store.subscribe();
         let mut view = self.gossip.as_ref().map(|g| g.view());
@@ -456,7 +486,7 @@ impl Daemon {
                 _ => return Err(vec!["the store (the move ended elsewhere)".to_owned()]),
             };
             if missing.is_empty() {
-                return Ok(());
+                return Ok(vouched);
             }
             let alive = self.live_members();
             for node in missing.iter().filter(|n| !alive.contains(*n)) {

@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod control;
 mod daemon;
+mod lease;
 mod metrics;
 mod mirror;
 mod node;

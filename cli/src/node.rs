@@ -741,6 +741,7 @@ fn start_served(
         record.epoch,
         paths,
         cluster.route,
+        cluster.lease.clone(),
     ));
     let io = IoMetrics::default();
     let device = start_device(spec, record.id, Metered::new(routed.clone(), io.clone()))?;

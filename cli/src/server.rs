@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use backend::Lease;
 use configdb::raft::StoreTls;
 use configdb::{NodeRecord, Store, StoreConfig};
 
@@ -54,7 +55,10 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let identity = config.identity()?;
         let store = open_store(config, identity.as_ref()).await?;
-        let cluster = Cluster::start(config, links.clone(), identity).await?;
+        // Not held until the store's majority confirms it: nothing touches
+        // a tail before.
+        let lease = Lease::expired();
+        let cluster = Cluster::start(config, links.clone(), identity, lease.clone()).await?;
         let gossip = cluster.gossip().cloned();
         let (stop, stopped) = watch::channel(false);
         let mut peer_servers = cluster.serve_peers(peer_listeners, &stopped)?;
@@ -64,6 +68,10 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             tails: cluster.tail_sizes(),
         };
         let store = Arc::new(store);
+        // Held until the devices have stopped: their last requests may
+        // still go to this node's tails.
+        let (lease_stop, lease_stopped) = watch::channel(false);
+        let leasing = tokio::spawn(crate::lease::hold(store.clone(), lease, lease_stopped));
         let daemon = Daemon::new(
             Node::new(cluster, store.clone()),
             store,
@@ -115,6 +123,8 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             gossip.leave().await;
         }
         while peer_servers.join_next().await.is_some() {}
+        let _ = lease_stop.send(true);
+        let _ = leasing.await;
         daemon.store.shutdown().await;
         let _ = std::fs::remove_file(&config.control_socket);
         stopped.context("device shutdown panicked")?;

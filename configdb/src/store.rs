@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::model::{Client, Command, Configuration, Request, Response};
-use crate::raft::network::{call, write_reply, FrameError, RaftRpc, StoreTls, WriteReply};
+use crate::raft::network::{
+    call, read_index, write_reply, FrameError, RaftRpc, ReadIndexReply, StoreTls, WriteReply,
+};
 use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
 
 /// The Raft log's file and the state machine's, inside the data dir.
@@ -289,6 +291,65 @@ impl Store {
                 last_error,
             }),
         }
+    }
+
+    /// Confirms, within `timeout`, that this node is in touch with the
+    /// store's majority and has applied every change the majority had
+    /// committed when this was called: the leader confirms its leadership
+    /// with a majority and says how far the log is committed (Raft's read
+    /// index), and this node applies that far. What a node's lease rests on.
+    pub async fn confirm(&self, timeout: Duration) -> Result<(), StoreError> {
+        let mut last_error = String::from("no leader known yet");
+        let confirmed = async {
+            let mut target: Option<BasicNode> = None;
+            loop {
+                let reply = match &target {
+                    None => read_index(&self.raft).await,
+                    Some(node) => {
+                        let sent = match &self.tls {
+                            Some(tls) => call(&node.addr, tls, &RaftRpc::ReadIndex).await,
+                            None => Err(FrameError::NoIdentity),
+                        };
+                        sent.unwrap_or_else(|e| {
+                            ReadIndexReply::Failed(format!("{}: {e}", node.addr))
+                        })
+                    }
+                };
+                match reply {
+                    ReadIndexReply::Index(index) => return index,
+                    ReadIndexReply::NotLeader { leader: Some(node) }
+                        if target.as_ref() != Some(&node) =>
+                    {
+                        target = Some(node);
+                    }
+                    ReadIndexReply::NotLeader { .. } => {
+                        last_error = "no leader elected".into();
+                        target = None;
+                        tokio::time::sleep(RETRY).await;
+                    }
+                    ReadIndexReply::Failed(why) => {
+                        last_error = why;
+                        target = None;
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let unavailable = |last_error: String| StoreError::Unavailable {
+            seconds: timeout.as_secs(),
+            last_error,
+        };
+        let Ok(index) = tokio::time::timeout(timeout, confirmed).await else {
+            return Err(unavailable(last_error));
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index).filter(|&i| i > 0), "confirm")
+            .await
+            .map(drop)
+            .map_err(|e| unavailable(format!("applying up to index {index}: {e}")))
     }
 
     /// Where the store stands, as this node sees it.

@@ -200,3 +200,34 @@ async fn a_node_alone_is_its_own_store_and_keeps_it_across_restarts() {
         .unwrap();
     store.shutdown().await;
 }
+
+/// What a node's lease rests on: a confirmation from the majority that
+/// also brings every committed change, on a learner as on the leader; and
+/// no confirmation at all for a node without a majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_brings_every_committed_change_and_needs_a_majority() {
+    let mut members = cluster().await;
+    let added = members["a"]
+        .store
+        .write(Command::AddVdisk(spec("x", 1 << 20)))
+        .await
+        .unwrap();
+    for name in ["a", "b", "c", "d"] {
+        members[name].store.confirm(TIMEOUT).await.unwrap();
+        let applied = members[name].store.configuration().generation;
+        assert!(applied >= added.generation, "{name} confirmed at {applied}");
+    }
+    for name in ["a", "b"] {
+        members.remove(name).unwrap().store.shutdown().await;
+    }
+    for name in ["c", "d"] {
+        let unconfirmed = members[name].store.confirm(Duration::from_secs(2)).await;
+        assert!(
+            matches!(unconfirmed, Err(StoreError::Unavailable { .. })),
+            "{name}: {unconfirmed:?}"
+        );
+    }
+    for member in members.into_values() {
+        member.store.shutdown().await;
+    }
+}

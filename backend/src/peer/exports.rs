@@ -5,7 +5,7 @@ use tokio::sync::watch;
 
 use crate::mirror::MirroredVdisk;
 use crate::wire::Nack;
-use crate::{EngineRing, LocalTail};
+use crate::{EngineRing, Lease, LocalTail};
 
 /// What a node serves for a vdisk id.
 #[derive(Clone)]
@@ -77,6 +77,8 @@ pub struct Exports {
     /// Marked at every change of `tails`, for requests that wait for an
     /// epoch.
     changes: watch::Sender<()>,
+    /// This node's right to touch its tails at all.
+    lease: Lease,
 }
 
 impl Default for Exports {
@@ -87,12 +89,23 @@ impl Default for Exports {
 
 impl Exports {
     /// No tails, every authenticated peer admitted.
+    /// Exports of a node without a replicated store: nothing fences it.
     pub fn new() -> Self {
+        Exports::leased(Lease::unbounded())
+    }
+
+    /// Exports served only while this node holds `lease`.
+    pub fn leased(lease: Lease) -> Self {
         Exports {
             tails: RwLock::new(HashMap::new()),
             admitted: RwLock::new(None),
             changes: watch::Sender::new(()),
+            lease,
         }
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     /// Serves a tail or a mirror for `vdisk` under `epoch` to every

@@ -452,6 +452,9 @@ async fn execute(
         );
         return (Status::Nack(Nack::ShuttingDown), None);
     }
+    if !exports.lease().is_held() {
+        return (Status::Nack(Nack::NoLease), None);
+    }
     match served {
         Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
         Ok(Served::Mirror(mirror)) => {

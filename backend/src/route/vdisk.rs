@@ -12,7 +12,7 @@ use crate::link::{LinkError, PeerLinks, Reply, Reported};
 use crate::mirror::MirroredVdisk;
 use crate::peer::run_on_tail;
 use crate::wire::{Nack, Op, Status};
-use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, LocalTail};
+use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, Lease, LocalTail};
 
 /// One way to a vdisk's data.
 pub enum TailPath {
@@ -120,13 +120,16 @@ pub struct RoutedVdisk {
 impl RoutedVdisk {
     /// Starts the routing task of vdisk `vdisk` on `runtime`, sending under
     /// `epoch`. `paths` are in order of preference: the local tail first if
-    /// this node has one, then the primary, then the secondary.
+    /// this node has one, then the primary, then the secondary. This node's
+    /// own tails (a local or mirror path) take requests only while it holds
+    /// `lease`; peers check theirs.
     pub fn spawn(
         runtime: &Handle,
         vdisk: u64,
         epoch: u64,
         paths: Vec<TailPath>,
         config: RouteConfig,
+        lease: Lease,
     ) -> RoutedVdisk {
         let counters = Arc::new(VdiskCounters::new(&paths));
         let (inputs, inbox) = mpsc::unbounded_channel();
@@ -142,6 +145,7 @@ impl RoutedVdisk {
         let task = RoutingTask {
             vdisk,
             config,
+            lease,
             gate: Gate::new(keys, epoch, config),
             generation: 0,
             paths: paths.into_iter().map(Arc::new).collect(),
@@ -266,6 +270,8 @@ impl BlockBackend for RoutedVdisk {
 struct RoutingTask {
     vdisk: u64,
     config: RouteConfig,
+    /// This node's right to touch its own tails.
+    lease: Lease,
     gate: Gate<PathKey>,
     /// The current mapping: its generation, paths and their counters.
     generation: u64,
@@ -529,6 +535,21 @@ impl RoutingTask {
                 }
                 let tail_path = self.paths[path.index].clone();
                 let (vdisk, epoch) = (self.vdisk, self.gate.epoch());
+                let own = matches!(*tail_path, TailPath::Local(_) | TailPath::Mirror(_));
+                if own && !self.lease.is_held() {
+                    // Refused as a peer without a lease would refuse it: the
+                    // request moves to another path, or waits for the lease.
+                    let refused = Ok(Reply {
+                        status: Status::Nack(Nack::NoLease),
+                        data: None,
+                    });
+                    let _ = self.events.send(Event::Attempt {
+                        id,
+                        path,
+                        result: refused,
+                    });
+                    return;
+                }
                 let op = request.submission.op;
                 let payload = request.submission.payload.clone();
                 let events = self.events.clone();
@@ -650,5 +671,6 @@ fn describe(nack: Nack) -> String {
         Nack::StaleEpoch { current } => format!("refused: stale epoch (peer has {current})"),
         Nack::ShuttingDown => "refused: the peer is shutting down".into(),
         Nack::NotAMember => "refused: the peer does not count this node as a member".into(),
+        Nack::NoLease => "refused: the peer is cut off from the store's majority".into(),
     }
 }

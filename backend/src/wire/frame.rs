@@ -66,6 +66,9 @@ pub enum Nack {
     /// serves it nothing, heartbeats included: a node cut off from the
     /// configuration store is fenced from shared storage.
     NotAMember,
+    /// The peer holds no lease from the store's majority (it is cut off
+    /// from it) and touches none of its tails.
+    NoLease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +181,7 @@ impl Frame {
                     Status::Nack(Nack::StaleEpoch { current }) => (3, current, 0),
                     Status::Nack(Nack::ShuttingDown) => (4, 0, 0),
                     Status::Nack(Nack::NotAMember) => (5, 0, 0),
+                    Status::Nack(Nack::NoLease) => (6, 0, 0),
                 };
                 Raw {
                     kind: KIND_REPLY,
@@ -354,6 +358,7 @@ impl Frame {
                     3 => Status::Nack(Nack::StaleEpoch { current: raw.epoch }),
                     4 => Status::Nack(Nack::ShuttingDown),
                     5 => Status::Nack(Nack::NotAMember),
+                    6 => Status::Nack(Nack::NoLease),
                     code => {
                         return Err(WireError::UnknownCode {
                             kind: "reply",
@@ -464,6 +469,13 @@ mod tests {
                 },
                 vec![],
             ),
+            (
+                Frame::Reply {
+                    id: 9,
+                    status: Status::Nack(Nack::NoLease),
+                },
+                vec![],
+            ),
         ]
     }
 
@@ -547,20 +559,20 @@ mod tests {
     }
 
     #[test]
-    fn reply_codes_past_not_a_member_are_unknown() {
+    fn reply_codes_past_no_lease_are_unknown() {
         let nack = Frame::Reply {
             id: 1,
-            status: Status::Nack(Nack::NotAMember),
+            status: Status::Nack(Nack::NoLease),
         };
         let mut bytes = nack.encode(&[]).unwrap();
-        assert_eq!(bytes[6], 5);
-        bytes[6] = 6;
+        assert_eq!(bytes[6], 6);
+        bytes[6] = 7;
         reseal(&mut bytes);
         assert_eq!(
             Header::decode(&bytes),
             Err(WireError::UnknownCode {
                 kind: "reply",
-                code: 6
+                code: 7
             })
         );
     }

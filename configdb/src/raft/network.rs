@@ -24,8 +24,8 @@ use std::time::Duration;
 use identity::rustls::{ClientConfig, ServerConfig};
 use identity::{IdentityError, NodeIdentity, ServerName, TlsAcceptor, TlsConnector};
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -110,6 +110,34 @@ pub enum RaftRpc {
         id: u64,
         node: BasicNode,
     },
+    /// A node asks the leader how far the log is committed, confirmed with
+    /// a majority now (Raft's read index): once it has applied that far,
+    /// it knows every change committed before it asked.
+    ReadIndex,
+}
+
+/// The answer to [`RaftRpc::ReadIndex`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// Committed this far (0: nothing yet), as a majority confirmed.
+    Index(u64),
+    /// This node does not lead; `leader` does, if one is known.
+    NotLeader { leader: Option<BasicNode> },
+    /// It could not be confirmed, for this reason.
+    Failed(String),
+}
+
+/// The leader's read index, or who leads.
+pub async fn read_index(raft: &Raft) -> ReadIndexReply {
+    match raft.get_read_log_id().await {
+        Ok((read, _)) => ReadIndexReply::Index(read.map_or(0, |id| id.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            ReadIndexReply::NotLeader {
+                leader: forward.leader_node,
+            }
+        }
+        Err(e) => ReadIndexReply::Failed(e.to_string()),
+    }
 }
 
 /// The answer to [`RaftRpc::Write`] and [`RaftRpc::Join`].
@@ -415,6 +443,7 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, raft: Raft) -> Result<
                 let reply = write_reply(added.map(|_| Response::default()));
                 write_frame(&mut stream, &reply).await?
             }
+            RaftRpc::ReadIndex => write_frame(&mut stream, &read_index(&raft).await).await?,
         }
     }
     Ok(())
@@ -432,6 +461,8 @@ impl RaftRpc {
             RaftRpc::InstallSnapshot(rpc) => (rpc.vote.leader_id().voted_for(), "a snapshot"),
             RaftRpc::Join { id, .. } => (Some(*id), "a join"),
             RaftRpc::Write(request) => (Some(node_id(&request.client.node)), "a write"),
+            // Asks nothing of anybody's: any node of the cluster may.
+            RaftRpc::ReadIndex => return Ok(()),
         };
         match claimed {
             Some(claimed) if claimed == peer => Ok(()),
@@ -459,9 +490,13 @@ pub fn write_reply(
     }
 }
 
-/// Sends one write or join to the store node at `addr` on a connection of
-/// its own, and returns its answer.
-pub async fn call(addr: &str, tls: &StoreTls, rpc: &RaftRpc) -> Result<WriteReply, FrameError> {
+/// Sends one write, join or read index to the store node at `addr` on a
+/// connection of its own, and returns its answer.
+pub async fn call<R: DeserializeOwned>(
+    addr: &str,
+    tls: &StoreTls,
+    rpc: &RaftRpc,
+) -> Result<R, FrameError> {
     let (mut stream, _) = tls.connect(addr).await?;
     write_frame(&mut stream, rpc).await?;
     read_frame(&mut stream).await?.ok_or_else(|| {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use backend::link::{HealthConfig, PeerLinks};
 use backend::route::{RouteConfig, RoutedVdisk, TailPath};
-use backend::BlockBackend;
+use backend::{BlockBackend, Lease};
 use clap::Parser;
 use identity::NodeIdentity;
 
@@ -137,6 +137,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.epoch,
         paths,
         route,
+        // A client with no tail of its own: its peers hold the leases.
+        Lease::unbounded(),
     ));
     let state = Rc::new(RefCell::new(State {
         generation: vec![0; args.blocks as usize],
