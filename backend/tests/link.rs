@@ -8,11 +8,12 @@ mod support;
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::link::{HealthConfig, Link, LinkError};
+use backend::link::{HealthConfig, Link, LinkError, PeerLinks};
 use backend::peer::{serve, Exports};
 use backend::wire::{Op, Status};
 use backend::{AlignedBuf, Engine, LocalTail};
@@ -24,6 +25,7 @@ const VDISK: u64 = 1;
 struct Peer {
     _engine: Engine,
     _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
     exports: Arc<Exports>,
 }
 
@@ -42,15 +44,19 @@ impl Peer {
         Peer {
             _engine: engine,
             _dir: dir,
+            path,
             exports: Arc::new(exports),
         }
     }
 
-    /// Serves on `listener` until the returned sender is used or dropped.
-    fn serve(&self, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    /// Serves on `listeners` until the returned sender is used or dropped.
+    fn serve(
+        &self,
+        listeners: Vec<TcpListener>,
+    ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
-            vec![listener],
+            listeners,
             self.exports.clone(),
             support::server_tls("server"),
             async {
@@ -91,7 +97,7 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
         let peer = Peer::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_stop, _served) = peer.serve(listener);
+        let (_stop, _served) = peer.serve(vec![listener]);
         let link = Link::spawn(
             addr,
             HealthConfig::default(),
@@ -142,7 +148,7 @@ fn a_link_goes_down_with_its_server_and_returns_when_the_server_does() {
         let peer = Peer::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, served) = peer.serve(listener);
+        let (stop, served) = peer.serve(vec![listener]);
         let link = Link::spawn(
             addr,
             HealthConfig::default(),
@@ -167,7 +173,7 @@ fn a_link_goes_down_with_its_server_and_returns_when_the_server_does() {
         assert_eq!(refused.unwrap_err(), LinkError::Down);
 
         let listener = TcpListener::bind(addr).await.unwrap();
-        let (_stop, _served) = peer.serve(listener);
+        let (_stop, _served) = peer.serve(vec![listener]);
         wait_until(&link, true).await;
         let read = link
             .call(
@@ -194,7 +200,7 @@ fn a_peer_that_stops_answering_is_declared_down_and_its_calls_fail() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let peer = Peer::new();
-        let (stop, served) = peer.serve(listener);
+        let (stop, served) = peer.serve(vec![listener]);
         let link = Link::spawn(
             addr,
             HealthConfig::default(),
@@ -241,7 +247,7 @@ fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_a
         let peer = Peer::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_stop, _served) = peer.serve(listener);
+        let (_stop, _served) = peer.serve(vec![listener]);
         let health = HealthConfig {
             interval: Duration::from_millis(20),
             allowed_misses: 3,
@@ -258,5 +264,112 @@ fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_a
 
         peer.exports.admit_only(None);
         wait_until(&link, true).await;
+    });
+}
+
+/// A cable between a link and the server: it carries a connection's bytes
+/// both ways until cut, then carries nothing and closes nothing, as a
+/// pulled cable would.
+struct Cable {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+}
+
+impl Cable {
+    async fn lay(to: SocketAddr) -> Cable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((near, _)) = listener.accept().await {
+                let far = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (near_read, near_write) = near.into_split();
+                let (far_read, far_write) = far.into_split();
+                tokio::spawn(carry(near_read, far_write, cutting.clone()));
+                tokio::spawn(carry(far_read, near_write, cutting.clone()));
+            }
+        });
+        Cable { addr, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 64 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || cut.load(Ordering::SeqCst) {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if cut.load(Ordering::SeqCst) {
+        // Nothing gets through any more, not even a close.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A call caught on a cut link is not given up as lost: the peer is fenced
+/// on its other link (the cut connection closed there, and none of its
+/// requests left running), and the call is sent again and completed there.
+#[test]
+fn a_call_lost_with_a_cut_link_is_fenced_and_completed_on_the_other_link() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let one = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let two = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (cable, direct) = (
+            Cable::lay(one.local_addr().unwrap()).await,
+            two.local_addr().unwrap(),
+        );
+        let (_stop, _served) = peer.serve(vec![one, two]);
+        let links = Arc::new(PeerLinks::new(
+            "server",
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        ));
+        links.set_membership(Some(&[cable.addr, direct]));
+        for link in links.links().iter() {
+            wait_until(link, true).await;
+        }
+        // The first call goes on the first link, through the cable, and is
+        // held at the peer: its store has not applied epoch 2 yet.
+        let caller = links.clone();
+        let call = tokio::spawn(async move {
+            let op = Op::Write {
+                offset: 0,
+                len: 4096,
+            };
+            let data = Some(Arc::new(block(7)));
+            caller.call(VDISK, 2, op, data).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cable.cut();
+        // The link is declared down within ~240 ms; the fence on the other
+        // waits for the held request, which the store's catch-up releases
+        // into a closed connection.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        peer.exports.set_epoch(VDISK, 2);
+        let reply = tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.map(|r| r.status), Ok(Status::Ok));
+        let mut landed = vec![0; 4096];
+        File::open(&peer.path)
+            .unwrap()
+            .read_exact_at(&mut landed, 0)
+            .unwrap();
+        assert!(landed == block(7)[..], "the write did not land");
     });
 }

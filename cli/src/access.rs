@@ -74,7 +74,7 @@ impl ControlGroups {
 /// A control connection's peer as the kernel recorded it at connect().
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    uid: u32,
+    pub uid: u32,
     /// `None` when the peer is in a pid namespace the daemon cannot see.
     pub pid: Option<i32>,
     gid: u32,

@@ -1,18 +1,20 @@
 //! The daemon: serves the control socket until SIGTERM or SIGINT, then
 //! stops every device and removes the socket.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use gossip::Gossip;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use backend::Lease;
 use configdb::raft::StoreTls;
@@ -164,6 +166,19 @@ async fn open_store(
     Ok(store)
 }
 
+/// Control connections open at once, and per user: a socket open to
+/// read-only users must not let one of them hold every descriptor, nor
+/// every slot root needs.
+const CONTROL_CONNECTIONS: usize = 256;
+const CONTROL_CONNECTIONS_PER_USER: usize = 16;
+
+/// A control connection that sends no request for this long is closed.
+const CONTROL_IDLE: Duration = Duration::from_secs(60);
+
+/// How long the listener rests after an accept error (out of descriptors,
+/// say) before it accepts again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Accepts control connections until `shutdown` resolves.
 pub async fn run(
     listener: UnixListener,
@@ -172,18 +187,71 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(CONTROL_CONNECTIONS));
+    let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => {
-                let (stream, _) = accepted.context("accepting a control connection")?;
-                tokio::spawn(serve_connection(stream, daemon.clone(), rules.clone()));
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!("control connection refused: {CONTROL_CONNECTIONS} open");
+                        continue;
+                    };
+                    let connection = serve_connection(stream, daemon.clone(), rules.clone(), per_user.clone());
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a control connection: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             }
         }
     }
 }
 
-async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>, rules: Arc<AccessRules>) {
+/// One control connection of user `uid`, counted; uncounted when dropped.
+struct UserSlot {
+    per_user: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl UserSlot {
+    fn take(per_user: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UserSlot> {
+        let mut open = per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(uid).or_default();
+        if *count >= CONTROL_CONNECTIONS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            per_user: per_user.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    daemon: Arc<Daemon>,
+    rules: Arc<AccessRules>,
+    per_user: Arc<Mutex<HashMap<u32, usize>>>,
+) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -192,20 +260,37 @@ async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>, rules: Arc<Ac
         }
     };
     let (reader, mut writer) = stream.into_split();
+    let Some(_slot) = UserSlot::take(&per_user, peer.uid) else {
+        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "control connection refused: {CONTROL_CONNECTIONS_PER_USER} open by that user");
+        let refusal = Response::Error {
+            message: format!(
+                "too many control connections of uid {} ({CONTROL_CONNECTIONS_PER_USER} open)",
+                peer.uid
+            ),
+        };
+        let mut reply = serde_json::to_string(&refusal).unwrap_or_default();
+        reply.push('\n');
+        let _ = writer.write_all(reply.as_bytes()).await;
+        return;
+    };
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
     loop {
         line.clear();
         // Bounded per request: a peer cannot make the daemon buffer without end.
-        match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
+        let mut request = (&mut reader).take(MAX_LINE as u64);
+        match tokio::time::timeout(CONTROL_IDLE, request.read_line(&mut line)).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 tracing::debug!("control connection: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    uid = peer.uid,
+                    "control connection closed: idle for {CONTROL_IDLE:?}"
+                );
                 return;
             }
         }
@@ -217,7 +302,13 @@ async fn serve_connection(stream: UnixStream, daemon: Arc<Daemon>, rules: Arc<Ac
         } else {
             match serde_json::from_str::<Request>(&line) {
                 Ok(request) => match rules.admit(&peer, Access::of(&request)) {
-                    Ok(()) => execute(request, &daemon).await,
+                    Ok(()) => {
+                        // An audit trail of who changed what.
+                        if let Access::Admin(_) = Access::of(&request) {
+                            tracing::info!(uid = peer.uid, pid = ?peer.pid, ?request, "control request admitted");
+                        }
+                        execute(request, &daemon).await
+                    }
                     Err(refusal) => {
                         tracing::info!(pid = ?peer.pid, "control request refused: {refusal}");
                         Response::Error { message: refusal }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Client, Command, Configuration, Request, Response};
 use crate::raft::network::{
-    call, read_index, write_reply, FrameError, RaftRpc, ReadIndexReply, StoreTls, WriteReply,
+    call, read_index, write_reply, FrameError, LeaderReply, RaftRpc, StoreTls, WriteReply,
 };
 use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
 
@@ -240,39 +240,64 @@ impl Store {
             acked_below: numbered.acked_below,
             command,
         };
+        let here = || async {
+            let outcome = self.raft.client_write(request.clone()).await;
+            write_reply(outcome.map(|r| r.data))
+        };
+        let rpc = RaftRpc::Write(request.clone());
+        match self.ask_leader(&rpc, here, self.write_timeout).await {
+            Ok(response) => match response.refused {
+                Some(why) => Err(StoreError::Refused(why)),
+                None => Ok(*response),
+            },
+            Err(last_error) => Err(StoreError::Unavailable {
+                seconds: self.write_timeout.as_secs(),
+                last_error,
+            }),
+        }
+    }
+
+    /// What only the leader does, asked of whoever leads within `timeout`:
+    /// this node's Raft first (`here`, which says who leads if it does
+    /// not), then `rpc` to the node it names, following such hints, and
+    /// from the start again after a failure. Else the last failure.
+    async fn ask_leader<T, F>(
+        &self,
+        rpc: &RaftRpc,
+        here: impl Fn() -> F,
+        timeout: Duration,
+    ) -> Result<T, String>
+    where
+        T: serde::de::DeserializeOwned,
+        F: std::future::Future<Output = LeaderReply<T>>,
+    {
         let mut last_error = String::from("no leader known yet");
         let attempts = async {
-            // `None`: this node's Raft, which forwards nothing but says who
-            // leads.
             let mut target: Option<BasicNode> = None;
             loop {
                 let reply = match &target {
-                    None => {
-                        let outcome = self.raft.client_write(request.clone()).await;
-                        write_reply(outcome.map(|r| r.data))
-                    }
+                    None => here().await,
                     Some(node) => {
-                        let rpc = RaftRpc::Write(request.clone());
                         let sent = match &self.tls {
-                            Some(tls) => call(&node.addr, tls, &rpc).await,
+                            Some(tls) => call(&node.addr, tls, rpc).await,
                             None => Err(FrameError::NoIdentity),
                         };
-                        sent.unwrap_or_else(|e| WriteReply::Failed(format!("{}: {e}", node.addr)))
+                        sent.unwrap_or_else(|e| LeaderReply::Failed(format!("{}: {e}", node.addr)))
                     }
                 };
                 match reply {
-                    WriteReply::Done(response) => return *response,
-                    WriteReply::NotLeader { leader: Some(node) }
+                    LeaderReply::Done(done) => return done,
+                    LeaderReply::NotLeader { leader: Some(node) }
                         if target.as_ref() != Some(&node) =>
                     {
                         target = Some(node);
                     }
-                    WriteReply::NotLeader { .. } => {
+                    LeaderReply::NotLeader { .. } => {
                         last_error = "no leader elected".into();
                         target = None;
                         tokio::time::sleep(RETRY).await;
                     }
-                    WriteReply::Failed(why) => {
+                    LeaderReply::Failed(why) => {
                         last_error = why;
                         target = None;
                         tokio::time::sleep(RETRY).await;
@@ -280,17 +305,8 @@ impl Store {
                 }
             }
         };
-        let outcome = tokio::time::timeout(self.write_timeout, attempts).await;
-        match outcome {
-            Ok(response) => match response.refused {
-                Some(why) => Err(StoreError::Refused(why)),
-                None => Ok(response),
-            },
-            Err(_) => Err(StoreError::Unavailable {
-                seconds: self.write_timeout.as_secs(),
-                last_error,
-            }),
-        }
+        let outcome = tokio::time::timeout(timeout, attempts).await;
+        outcome.map_err(|_| last_error)
     }
 
     /// Confirms, within `timeout`, that this node is in touch with the
@@ -299,50 +315,16 @@ impl Store {
     /// with a majority and says how far the log is committed (Raft's read
     /// index), and this node applies that far. What a node's lease rests on.
     pub async fn confirm(&self, timeout: Duration) -> Result<(), StoreError> {
-        let mut last_error = String::from("no leader known yet");
-        let confirmed = async {
-            let mut target: Option<BasicNode> = None;
-            loop {
-                let reply = match &target {
-                    None => read_index(&self.raft).await,
-                    Some(node) => {
-                        let sent = match &self.tls {
-                            Some(tls) => call(&node.addr, tls, &RaftRpc::ReadIndex).await,
-                            None => Err(FrameError::NoIdentity),
-                        };
-                        sent.unwrap_or_else(|e| {
-                            ReadIndexReply::Failed(format!("{}: {e}", node.addr))
-                        })
-                    }
-                };
-                match reply {
-                    ReadIndexReply::Index(index) => return index,
-                    ReadIndexReply::NotLeader { leader: Some(node) }
-                        if target.as_ref() != Some(&node) =>
-                    {
-                        target = Some(node);
-                    }
-                    ReadIndexReply::NotLeader { .. } => {
-                        last_error = "no leader elected".into();
-                        target = None;
-                        tokio::time::sleep(RETRY).await;
-                    }
-                    ReadIndexReply::Failed(why) => {
-                        last_error = why;
-                        target = None;
-                        tokio::time::sleep(RETRY).await;
-                    }
-                }
-            }
-        };
         let started = tokio::time::Instant::now();
         let unavailable = |last_error: String| StoreError::Unavailable {
             seconds: timeout.as_secs(),
             last_error,
         };
-        let Ok(index) = tokio::time::timeout(timeout, confirmed).await else {
-            return Err(unavailable(last_error));
-        };
+        let here = || read_index(&self.raft);
+        let index = self
+            .ask_leader(&RaftRpc::ReadIndex, here, timeout)
+            .await
+            .map_err(unavailable)?;
         let left = timeout.saturating_sub(started.elapsed());
         self.raft
             .wait(Some(left))

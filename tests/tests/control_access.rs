@@ -196,3 +196,64 @@ fn an_unknown_group_is_refused_at_start() {
     );
     assert!(!dir.path().join("ublkvd.sock").exists());
 }
+
+/// Sockets connected to `socket` as nobody, held open by a `sleep` that
+/// inherits them, until it is killed.
+fn hold_connections_as_nobody(socket: &Path, count: usize) -> std::process::Child {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let path = std::ffi::CString::new(socket.as_os_str().as_bytes()).unwrap();
+    let mut command = Command::new("sleep");
+    command.arg("60");
+    // SAFETY: between fork and exec the closure makes only system calls,
+    // on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let nobody = 65534;
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(nobody) != 0
+                || libc::setuid(nobody) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (slot, byte) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+                *slot = *byte as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            for _ in 0..count {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let target = (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+                if fd < 0 || libc::connect(fd, target, len) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn().unwrap()
+}
+
+#[test]
+fn one_user_cannot_take_every_control_connection() {
+    let node = Node::start(GROUPS);
+    let mut holder = hold_connections_as_nobody(&node.daemon.socket, 40);
+    // The daemon takes the connections in order; give it a moment.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let crowded = Outcome::from(node.as_nobody("users", &["list"]));
+    assert!(!crowded.success, "{}", crowded.stdout);
+    assert!(
+        crowded
+            .stderr
+            .contains("too many control connections of uid 65534"),
+        "{}",
+        crowded.stderr
+    );
+    // Root still gets in, and so does nobody once the holder is gone.
+    succeeded(node.as_root(&["list"]));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    succeeded(node.as_nobody("users", &["list"]));
+}

@@ -94,9 +94,26 @@ fn identical(a: &Path, b: &Path) -> bool {
 /// Runs `vdisk-io` in `from`'s namespace against `to`'s service of the
 /// vdisk at `epoch` for `run`; returns its last report.
 fn write_through(lab: &Lab, from: &str, to: &str, epoch: u64, run: Duration) -> serde_json::Value {
+    drive_through(lab, from, to, epoch, run, &[])
+}
+
+/// What `vdisk-io --read-only` in `from`'s namespace got through node `to`.
+fn read_through(lab: &Lab, from: &str, to: &str, epoch: u64, run: Duration) -> serde_json::Value {
+    drive_through(lab, from, to, epoch, run, &["--read-only"])
+}
+
+fn drive_through(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    epoch: u64,
+    run: Duration,
+    extra: &[&str],
+) -> serde_json::Value {
     let links = lab.links(to);
-    let mut writer = lab
+    let mut driver = lab
         .vdisk_io(from)
+        .args(extra)
         .args([
             "--vdisk",
             "v",
@@ -113,9 +130,9 @@ fn write_through(lab: &Lab, from: &str, to: &str, epoch: u64, run: Duration) -> 
         .spawn()
         .unwrap();
     std::thread::sleep(run);
-    // Closing its input stops the writer, which reads back what it wrote.
-    drop(writer.stdin.take());
-    let output = writer.wait_with_output().unwrap();
+    // Closing its input stops the driver, which reads back what it wrote.
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
     let report = String::from_utf8(output.stdout).unwrap();
     serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap()
 }
@@ -234,10 +251,25 @@ fn a_mirror_survives_either_side_and_resyncs_only_what_changed() {
     for net in [1, 2] {
         lab.set_link("b", net, false);
     }
-    let cut_off = write_through(&lab, "b", "b", 2, Duration::from_millis(1500));
     let rest: Vec<&NodeDaemon> = daemons.iter().filter(|d| d.node != "b").collect();
     agreed(&rest, "epoch", 3.into());
     agreed(&rest, "primary", "a:m0".into());
+    // The deposed primary, which has had no write to fail yet, serves no
+    // stale read either: its lease from the majority ran out before the
+    // majority switched a in.
+    let stale = read_through(&lab, "b", "b", 2, Duration::from_millis(1500));
+    assert_eq!(
+        stale["reads"], 0,
+        "the deposed primary served reads: {stale}"
+    );
+    assert!(
+        daemons[1]
+            .log()
+            .contains("lease from the store's majority lost"),
+        "{}",
+        daemons[1].log()
+    );
+    let cut_off = write_through(&lab, "b", "b", 2, Duration::from_millis(1500));
     let report = write_through(&lab, "c", "a", 3, Duration::from_millis(1500));
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(
@@ -245,6 +277,7 @@ fn a_mirror_survives_either_side_and_resyncs_only_what_changed() {
         "the cut-off primary acknowledged: {cut_off}"
     );
     assert!(cut_off["errors"].as_u64().unwrap_or(0) > 0, "{cut_off}");
+
     assert!(
         daemons[1]
             .log()

@@ -116,39 +116,36 @@ pub enum RaftRpc {
     ReadIndex,
 }
 
-/// The answer to [`RaftRpc::ReadIndex`].
+/// A node's answer to what only the leader does.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ReadIndexReply {
-    /// Committed this far (0: nothing yet), as a majority confirmed.
-    Index(u64),
-    /// This node does not lead; `leader` does, if one is known.
-    NotLeader { leader: Option<BasicNode> },
-    /// It could not be confirmed, for this reason.
-    Failed(String),
-}
-
-/// The leader's read index, or who leads.
-pub async fn read_index(raft: &Raft) -> ReadIndexReply {
-    match raft.get_read_log_id().await {
-        Ok((read, _)) => ReadIndexReply::Index(read.map_or(0, |id| id.index)),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-            ReadIndexReply::NotLeader {
-                leader: forward.leader_node,
-            }
-        }
-        Err(e) => ReadIndexReply::Failed(e.to_string()),
-    }
-}
-
-/// The answer to [`RaftRpc::Write`] and [`RaftRpc::Join`].
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WriteReply {
-    /// Committed and applied.
-    Done(Box<Response>),
+pub enum LeaderReply<T> {
+    /// Done: committed and applied (a write, a join), or confirmed with a
+    /// majority (a read index).
+    Done(T),
     /// This node does not lead; `leader` does, if one is known.
     NotLeader { leader: Option<BasicNode> },
     /// It could not be done, for this reason.
     Failed(String),
+}
+
+/// The answer to [`RaftRpc::Write`] and [`RaftRpc::Join`].
+pub type WriteReply = LeaderReply<Box<Response>>;
+
+/// The answer to [`RaftRpc::ReadIndex`]: committed this far (0: nothing
+/// yet), as a majority confirmed.
+pub type ReadIndexReply = LeaderReply<u64>;
+
+/// The leader's read index, or who leads.
+pub async fn read_index(raft: &Raft) -> ReadIndexReply {
+    match raft.get_read_log_id().await {
+        Ok((read, _)) => LeaderReply::Done(read.map_or(0, |id| id.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            LeaderReply::NotLeader {
+                leader: forward.leader_node,
+            }
+        }
+        Err(e) => LeaderReply::Failed(e.to_string()),
+    }
 }
 
 /// Why a frame could not be read or written.

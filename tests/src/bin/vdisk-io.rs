@@ -58,6 +58,9 @@ struct Args {
     /// [default: the daemon's]
     #[arg(long)]
     io_timeout_ms: Option<u64>,
+    /// Only read (what a stale reader would get), write nothing
+    #[arg(long)]
+    read_only: bool,
 }
 
 /// What the workers share: the model of what each block holds, and counts.
@@ -66,6 +69,7 @@ struct State {
     /// Generation of the last completed write of each block; 0: never written.
     generation: Vec<u32>,
     writes: u64,
+    /// Reads answered with data.
     reads: u64,
     errors: u64,
     mismatches: u64,
@@ -155,7 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let workers: Vec<_> = (0..args.depth)
         .map(|worker| {
             let (vdisk, state, stop) = (vdisk.clone(), state.clone(), stop.clone());
-            let (depth, blocks) = (args.depth, args.blocks);
+            let (depth, blocks, read_only) = (args.depth, args.blocks, args.read_only);
             tokio::task::spawn_local(async move {
                 // Each worker owns the blocks ≡ worker (mod depth): no two
                 // requests in flight touch one block.
@@ -165,7 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     let block = (seed % (blocks / depth)) * depth + worker;
-                    let write = !seed.is_multiple_of(3);
+                    let write = !read_only && !seed.is_multiple_of(3);
                     one_request(&vdisk, &state, block, write).await;
                 }
             })
@@ -240,7 +244,9 @@ async fn one_request(vdisk: &RoutedVdisk, state: &RefCell<State>, block: u64, wr
         let result = vdisk.read(offset, &mut buf).await;
         let mut s = state.borrow_mut();
         s.max_latency_ms = s.max_latency_ms.max(started.elapsed().as_millis() as u64);
-        s.reads += 1;
+        if result.is_ok() {
+            s.reads += 1;
+        }
         drop(s);
         match result {
             // A block never written may hold anything from earlier runs.
