@@ -5,7 +5,8 @@
 # BENCH_SIZE_MB (512), BENCH_TRIALS (stall trials per event, 10),
 # BENCH_LINK_RATE (tbf rate per link, 100mbit), BENCH_ONLY (nbd, links or
 # stall: run only that part), BENCH_JOB (run only the NBD rows whose name
-# contains it, e.g. "4k").
+# contains it, e.g. "4k"), BENCH_STALL_RW (randread or randwrite: the stall
+# trials' requests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,4 +16,5 @@ tests/vm/run.sh --disk-size 2G --timeout 3000 -- env \
     BENCH_RUNTIME="${BENCH_RUNTIME:-10}" BENCH_ROUNDS="${BENCH_ROUNDS:-3}" \
     BENCH_SIZE_MB="${BENCH_SIZE_MB:-512}" BENCH_TRIALS="${BENCH_TRIALS:-10}" \
     BENCH_LINK_RATE="${BENCH_LINK_RATE:-100mbit}" BENCH_ONLY="${BENCH_ONLY:-}" BENCH_JOB="${BENCH_JOB:-}" \
+    BENCH_STALL_RW="${BENCH_STALL_RW:-randread}" \
     bench/vm-cluster-bench.sh

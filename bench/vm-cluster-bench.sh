@@ -193,19 +193,26 @@ disk0 = \"/mnt/bench/shared.img\""
     ublk=$(lab_cli c add vd --size 256M --primary a:disk0 --secondary b:disk0)
     dd if=/dev/urandom of="$ublk" bs=1M count=256 oflag=direct status=none
 
-    # One trial: 4k random reads at QD1; the event happens once reads are
-    # flowing (fio takes seconds to start under TCG), and fio goes on 2 s
-    # after it. The stall is the longest completion latency of the run: the
-    # request in flight when the event hit waits that long for its answer
-    # (fio's clat max, less a normal request's few ms, within noise).
+    # One trial: 4k random reads (or writes: BENCH_STALL_RW=randwrite) at
+    # QD1; the event happens once requests are flowing (fio takes seconds to
+    # start under TCG), and fio goes on 2 s after it. The stall is the
+    # longest completion latency of the run: the request in flight when the
+    # event hit waits that long for its answer (fio's clat max, less a
+    # normal request's few ms, within noise).
+    rw=${BENCH_STALL_RW:-randread}
+    case $rw in
+        randread) field=1 direction=read ;;
+        randwrite) field=5 direction=write ;;
+        *) echo "BENCH_STALL_RW: randread or randwrite, not $rw" >&2; exit 1 ;;
+    esac
     stat=/sys/block/$(basename "$ublk")/stat
-    reads_done() { awk '{ print $1 }' "$stat"; }
+    reads_done() { awk -v f="$field" '{ print $f }' "$stat"; }
     # Runs in this shell, not a subshell: the events kill and restart
     # daemons, whose pids lab.sh keeps. Sets STALL_MS.
     stall_trial() { # event-command undo-command
         local before
         before=$(reads_done)
-        fio --name=stall --filename="$ublk" --ioengine=io_uring --direct=1 --rw=randread \
+        fio --name=stall --filename="$ublk" --ioengine=io_uring --direct=1 --rw="$rw" \
             --bs=4k --iodepth=1 --time_based --runtime=30 --output-format=json \
             --output="$WORK/stall.json" &
         local fio_pid=$!
@@ -220,7 +227,7 @@ disk0 = \"/mnt/bench/shared.img\""
         wait "$fio_pid" || true
         sed -n '/^{/,$p' "$WORK/stall.json" >"$WORK/stall-report.json"
         [ "$(jq '.jobs[0].error' "$WORK/stall-report.json")" = 0 ] || { echo "fio saw an error" >&2; return 1; }
-        STALL_MS=$(jq -r '.jobs[0].read.clat_ns.max / 1000000 | floor' "$WORK/stall-report.json")
+        STALL_MS=$(jq -r ".jobs[0].$direction.clat_ns.max / 1000000 | floor" "$WORK/stall-report.json")
         eval "$2"
     }
     summary() { # name values...
@@ -239,7 +246,7 @@ disk0 = \"/mnt/bench/shared.img\""
         stall_trial "lab_link a 1 down; lab_link a 2 down" links_up
         both+=("$STALL_MS")
     done
-    echo "## Failover stall (4k randread QD1; the longest completion latency around the event)"
+    echo "## Failover stall (4k $rw QD1; the longest completion latency around the event)"
     echo
     echo "| event | trials | min | median | max |"
     echo "|---|---|---|---|---|"

@@ -1,7 +1,7 @@
 //! What this node shares with its peers: its tails, served by the peer
 //! server, its membership (gossip), and its links to the other members.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +88,7 @@ impl Cluster {
         if let Some(gossip) = &gossip {
             let fence = config.gossip.as_ref().is_some_and(|g| g.fence_non_members);
             let admitted = fence.then(|| exports.clone());
-            follow_membership(gossip.view(), peers.clone(), admitted);
+            follow_membership(config.node.clone(), gossip.view(), peers.clone(), admitted);
         }
         Ok(Cluster {
             node: config.node.clone(),
@@ -364,8 +364,10 @@ impl Drop for Export {
 /// another path); one that comes up, or restarts with new link addresses,
 /// is reachable again as soon as a link connects. With `fenced` exports,
 /// only live members, by the name their certificate proves, may send
-/// requests to this node's tails.
+/// requests to this node's tails, and this node itself (`me`: a tool run
+/// with its key, in its place).
 fn follow_membership(
+    me: String,
     mut view: watch::Receiver<View>,
     peers: Arc<Mutex<BTreeMap<String, Arc<PeerLinks>>>>,
     fenced: Option<Arc<Exports>>,
@@ -378,7 +380,9 @@ fn follow_membership(
                 peer.set_membership(member);
             }
             if let Some(exports) = &fenced {
-                exports.admit_only(Some(current.alive.keys().cloned().collect()));
+                let mut admitted: HashSet<String> = current.alive.keys().cloned().collect();
+                admitted.insert(me.clone());
+                exports.admit_only(Some(admitted));
             }
             if view.changed().await.is_err() {
                 return;

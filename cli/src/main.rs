@@ -27,17 +27,10 @@ use control::{MoveRequest, SetRequest, StoreInfo};
 use size::format_size;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            // One line, like every other error: clap's first line says it all.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!("ublkvd: {first}");
-            return ExitCode::from(2);
-        }
-    };
+    // A usage error gets clap's whole say: what is missing or wrong, a
+    // hint for a typo, and the usage line; exit status 2. Help and version
+    // go to stdout with status 0.
+    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,6 +13,36 @@ mod support;
 
 use support::{assert_one_line_error, ublkvd_bin, Daemon, Outcome};
 
+/// A usage error: exit status 2, `needle` in what the parser says, and
+/// where to look next. Returns what it said.
+fn assert_usage_error(output: std::process::Output, needle: &str) -> String {
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    assert!(
+        stderr.contains("try '--help'"),
+        "no pointer to help: {stderr:?}"
+    );
+    stderr
+}
+
+#[test]
+fn a_usage_error_names_what_is_wrong_and_shows_the_usage() {
+    let missing = Command::new(ublkvd_bin())
+        .args(["add", "x"])
+        .output()
+        .unwrap();
+    let said = assert_usage_error(missing, "--size <SIZE>");
+    assert!(said.contains("Usage: ublkvd add"), "{said:?}");
+    let typo = Command::new(ublkvd_bin()).arg("lsit").output().unwrap();
+    let said = assert_usage_error(typo, "unrecognized subcommand 'lsit'");
+    assert!(
+        said.contains("tip: some similar subcommands exist"),
+        "{said:?}"
+    );
+    assert!(said.contains("'list'"), "{said:?}");
+}
+
 fn tail(daemon: &Daemon, name: &str, len: u64) -> String {
     let path = daemon.dir.path().join(name);
     File::create(&path).unwrap().set_len(len).unwrap();
@@ -96,15 +126,15 @@ fn add_refuses_a_size_that_is_not_whole_blocks() {
 fn add_refuses_unparseable_sizes_and_bad_names() {
     let daemon = Daemon::start();
     let tail = tail(&daemon, "t.img", 1 << 20);
-    assert_one_line_error(
+    assert_usage_error(
         daemon.client(&["add", "a", "--size", "12Q", "--tail", &tail]),
-        "invalid size",
+        "invalid size \"12Q\"",
     );
     assert_one_line_error(
         daemon.client(&["add", "../a", "--size", "1M", "--tail", &tail]),
         "invalid vdisk name",
     );
-    assert_one_line_error(
+    assert_usage_error(
         daemon.client(&[
             "add",
             "a",

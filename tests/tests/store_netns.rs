@@ -299,3 +299,89 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
     let refs: Vec<&NodeDaemon> = daemons.iter().collect();
     assert_eq!(agreed(&refs, within), failed_over);
 }
+
+/// The cut-off local writer: a primary cut off from the store's majority
+/// (and from gossip) stops touching its tail once its lease runs out, and
+/// the majority hands the vdisk to the secondary only after that. Asked by
+/// its own node (a driver in its namespace, with its name), it writes
+/// nothing to the shared tail from then on.
+#[test]
+fn a_primary_cut_off_from_the_majority_writes_nothing_once_its_secondary_took_over() {
+    const TRIO: [&str; 3] = ["a", "b", "c"];
+    let lab = Lab::new(&TRIO);
+    let shared = image(lab.dir.path(), "shared.img");
+    let tails: [Vec<(&str, &Path)>; 3] =
+        [vec![("disk0", &shared)], vec![("disk0", &shared)], vec![]];
+    let daemons: Vec<NodeDaemon> = TRIO
+        .iter()
+        .zip(&tails)
+        .map(|(node, tails)| {
+            let config = lab.config_with_store(node, false, tails, &TRIO);
+            NodeDaemon::start(&lab, node, config)
+        })
+        .collect();
+    for member in TRIO {
+        let observers: Vec<&NodeDaemon> = daemons.iter().filter(|d| d.node != member).collect();
+        wait_all(&observers, member, "alive", Duration::from_secs(15));
+    }
+    leader(&daemons.iter().collect::<Vec<_>>());
+    succeeds(daemons[2].client(&[
+        "add",
+        "v",
+        "--size",
+        "16M",
+        "--primary",
+        "a:disk0",
+        "--secondary",
+        "b:disk0",
+    ]));
+    let within = Duration::from_secs(30);
+    agreed(&daemons.iter().collect::<Vec<_>>(), within);
+
+    for net in [1, 2] {
+        lab.set_link("a", net, false);
+    }
+    let rest: Vec<&NodeDaemon> = daemons.iter().filter(|d| d.node != "a").collect();
+    let start = Instant::now();
+    loop {
+        let m = agreed(&rest, within);
+        if vdisk(&m, "v").unwrap()["primary"] == "b:disk0" {
+            break;
+        }
+        assert!(start.elapsed() < within, "v never moved off a: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("v moved off its cut-off primary in {:?}", start.elapsed());
+
+    let before = std::fs::read(&shared).unwrap();
+    let links = lab.links("a");
+    let mut driver = lab
+        .vdisk_io("a")
+        .args(["--vdisk", "v", "--blocks", "1024", "--depth", "4"])
+        .args(["--epoch", "1", "--io-timeout-ms", "2000"])
+        .args(["--peer", &format!("a={},{}", links[0], links[1])])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap();
+    eprintln!("the cut-off primary's own driver: {report}");
+    assert_eq!(report["writes"], 0, "the cut-off primary wrote: {report}");
+    assert!(
+        std::fs::read(&shared).unwrap() == before,
+        "the shared tail changed under the secondary"
+    );
+    assert!(
+        daemons[0]
+            .log()
+            .contains("lease from the store's majority lost"),
+        "{}",
+        daemons[0].log()
+    );
+}

@@ -50,6 +50,16 @@ expect_error() {
     case "$err" in *"$needle"*) echo "refused: $err" ;; *) echo "wrong error: $err (want $needle)"; return 1 ;; esac
 }
 
+# expect_usage_error NEEDLE CMD...: CMD is refused by the argument parser:
+# exit status 2, NEEDLE in what it says, and a pointer to --help.
+expect_usage_error() {
+    local needle=$1; shift
+    local err rc=0
+    err=$("$@" 2>&1 >/dev/null) || rc=$?
+    if [ "$rc" -ne 2 ]; then echo "expected a usage error (status 2), got $rc: $*"; return 1; fi
+    case "$err" in *"$needle"*"try '--help'"*) echo "refused: $(head -1 <<<"$err")" ;; *) echo "wrong error: $err (want $needle)"; return 1 ;; esac
+}
+
 device_of() { ublkvd list --json | jq -r --arg n "$1" '.[] | select(.name == $n) | .device'; }
 
 ublk_devices_in_kernel() { ls /sys/class/ublk-char 2>/dev/null | wc -l; }
@@ -188,7 +198,7 @@ test_bad_inputs_are_refused_in_one_line_and_leave_nothing() {
     expect_error "larger than tail" ublkvd add big --size 65M --tail "$MNT/small.img"
     expect_error "multiple of the block size" ublkvd add odd --size 4097 --tail "$MNT/small.img"
     expect_error "cannot open tail" ublkvd add gone --size 1M --tail "$MNT/absent.img"
-    expect_error "invalid size" ublkvd add x --size 1.5G --tail "$MNT/small.img"
+    expect_usage_error "invalid size" ublkvd add x --size 1.5G --tail "$MNT/small.img"
     expect_error "no vdisk named nosuch" ublkvd del nosuch
     [ "$(ublkvd list --json)" = "$before" ]
     [ "$(ublk_devices_in_kernel)" = 1 ]

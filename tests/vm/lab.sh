@@ -149,10 +149,19 @@ lab_wait_member() {
 lab_cli() { local node=$1; shift; "$BIN" --socket "$LAB_DIR/$node/ublkvd.sock" "$@"; }
 
 lab_start() { # node: starts its daemon and waits until it answers
+    lab_spawn "$1"
+    lab_wait_answer "$1"
+}
+
+lab_spawn() { # node: starts its daemon
     local node=$1
     ip netns exec "$(lab_ns "$node")" "$BIN" serve --config "$LAB_DIR/$node/ublkvd.toml" \
         2>>"$LAB_DIR/$node/daemon.log" &
     LAB_PID[$node]=$!
+}
+
+lab_wait_answer() { # node: waits until its daemon answers
+    local node=$1
     for _ in $(seq 200); do
         lab_cli "$node" list >/dev/null 2>&1 && return 0
         kill -0 "${LAB_PID[$node]}" 2>/dev/null || break
