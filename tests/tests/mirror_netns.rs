@@ -12,10 +12,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::lab::{wait_all, Lab, NodeDaemon};
+use support::lab::{self, wait_all, Lab, NodeDaemon};
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 const SIZE: u64 = 16 << 20;
@@ -111,8 +111,8 @@ fn drive_through(
     extra: &[&str],
 ) -> serde_json::Value {
     let links = lab.links(to);
-    let mut driver = lab
-        .vdisk_io(from)
+    let mut driver = lab.vdisk_io(from);
+    driver
         .args(extra)
         .args([
             "--vdisk",
@@ -123,18 +123,8 @@ fn drive_through(
             "4",
         ])
         .args(["--epoch", &epoch.to_string(), "--io-timeout-ms", "4000"])
-        .args(["--peer", &format!("{to}={},{}", links[0], links[1])])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(run);
-    // Closing its input stops the driver, which reads back what it wrote.
-    drop(driver.stdin.take());
-    let output = driver.wait_with_output().unwrap();
-    let report = String::from_utf8(output.stdout).unwrap();
-    serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap()
+        .args(["--peer", &format!("{to}={},{}", links[0], links[1])]);
+    lab::drive(driver, run)
 }
 
 fn verify_clean(primary: &NodeDaemon) {

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::lab::{wait_all, Lab, NodeDaemon};
+use support::lab::{self, wait_all, Lab, NodeDaemon};
 use support::CLUSTER_SECRET;
 
 /// The blocks the drivers write: the vdisk's first 256 KiB.
@@ -26,21 +26,12 @@ fn drive(lab: &Lab, from: &str, name: &str, secret: &str) -> serde_json::Value {
 /// [`drive`] on vdisk `vdisk`.
 fn drive_vdisk(lab: &Lab, vdisk: &str, from: &str, name: &str, secret: &str) -> serde_json::Value {
     let links = lab.links("a");
-    let mut driver = lab
-        .vdisk_io_as(from, name, secret)
+    let mut driver = lab.vdisk_io_as(from, name, secret);
+    driver
         .args(["--vdisk", vdisk, "--blocks", &BLOCKS.to_string()])
         .args(["--depth", "2", "--io-timeout-ms", "1500"])
-        .args(["--peer", &format!("a={},{}", links[0], links[1])])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    drop(driver.stdin.take());
-    let output = driver.wait_with_output().unwrap();
-    let report = String::from_utf8(output.stdout).unwrap();
-    serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap()
+        .args(["--peer", &format!("a={},{}", links[0], links[1])]);
+    lab::drive(driver, Duration::from_secs(2))
 }
 
 #[test]

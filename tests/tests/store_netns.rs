@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::lab::{wait_all, Lab, NodeDaemon};
+use support::lab::{self, wait_all, Lab, NodeDaemon};
 use support::ublkvd_bin;
 
 const NODES: [&str; 4] = ["a", "b", "c", "d"];
@@ -242,25 +242,15 @@ fn three_voters_and_a_learner_keep_one_configuration_through_failures() {
     // bytes: it learns of epoch 2 and, never given the new mapping, fails.
     let before = std::fs::read(&shared).unwrap();
     let b = lab.links("b");
-    let mut writer = lab
-        .vdisk_io("d")
+    let mut writer = lab.vdisk_io("d");
+    writer
         .args([
             "--vdisk", "v1", "--blocks", "16", "--depth", "1", "--epoch", "1",
         ])
         .args(["--io-timeout-ms", "500"])
-        .args(["--peer", &format!("b={},{}", b[0], b[1])])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    // Closing its input stops the writer.
-    drop(writer.stdin.take());
-    let output = writer.wait_with_output().unwrap();
-    let report = String::from_utf8(output.stdout).unwrap();
-    let last: serde_json::Value =
-        serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap();
+        .args(["--peer", &format!("b={},{}", b[0], b[1])]);
+    let last = lab::drive(writer, Duration::from_millis(1500));
+    let report = last.to_string();
     assert_eq!(last["writes"], 0, "{report}");
     assert!(last["errors"].as_u64().unwrap_or(0) >= 1, "{report}");
     assert!(
@@ -355,22 +345,12 @@ fn a_primary_cut_off_from_the_majority_writes_nothing_once_its_secondary_took_ov
 
     let before = std::fs::read(&shared).unwrap();
     let links = lab.links("a");
-    let mut driver = lab
-        .vdisk_io("a")
+    let mut driver = lab.vdisk_io("a");
+    driver
         .args(["--vdisk", "v", "--blocks", "1024", "--depth", "4"])
         .args(["--epoch", "1", "--io-timeout-ms", "2000"])
-        .args(["--peer", &format!("a={},{}", links[0], links[1])])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    drop(driver.stdin.take());
-    let output = driver.wait_with_output().unwrap();
-    let report = String::from_utf8(output.stdout).unwrap();
-    let report: serde_json::Value =
-        serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap();
+        .args(["--peer", &format!("a={},{}", links[0], links[1])]);
+    let report = lab::drive(driver, Duration::from_millis(1500));
     eprintln!("the cut-off primary's own driver: {report}");
     assert_eq!(report["writes"], 0, "the cut-off primary wrote: {report}");
     assert!(

@@ -336,6 +336,23 @@ impl Drop for NodeDaemon {
     }
 }
 
+/// Runs `driver` (a `vdisk-io` command) for `run`, then closes its input,
+/// which stops it: it reads back what it wrote and reports. Returns its
+/// last report.
+pub fn drive(mut driver: Command, run: Duration) -> serde_json::Value {
+    let mut driver = driver
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(run);
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(report.lines().last().unwrap_or("{}")).unwrap()
+}
+
 /// Waits until every daemon in `observers` sees `member` in `state`;
 /// returns how long the slowest took.
 pub fn wait_all(
