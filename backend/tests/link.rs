@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::link::{HealthConfig, Link, LinkError, PeerLinks};
+use backend::link::{HealthConfig, Link, LinkError, PeerLinks, PEER_CLOSED_SETTLE};
 use backend::peer::{serve, Exports};
 use backend::wire::{Op, Status};
 use backend::{AlignedBuf, Engine, LocalTail};
@@ -371,5 +371,49 @@ fn a_call_lost_with_a_cut_link_is_fenced_and_completed_on_the_other_link() {
             .read_exact_at(&mut landed, 0)
             .unwrap();
         assert!(landed == block(7)[..], "the write did not land");
+    });
+}
+
+/// A peer that goes away (its process dies: every connection dropped with
+/// nothing answered) starts nothing more: the calls lost with it settle at
+/// once, not after the silence a cut would need.
+#[test]
+fn a_call_lost_because_the_peer_went_away_settles_at_once() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(
+            vec![listener],
+            peer.exports.clone(),
+            support::server_tls("server"),
+            std::future::pending(),
+        ));
+        let link = Arc::new(Link::spawn(
+            addr,
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        ));
+        wait_until(&link, true).await;
+        // Held at the peer (its store lags), so in flight when it dies.
+        let caller = link.clone();
+        let call = tokio::spawn(async move {
+            let op = Op::Write {
+                offset: 0,
+                len: 4096,
+            };
+            caller.call(VDISK, 2, op, Some(Arc::new(block(1)))).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.abort();
+        let lost = tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .unwrap()
+            .unwrap();
+        let Err(LinkError::Lost { settles_at }) = lost else {
+            panic!("not lost: {lost:?}");
+        };
+        let left = settles_at.saturating_duration_since(std::time::Instant::now());
+        assert!(left <= PEER_CLOSED_SETTLE, "settles in {left:?}");
     });
 }

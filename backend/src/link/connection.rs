@@ -24,6 +24,12 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 /// the network to deliver what was in it and the peer to start it.
 pub const STRAGGLE: std::time::Duration = SILENCE.saturating_add(std::time::Duration::from_secs(1));
 
+/// How long after the peer closed or reset the connection a request lost
+/// with it may still land: the peer closes a connection itself only once
+/// its requests have run, and a peer process that died starts nothing
+/// more; what its disk had already taken lands within this.
+pub const PEER_CLOSED_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Calls queued together that go out in one flush, at most.
 const BATCH: usize = 64;
 
@@ -311,6 +317,9 @@ async fn session(
     let (reader, writer) = tokio::io::split(stream);
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     let (replies_tx, mut replies) = mpsc::channel(1024);
+    // Whether the peer ended the connection (closed or reset it), rather
+    // than this side giving up on it.
+    let mut peer_closed = false;
     let reader = tokio::spawn(read_replies(reader, replies_tx));
     let mut pending: HashMap<u64, Waiter> = HashMap::new();
     let mut next_id = 0u64;
@@ -346,7 +355,11 @@ async fn session(
                 let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
                 let (id, reply) = match reply {
                     Ok(reply) => reply,
-                    Err(e) => break e,
+                    Err(ReadEnd::Closed(e)) => {
+                        peer_closed = true;
+                        break format!("connection closed by the peer: {e}");
+                    }
+                    Err(ReadEnd::Malformed(why)) => break why,
                 };
                 let now = Instant::now();
                 // A peer that refuses us as a non-member serves us nothing:
@@ -393,8 +406,14 @@ async fn session(
     };
     reader.abort();
     // Whatever the peer has not started of them, it never will, once it
-    // sees the connection reset, or silent for its `SILENCE`.
-    let settles_at = Instant::now() + STRAGGLE;
+    // sees the connection reset, or silent for its `SILENCE`; if it ended
+    // the connection itself, it has started nothing more since.
+    let settles_at = Instant::now()
+        + if peer_closed {
+            PEER_CLOSED_SETTLE
+        } else {
+            STRAGGLE
+        };
     for waiter in pending.into_values() {
         if let Waiter::Call(caller) = waiter {
             let _ = caller.send(Err(LinkError::Lost { settles_at }));
@@ -439,8 +458,16 @@ async fn buffer_call(
     Ok((head.len() + payload.len()) as u64)
 }
 
+/// Why reading replies ended.
+enum ReadEnd {
+    /// The peer closed or reset the connection.
+    Closed(io::Error),
+    /// It sent something that is not a reply: this side ends it.
+    Malformed(String),
+}
+
 /// Reads replies until the connection fails; a malformed one ends it.
-async fn read_replies(reader: SessionReader, replies: mpsc::Sender<Result<(u64, Reply), String>>) {
+async fn read_replies(reader: SessionReader, replies: mpsc::Sender<Result<(u64, Reply), ReadEnd>>) {
     let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     loop {
         let result = read_reply(&mut reader).await;
@@ -451,23 +478,25 @@ async fn read_replies(reader: SessionReader, replies: mpsc::Sender<Result<(u64, 
     }
 }
 
-async fn read_reply(reader: &mut BufReader<SessionReader>) -> Result<(u64, Reply), String> {
+async fn read_reply(reader: &mut BufReader<SessionReader>) -> Result<(u64, Reply), ReadEnd> {
+    let malformed = |e: &dyn std::fmt::Display| ReadEnd::Malformed(format!("malformed reply: {e}"));
     let mut head = [0u8; HEADER_LEN];
     reader
         .read_exact(&mut head)
         .await
-        .map_err(|e| format!("connection lost: {e}"))?;
-    let header = Header::decode(&head).map_err(|e| format!("malformed reply: {e}"))?;
-    let mut data = AlignedBuf::new(header.payload_len as usize).map_err(|e| e.to_string())?;
+        .map_err(ReadEnd::Closed)?;
+    let header = Header::decode(&head).map_err(|e| malformed(&e))?;
+    let mut data = AlignedBuf::new(header.payload_len as usize)
+        .map_err(|e| ReadEnd::Malformed(e.to_string()))?;
     reader
         .read_exact(&mut data)
         .await
-        .map_err(|e| format!("connection lost: {e}"))?;
-    header
-        .verify_payload(&data)
-        .map_err(|e| format!("malformed reply: {e}"))?;
+        .map_err(ReadEnd::Closed)?;
+    header.verify_payload(&data).map_err(|e| malformed(&e))?;
     let Frame::Reply { id, status } = header.frame else {
-        return Err("the peer sent a request on a link".to_owned());
+        return Err(ReadEnd::Malformed(
+            "the peer sent a request on a link".to_owned(),
+        ));
     };
     let data = (header.payload_len > 0).then_some(data);
     Ok((id, Reply { status, data }))

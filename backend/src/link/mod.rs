@@ -6,6 +6,6 @@ mod connection;
 mod health;
 mod peer;
 
-pub use connection::{Link, LinkCounters, LinkError, Reply, STRAGGLE};
+pub use connection::{Link, LinkCounters, LinkError, Reply, PEER_CLOSED_SETTLE, STRAGGLE};
 pub use health::{Health, HealthConfig, Transition};
 pub use peer::{PeerLinks, Reported};
