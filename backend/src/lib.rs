@@ -9,6 +9,7 @@
 
 mod block;
 mod buf;
+mod counts;
 mod engine;
 mod error;
 mod lease;
@@ -23,6 +24,7 @@ pub mod wire;
 
 pub use block::BlockBackend;
 pub use buf::AlignedBuf;
+pub use counts::{Counted, OpenCounts};
 pub use engine::{Engine, EngineRing};
 pub use error::{IoError, TailError};
 pub use lease::{Lease, LEASE, LEASE_RUN_OUT};

@@ -1,12 +1,11 @@
 //! The daemon: serves the control socket until SIGTERM or SIGINT, then
 //! stops every device and removes the socket.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,7 +15,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 
-use backend::Lease;
+use backend::{Lease, OpenCounts};
 use configdb::raft::StoreTls;
 use configdb::{NodeRecord, Store, StoreConfig};
 
@@ -188,7 +187,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(CONTROL_CONNECTIONS));
-    let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
+    let per_user = OpenCounts::default();
     loop {
         tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -213,44 +212,11 @@ pub async fn run(
     }
 }
 
-/// One control connection of user `uid`, counted; uncounted when dropped.
-struct UserSlot {
-    per_user: Arc<Mutex<HashMap<u32, usize>>>,
-    uid: u32,
-}
-
-impl UserSlot {
-    fn take(per_user: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UserSlot> {
-        let mut open = per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(uid).or_default();
-        if *count >= CONTROL_CONNECTIONS_PER_USER {
-            return None;
-        }
-        *count += 1;
-        Some(UserSlot {
-            per_user: per_user.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut open = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.uid) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.uid);
-            }
-        }
-    }
-}
-
 async fn serve_connection(
     stream: UnixStream,
     daemon: Arc<Daemon>,
     rules: Arc<AccessRules>,
-    per_user: Arc<Mutex<HashMap<u32, usize>>>,
+    per_user: OpenCounts<u32>,
 ) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
@@ -260,7 +226,7 @@ async fn serve_connection(
         }
     };
     let (reader, mut writer) = stream.into_split();
-    let Some(_slot) = UserSlot::take(&per_user, peer.uid) else {
+    let Some(_slot) = per_user.open(&peer.uid, CONTROL_CONNECTIONS_PER_USER) else {
         tracing::warn!(uid = peer.uid, pid = ?peer.pid, "control connection refused: {CONTROL_CONNECTIONS_PER_USER} open by that user");
         let refusal = Response::Error {
             message: format!(

@@ -1376,10 +1376,7 @@ async fn attempt(
     let call_side = side.clone();
     tokio::spawn(async move {
         let result = call_side.path.execute(wire_id, epoch, op, payload).await;
-        let lost_until = match result {
-            Err(LinkError::Lost { settles_at }) => Some(settles_at),
-            _ => None,
-        };
+        let lost_until = result.as_ref().err().and_then(LinkError::settles_at);
         let _ = answer.send(result);
         if tracked {
             if let Some(at) = lost_until {

@@ -15,7 +15,7 @@ use super::exports::Admission;
 use super::sessions::{Session, Sessions};
 use super::{Exports, Served};
 use crate::wire::{self, Frame, Header, Nack, Op, Status, HEADER_LEN};
-use crate::{AlignedBuf, BlockBackend, EngineRing, LocalTail};
+use crate::{AlignedBuf, BlockBackend, Counted, EngineRing, LocalTail, OpenCounts};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 const IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -205,56 +205,6 @@ async fn authenticate_and_serve(
     };
     let session = registered.session.clone();
     serve_connection(stream, peer, exports, stopped, session, limits.sessions).await;
-}
-
-/// How many connections each key (a node's name, a source address) has
-/// open, so that none takes more than its share.
-struct OpenCounts<K>(Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>);
-
-impl<K> Clone for OpenCounts<K> {
-    fn clone(&self) -> Self {
-        OpenCounts(self.0.clone())
-    }
-}
-
-impl<K> Default for OpenCounts<K> {
-    fn default() -> Self {
-        OpenCounts(Arc::default())
-    }
-}
-
-/// One counted connection; uncounted when dropped.
-struct Counted<K: std::hash::Hash + Eq> {
-    counts: OpenCounts<K>,
-    key: K,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> OpenCounts<K> {
-    /// Counts a new connection of `key`, unless it has `cap` open.
-    fn open(&self, key: &K, cap: usize) -> Option<Counted<K>> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(key.clone()).or_default();
-        if *count >= cap {
-            return None;
-        }
-        *count += 1;
-        Some(Counted {
-            counts: self.clone(),
-            key: key.clone(),
-        })
-    }
-}
-
-impl<K: std::hash::Hash + Eq> Drop for Counted<K> {
-    fn drop(&mut self) {
-        let mut open = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
 }
 
 async fn serve_connection(

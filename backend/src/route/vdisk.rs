@@ -562,10 +562,7 @@ impl RoutingTask {
                 // and a write is not complete while an attempt may land.
                 tokio::spawn(async move {
                     let result = tail_path.execute(vdisk, epoch, op, payload).await;
-                    let lost_until = match result {
-                        Err(LinkError::Lost { settles_at }) => Some(settles_at),
-                        _ => None,
-                    };
+                    let lost_until = result.as_ref().err().and_then(LinkError::settles_at);
                     let _ = events.send(Event::Attempt { id, path, result });
                     if tracked {
                         if let Some(at) = lost_until {
