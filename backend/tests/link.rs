@@ -9,7 +9,7 @@ mod support;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -267,58 +267,6 @@ fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_a
     });
 }
 
-/// A cable between a link and the server: it carries a connection's bytes
-/// both ways until cut, then carries nothing and closes nothing, as a
-/// pulled cable would.
-struct Cable {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-}
-
-impl Cable {
-    async fn lay(to: SocketAddr) -> Cable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let cutting = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((near, _)) = listener.accept().await {
-                let far = tokio::net::TcpStream::connect(to).await.unwrap();
-                let (near_read, near_write) = near.into_split();
-                let (far_read, far_write) = far.into_split();
-                tokio::spawn(carry(near_read, far_write, cutting.clone()));
-                tokio::spawn(carry(far_read, near_write, cutting.clone()));
-            }
-        });
-        Cable { addr, cut }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-    }
-}
-
-async fn carry(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    cut: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0; 64 << 10];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || cut.load(Ordering::SeqCst) {
-            break;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    if cut.load(Ordering::SeqCst) {
-        // Nothing gets through any more, not even a close.
-        std::future::pending::<()>().await;
-    }
-}
-
 /// A call caught on a cut link is not given up as lost: the peer is fenced
 /// on its other link (the cut connection closed there, and none of its
 /// requests left running), and the call is sent again and completed there.
@@ -329,7 +277,7 @@ fn a_call_lost_with_a_cut_link_is_fenced_and_completed_on_the_other_link() {
         let one = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let two = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (cable, direct) = (
-            Cable::lay(one.local_addr().unwrap()).await,
+            support::Cable::lay(one.local_addr().unwrap()).await,
             two.local_addr().unwrap(),
         );
         let (_stop, _served) = peer.serve(vec![one, two]);

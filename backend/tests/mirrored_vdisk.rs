@@ -49,6 +49,8 @@ struct TestSide {
     path: PathBuf,
     engine: Engine,
     addr: SocketAddr,
+    /// Where the mirror dials it: `addr`, or a cable laid to it.
+    dial: SocketAddr,
     stop: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
@@ -62,8 +64,10 @@ impl TestSide {
         let host = NEXT_HOST.fetch_add(1, Ordering::Relaxed);
         let ip = std::net::Ipv4Addr::new(127, 0, 1, host);
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let mut side = TestSide {
-            addr: listener.local_addr().unwrap(),
+            addr,
+            dial: addr,
             _dir: dir,
             path,
             engine: Engine::start(64).unwrap(),
@@ -111,7 +115,7 @@ impl TestSide {
             allowed_misses: 10,
         };
         let peer = PeerLinks::new(name, health, support::client_tls("primary", "side"));
-        peer.set_membership(Some(&[self.addr]));
+        peer.set_membership(Some(&[self.dial]));
         let mut up = peer.watch();
         tokio::time::timeout(Duration::from_secs(5), up.wait_for(|&up| up))
             .await
@@ -647,6 +651,42 @@ fn a_resync_ends_while_the_regions_it_copies_are_written_all_along() {
         let rounds = writer.await.unwrap();
         assert!(rounds > 16, "the writer ran through the resync: {rounds}");
         m.flush().await.unwrap();
+        assert!(same_files(&a, &b));
+    });
+}
+
+/// A write sent to side B and held in the network while B is resynced
+/// without it must not land afterwards, over the newer data the resync
+/// copied: B is taken back only once nothing sent there before can still
+/// land (its server closes a connection silent for `wire::SILENCE`, and
+/// runs nothing of a closed one).
+#[test]
+fn a_write_held_in_the_network_never_lands_after_its_region_was_resynced() {
+    runtime().block_on(async {
+        let a = TestSide::start().await;
+        let mut b = TestSide::start().await;
+        let cable = support::Cable::lay(b.addr).await;
+        b.dial = cable.addr;
+        let m = mirror(&a, &b).await;
+        let offset = region_block(3) * BLOCK as u64;
+
+        cable.hold();
+        m.write(offset, &block(1)).await.unwrap();
+        assert_ne!(m.status().sides[1], SideState::InSync, "b lost a write");
+        m.write(offset, &block(2)).await.unwrap();
+        m.wait("b resynced on a new connection", |s| {
+            s.sides == [SideState::InSync; 2]
+        })
+        .await;
+        assert!(b.block(region_block(3)) == block(2), "b resynced");
+
+        cable.release();
+        // Time for the held write to land, if anything would run it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            b.block(region_block(3)) == block(2),
+            "the held write landed over the resynced data"
+        );
         assert!(same_files(&a, &b));
     });
 }
