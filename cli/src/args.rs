@@ -14,9 +14,15 @@ use crate::size::parse_size;
     about = "Cluster virtual disks as /dev/ublkbN"
 )]
 pub struct Cli {
-    /// The daemon's control socket [default: the config's, else /run/ublkvd/ublkvd.sock]
+    /// The daemon's control socket [default: the config file's
+    /// control_socket, else /run/ublkvd/ublkvd.sock]
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// TOML config file: `serve` runs by it (its settings override the
+    /// embedded defaults); the other commands find the daemon's control
+    /// socket in it
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -134,9 +140,6 @@ pub const DEFAULT_CA_DIR: &str = "/etc/ublkvd/ca";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML config file; its settings override the embedded defaults
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Where the node keeps its configuration store [default: /var/lib/ublkvd]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

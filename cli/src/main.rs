@@ -41,14 +41,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let file = match &cli.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let socket = (cli.socket.clone())
+        .or_else(|| file.control_socket.clone())
+        .unwrap_or_else(|| DEFAULT_SOCKET.into());
     match cli.command {
         Command::Serve(args) => {
             init_logging();
-            let file = match &args.config {
-                Some(path) => ConfigFile::load(path)?,
-                None => ConfigFile::default(),
-            };
             let config = NodeConfig::resolve(file, args.data_dir, cli.socket)?;
             server::serve(&config, args.keep_devices)
         }

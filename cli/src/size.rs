@@ -1,5 +1,7 @@
 //! Byte sizes as people type them: `4096`, `512M`, `1G`, `1GiB`, `10T`.
-//! Every suffix is binary (K = 1024), as for block devices everywhere.
+//! Every suffix is binary (K = 1024), as for block devices everywhere;
+//! `KB`, `MB`, `GB`, `TB` are refused, since other tools read them as
+//! decimal (`truncate`, `parted`) and a disk off by 7% is found too late.
 
 /// Parses a size; the message says what was wrong.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -15,12 +17,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(invalid());
     }
     let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+    let suffix = suffix.trim().to_ascii_uppercase();
+    let shift = match suffix.as_str() {
         "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
+        "K" | "KIB" => 10,
+        "M" | "MIB" => 20,
+        "G" | "GIB" => 30,
+        "T" | "TIB" => 40,
+        "KB" | "MB" | "GB" | "TB" => {
+            let binary = &suffix[..1];
+            return Err(format!(
+                "invalid size {text:?}: {suffix} is decimal to some tools and binary to others; \
+                 write {number}{binary} or {number}{binary}iB (binary), or the bytes"
+            ));
+        }
         _ => return Err(invalid()),
     };
     number
@@ -57,6 +67,15 @@ mod tests {
         assert_eq!(parse_size("1gib"), Ok(1 << 30));
         assert_eq!(parse_size("2 KiB"), Ok(2048));
         assert_eq!(parse_size("3T"), Ok(3 << 40));
+    }
+
+    #[test]
+    fn decimal_looking_suffixes_are_refused_with_the_binary_spelling() {
+        for ambiguous in ["1KB", "512MB", "1GB", "2tb"] {
+            let said = parse_size(ambiguous).unwrap_err();
+            assert!(said.contains("decimal to some tools"), "{said}");
+        }
+        assert!(parse_size("1GB").unwrap_err().contains("write 1G or 1GiB"));
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn malformed_requests_get_an_error_reply_and_the_daemon_lives_on() {
 }
 
 #[test]
-fn config_file_sets_the_socket_and_flags_override_the_file() {
+fn config_file_sets_the_socket_for_daemon_and_clients_and_flags_override_the_file() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let file_socket = dir.path().join("from-file.sock");
     let flag_data = dir.path().join("flag-data");
@@ -241,6 +241,25 @@ fn config_file_sets_the_socket_and_flags_override_the_file() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!dir.path().join("file-data").exists());
+    // The client commands find the daemon the config names, the option
+    // before or after the command; --socket still wins.
+    for args in [["--config", "F", "list"], ["list", "--config", "F"]] {
+        let args = args.map(|arg| match arg {
+            "F" => config.as_os_str(),
+            arg => std::ffi::OsStr::new(arg),
+        });
+        let listed = Command::new(ublkvd_bin()).args(args).output().unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+    }
+    let elsewhere = Command::new(ublkvd_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("absent.sock"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_one_line_error(elsewhere, "is `ublkvd serve` running?");
     child.kill().unwrap();
     child.wait().unwrap();
 }
