@@ -338,30 +338,10 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
-            call = inbox.recv() => {
-                let Some(call) = call else { break "link closed".to_owned() };
-                // Whatever else is queued goes out in the same flush: at a
-                // queue depth of 32, one segment carries many requests.
-                let mut next = Some(call);
-                let mut sent = Ok(());
-                for _ in 0..BATCH {
-                    let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
-                    next_id += 1;
-                    match buffer_call(&mut writer, next_id, call, &mut pending).await {
-                        Ok(bytes) => {
-                            counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            sent = Err(e);
-                            break;
-                        }
-                    }
-                }
-                if let Err(e) = sent.and(writer.flush().await) {
-                    break format!("send failed: {e}");
-                }
-                health.sent(Instant::now());
-            }
+            // Replies first: a reply waiting here while the loop was busy
+            // sending must count as heard before silence is judged. Then
+            // the ticker, which cannot starve calls (it fires once a tick).
+            biased;
             reply = replies.recv() => {
                 let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
                 let (id, reply) = match reply {
@@ -388,7 +368,10 @@ async fn session(
                 let bytes = HEADER_LEN + reply.data.as_ref().map_or(0, |d| d.len());
                 counters.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 match pending.remove(&id) {
-                    Some(Waiter::Call(caller)) => { let _ = caller.send(Ok(reply)); }
+                    Some(Waiter::Call { caller, bytes }) => {
+                        health.answered(bytes);
+                        let _ = caller.send(Ok(reply));
+                    }
                     Some(Waiter::Heartbeat { sent }) => {
                         let rtt = now.duration_since(sent).as_micros() as u64;
                         counters.heartbeat_rtt_us.store(rtt, Ordering::Relaxed);
@@ -413,6 +396,30 @@ async fn session(
                     }
                 }
             }
+            call = inbox.recv() => {
+                let Some(call) = call else { break "link closed".to_owned() };
+                // Whatever else is queued goes out in the same flush: at a
+                // queue depth of 32, one segment carries many requests.
+                let mut next = Some(call);
+                let mut sent = Ok(());
+                for _ in 0..BATCH {
+                    let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
+                    next_id += 1;
+                    match buffer_call(&mut writer, next_id, call, &mut pending, health).await {
+                        Ok(bytes) => {
+                            counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            sent = Err(e);
+                            break;
+                        }
+                    }
+                }
+                if let Err(e) = sent.and(writer.flush().await) {
+                    break format!("send failed: {e}");
+                }
+                health.sent(Instant::now());
+            }
         }
     };
     reader.abort();
@@ -426,27 +433,34 @@ async fn session(
             STRAGGLE
         };
     for waiter in pending.into_values() {
-        if let Waiter::Call(caller) = waiter {
+        if let Waiter::Call { caller, .. } = waiter {
             let _ = caller.send(Err(LinkError::Lost { settles_at }));
         }
     }
     reason
 }
 
-/// What waits for a reply: a caller, or a heartbeat sent at `sent`.
+/// What waits for a reply: a caller whose request carries or asks back
+/// `bytes`, or a heartbeat sent at `sent`.
 enum Waiter {
-    Call(oneshot::Sender<Result<Reply, LinkError>>),
-    Heartbeat { sent: Instant },
+    Call {
+        caller: oneshot::Sender<Result<Reply, LinkError>>,
+        bytes: u64,
+    },
+    Heartbeat {
+        sent: Instant,
+    },
 }
 
 /// Puts one call in the send buffer as request `id`; returns the bytes
 /// buffered. It is pending from now on, so that a failed send fails it
-/// with the rest.
+/// with the rest, and its bytes are outstanding in `health`.
 async fn buffer_call(
     writer: &mut BufWriter<SessionWriter>,
     id: u64,
     call: Call,
     pending: &mut HashMap<u64, Waiter>,
+    health: &mut Health,
 ) -> io::Result<u64> {
     let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
     let frame = Frame::Request {
@@ -463,7 +477,13 @@ async fn buffer_call(
             return Ok(0);
         }
     };
-    pending.insert(id, Waiter::Call(call.reply));
+    let bytes = match call.op {
+        Op::Read { len, .. } => u64::from(len),
+        _ => payload.len() as u64,
+    };
+    health.queued(bytes);
+    let caller = call.reply;
+    pending.insert(id, Waiter::Call { caller, bytes });
     writer.write_all(&head).await?;
     writer.write_all(payload).await?;
     Ok((head.len() + payload.len()) as u64)
