@@ -338,9 +338,10 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
-            // Replies first: a reply waiting here while the loop was busy
-            // sending must count as heard before silence is judged. Then
-            // the ticker, which cannot starve calls (it fires once a tick).
+            // Replies first: one that came while the loop was busy sending
+            // counts as heard before silence is judged (a long send of
+            // large requests must not cut the link it is using). Then the
+            // ticker, which cannot starve calls: it fires once a tick.
             biased;
             reply = replies.recv() => {
                 let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
@@ -368,10 +369,7 @@ async fn session(
                 let bytes = HEADER_LEN + reply.data.as_ref().map_or(0, |d| d.len());
                 counters.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 match pending.remove(&id) {
-                    Some(Waiter::Call { caller, bytes }) => {
-                        health.answered(bytes);
-                        let _ = caller.send(Ok(reply));
-                    }
+                    Some(Waiter::Call(caller)) => { let _ = caller.send(Ok(reply)); }
                     Some(Waiter::Heartbeat { sent }) => {
                         let rtt = now.duration_since(sent).as_micros() as u64;
                         counters.heartbeat_rtt_us.store(rtt, Ordering::Relaxed);
@@ -405,7 +403,7 @@ async fn session(
                 for _ in 0..BATCH {
                     let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
                     next_id += 1;
-                    match buffer_call(&mut writer, next_id, call, &mut pending, health).await {
+                    match buffer_call(&mut writer, next_id, call, &mut pending).await {
                         Ok(bytes) => {
                             counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
                         }
@@ -433,34 +431,27 @@ async fn session(
             STRAGGLE
         };
     for waiter in pending.into_values() {
-        if let Waiter::Call { caller, .. } = waiter {
+        if let Waiter::Call(caller) = waiter {
             let _ = caller.send(Err(LinkError::Lost { settles_at }));
         }
     }
     reason
 }
 
-/// What waits for a reply: a caller whose request carries or asks back
-/// `bytes`, or a heartbeat sent at `sent`.
+/// What waits for a reply: a caller, or a heartbeat sent at `sent`.
 enum Waiter {
-    Call {
-        caller: oneshot::Sender<Result<Reply, LinkError>>,
-        bytes: u64,
-    },
-    Heartbeat {
-        sent: Instant,
-    },
+    Call(oneshot::Sender<Result<Reply, LinkError>>),
+    Heartbeat { sent: Instant },
 }
 
 /// Puts one call in the send buffer as request `id`; returns the bytes
 /// buffered. It is pending from now on, so that a failed send fails it
-/// with the rest, and its bytes are outstanding in `health`.
+/// with the rest.
 async fn buffer_call(
     writer: &mut BufWriter<SessionWriter>,
     id: u64,
     call: Call,
     pending: &mut HashMap<u64, Waiter>,
-    health: &mut Health,
 ) -> io::Result<u64> {
     let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
     let frame = Frame::Request {
@@ -477,13 +468,7 @@ async fn buffer_call(
             return Ok(0);
         }
     };
-    let bytes = match call.op {
-        Op::Read { len, .. } => u64::from(len),
-        _ => payload.len() as u64,
-    };
-    health.queued(bytes);
-    let caller = call.reply;
-    pending.insert(id, Waiter::Call { caller, bytes });
+    pending.insert(id, Waiter::Call(call.reply));
     writer.write_all(&head).await?;
     writer.write_all(payload).await?;
     Ok((head.len() + payload.len()) as u64)

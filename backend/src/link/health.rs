@@ -20,13 +20,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// The slowest a peer is expected to take in, or send back, the bytes of
-/// the requests outstanding on a connection: 10 MiB/s, a 100 Mbit/s link.
-/// A heartbeat queued behind them cannot be answered sooner, so a link
-/// judges silence that much later: 80 ms later with 32 writes of 4 KiB
-/// (well, 12 ms), 800 ms later with 8 of 1 MiB.
-pub const DRAIN_FLOOR: u64 = 10 << 20;
-
 /// A change of a link's state, for the caller to act on and log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -44,9 +37,6 @@ pub struct Health {
     last_heard: Instant,
     last_sent: Instant,
     last_probe: Option<Instant>,
-    /// Bytes of the requests outstanding, both ways: payloads sent and
-    /// data to come back.
-    outstanding: u64,
 }
 
 impl Health {
@@ -59,7 +49,6 @@ impl Health {
             last_heard: now,
             last_sent: now,
             last_probe: None,
-            outstanding: 0,
         }
     }
 
@@ -73,7 +62,6 @@ impl Health {
         self.last_heard = now;
         self.last_sent = now;
         self.last_probe = None;
-        self.outstanding = 0;
     }
 
     /// The connection broke: down at once, no waiting for missed beats.
@@ -97,16 +85,6 @@ impl Health {
         self.last_sent = now;
     }
 
-    /// A request went out that carries, or asks back, `bytes`.
-    pub fn queued(&mut self, bytes: u64) {
-        self.outstanding = self.outstanding.saturating_add(bytes);
-    }
-
-    /// The reply to a request that carried, or asked back, `bytes` came.
-    pub fn answered(&mut self, bytes: u64) {
-        self.outstanding = self.outstanding.saturating_sub(bytes);
-    }
-
     /// Whether a heartbeat is due now: the link has heard nothing, or sent
     /// nothing, for an interval since it last probed. Records the probe.
     /// Sending counts too because the peer closes a connection it has not
@@ -123,14 +101,9 @@ impl Health {
     }
 
     /// Whether the connected peer has been silent too long: the caller
-    /// then drops the connection and reports it `disconnected`. Too long
-    /// is the allowed misses, plus the time the outstanding bytes take at
-    /// [`DRAIN_FLOOR`]: a link busy with large requests is not cut for
-    /// the heartbeat waiting behind them.
+    /// then drops the connection and reports it `disconnected`.
     pub fn is_silent(&self, now: Instant) -> bool {
-        let draining =
-            Duration::from_micros(self.outstanding.saturating_mul(1_000_000) / DRAIN_FLOOR);
-        let silence = self.config.interval * self.config.allowed_misses + draining;
+        let silence = self.config.interval * self.config.allowed_misses;
         self.connected && now.duration_since(self.last_heard) > silence
     }
 
@@ -210,28 +183,6 @@ mod tests {
         h.connected(t + 400 * MS);
         assert!(!h.is_silent(t + 450 * MS));
         assert_eq!(h.heard(t + 450 * MS), Some(Transition::Up));
-    }
-
-    #[test]
-    fn silence_is_judged_later_by_the_time_the_outstanding_bytes_take() {
-        let (mut h, t) = link();
-        h.connected(t);
-        h.heard(t);
-        // Eight writes of 1 MiB ahead of any heartbeat: 800 ms more.
-        h.queued(8 << 20);
-        assert!(!h.is_silent(t + 1000 * MS));
-        assert!(h.is_silent(t + 1101 * MS));
-        h.heard(t + 1050 * MS);
-        h.answered(8 << 20);
-        assert!(!h.is_silent(t + 1350 * MS));
-        assert!(
-            h.is_silent(t + 1351 * MS),
-            "answered: the usual allowance again"
-        );
-        // A new connection starts with nothing outstanding.
-        h.queued(1 << 20);
-        h.connected(t + 2000 * MS);
-        assert!(h.is_silent(t + 2301 * MS));
     }
 
     #[test]
