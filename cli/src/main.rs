@@ -341,8 +341,11 @@ fn placement(v: &VdiskInfo) -> String {
 }
 
 fn init_logging() {
+    // openraft reports its whole state at INFO, and warns of things an
+    // admin cannot act on (an answer nobody waits for any more); the
+    // store's changes are in ublkvd's own lines. RUST_LOG brings it back.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

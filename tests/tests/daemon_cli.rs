@@ -282,6 +282,14 @@ fn invalid_config_file_is_refused_in_one_line() {
 }
 
 #[test]
+fn the_default_log_has_the_daemons_own_lines_not_the_stores_internals() {
+    let mut daemon = Daemon::start();
+    let (_, log) = daemon.terminate();
+    assert!(log.contains("ublkvd serving"), "{log}");
+    assert!(!log.contains("openraft"), "{log}");
+}
+
+#[test]
 fn a_metrics_address_off_loopback_is_warned_of_at_start() {
     let warning = "is not a loopback address: /metrics has no authentication";
     let mut exposed = Daemon::start_with_config(Some("metrics_listen = \"0.0.0.0:0\"\n"));

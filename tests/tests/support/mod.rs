@@ -73,7 +73,8 @@ impl Daemon {
     /// it answers.
     pub fn spawn(&mut self) {
         let mut command = Command::new(ublkvd_bin());
-        command.arg("serve");
+        // The log a user gets by default.
+        command.arg("serve").env_remove("RUST_LOG");
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
