@@ -291,6 +291,13 @@ impl ConfigFile {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
+
+    /// The daemon's control socket: the flag's, else this file's, else the
+    /// default. The daemon listens on it and the client commands dial it.
+    pub fn control_socket(&self, flag: Option<PathBuf>) -> PathBuf {
+        flag.or_else(|| self.control_socket.clone())
+            .unwrap_or_else(|| DEFAULT_SOCKET.into())
+    }
 }
 
 /// The configuration the daemon runs with.
@@ -324,6 +331,7 @@ impl NodeConfig {
         let health_default = HealthConfig::default();
         let route_default = RouteConfig::default();
         let ms = Duration::from_millis;
+        let control_socket = file.control_socket(control_socket);
         let node = file.node.unwrap_or_else(default_node_name);
         let store = match file.store {
             Some(store) => store.resolve(&node)?,
@@ -343,9 +351,7 @@ impl NodeConfig {
             data_dir: data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            control_socket: control_socket
-                .or(file.control_socket)
-                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            control_socket,
             control_groups: ControlGroups {
                 admin: file
                     .admin_group

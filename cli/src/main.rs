@@ -21,7 +21,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{AddArgs, Cli, Command};
-use config::{ConfigFile, NodeConfig, DEFAULT_SOCKET};
+use config::{ConfigFile, NodeConfig};
 use control::{AddRequest, MembersInfo, Request, VdiskInfo};
 use control::{MoveRequest, SetRequest, StoreInfo};
 use size::format_size;
@@ -45,9 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let socket = (cli.socket.clone())
-        .or_else(|| file.control_socket.clone())
-        .unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let socket = file.control_socket(cli.socket.clone());
     match cli.command {
         Command::Serve(args) => {
             init_logging();
