@@ -42,6 +42,7 @@ impl Access {
             // that region is compared: a read-only user must not be able to
             // slow the vdisks' I/O at will.
             Request::Verify { .. } => Access::Admin("verify vdisks"),
+            Request::SetVoters { .. } => Access::Admin("change the store's voters"),
             Request::Add(_) | Request::Del { .. } | Request::Set(_) | Request::Move(_) => {
                 Access::Admin("change vdisks")
             }
@@ -211,7 +212,7 @@ mod tests {
     use crate::control::{MoveRequest, SetRequest};
 
     #[test]
-    fn reports_are_read_and_changes_verify_and_full_resyncs_are_admin() {
+    fn reports_are_read_and_changes_verify_full_resyncs_and_voters_are_admin() {
         let name = || "vd".to_owned();
         let read = [
             Request::List,
@@ -261,6 +262,13 @@ mod tests {
         assert_eq!(Access::of(&full), Access::Admin("start a full resync"));
         let verify = Request::Verify { name: name() };
         assert_eq!(Access::of(&verify), Access::Admin("verify vdisks"));
+        let voters = Request::SetVoters {
+            voters: vec![name()],
+        };
+        assert_eq!(
+            Access::of(&voters),
+            Access::Admin("change the store's voters")
+        );
     }
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {

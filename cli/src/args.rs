@@ -52,11 +52,13 @@ pub enum Command {
         json: bool,
     },
     /// Show the configuration store: this node's role, the leader, the
-    /// generation, voters and learners
+    /// generation, voters and learners; or change its voters
     Store {
         /// Print JSON instead of text
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
+        #[command(subcommand)]
+        change: Option<StoreCommand>,
     },
     /// Show the cluster's members as this node sees them, and its
     /// configuration number
@@ -106,6 +108,22 @@ pub enum Command {
     Completions {
         /// The shell to complete for
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Make exactly these nodes the store's voters (1, 3 or 5), on any
+    /// node: to grow a store, replace a dead voter or retire one. Each
+    /// must have joined the store first (started once with this cluster's
+    /// `[store]`; `ublkvd store` lists it as a learner); voters left out
+    /// become learners. A majority of the old voters and of the new must
+    /// be up. `[store] voters` in the files only seeds a new store: edit
+    /// it to match, for nodes started later
+    SetVoters {
+        /// The nodes' names
+        #[arg(required = true, num_args = 1..)]
+        nodes: Vec<String>,
     },
 }
 

@@ -24,6 +24,10 @@ pub enum Request {
     List,
     Members,
     Store,
+    /// Make exactly these nodes the store's voters.
+    SetVoters {
+        voters: Vec<String>,
+    },
     /// How a mirrored vdisk's resync stands; answered by its primary.
     /// With `full`, first marks the whole mirror for copying (a replaced
     /// disk).
@@ -167,6 +171,11 @@ pub struct StoreInfo {
     pub last_applied: u64,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
+    /// The voters this node's `[store] voters` names; empty for a node
+    /// alone. They seed a new store only: a running store's voters change
+    /// with `ublkvd store set-voters`.
+    #[serde(default)]
+    pub configured_voters: Vec<String>,
 }
 
 /// A vdisk as `add` and `list` report it: the store's record, and what
@@ -249,6 +258,18 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Vec<VdiskInfo>> 
 /// Asks the daemon at `socket` how the configuration store stands.
 pub fn store(socket: &Path) -> anyhow::Result<StoreInfo> {
     match exchange(socket, &Request::Store)? {
+        Response::Store(store) => Ok(store),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+/// Makes exactly `voters` the store's voters, and returns how the store
+/// stands then.
+pub fn set_voters(socket: &Path, voters: &[String]) -> anyhow::Result<StoreInfo> {
+    let request = Request::SetVoters {
+        voters: voters.to_vec(),
+    };
+    match exchange(socket, &request)? {
         Response::Store(store) => Ok(store),
         other => bail!("unexpected reply from the daemon: {other:?}"),
     }
@@ -357,6 +378,9 @@ mod tests {
                 secondary: Some("a:disk0".parse().unwrap()),
             }),
             Request::Store,
+            Request::SetVoters {
+                voters: vec!["a".into(), "b".into(), "c".into()],
+            },
             Request::Add(AddRequest {
                 name: "a".into(),
                 size_bytes: 1 << 30,

@@ -573,6 +573,15 @@ impl Daemon {
         })
     }
 
+    /// Makes exactly `voters` the store's voters; once this node has
+    /// caught up with the change, says how the store stands.
+    pub async fn set_voters(&self, voters: Vec<String>) -> anyhow::Result<StoreInfo> {
+        let wanted: BTreeSet<String> = voters.into_iter().collect();
+        self.store.set_voters(&wanted).await?;
+        self.store.confirm(Duration::from_secs(5)).await?;
+        Ok(self.store_info())
+    }
+
     /// The store as this node sees it, with node names for Raft ids.
     pub fn store_info(&self) -> StoreInfo {
         let status = self.store.status();
@@ -585,6 +594,11 @@ impl Daemon {
             .map(|name| (node_id(name), name.clone()))
             .collect();
         let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
+        let sorted = |ids: BTreeSet<u64>| {
+            let mut names: Vec<String> = ids.into_iter().map(name).collect();
+            names.sort();
+            names
+        };
         StoreInfo {
             role: status.role.to_owned(),
             term: status.term,
@@ -592,8 +606,9 @@ impl Daemon {
             generation: config.generation,
             last_log_index: status.last_log_index,
             last_applied: status.last_applied,
-            voters: status.voters.into_iter().map(name).collect(),
-            learners: status.learners.into_iter().map(name).collect(),
+            voters: sorted(status.voters),
+            learners: sorted(status.learners),
+            configured_voters: self.voters.iter().cloned().collect(),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use args::{AddArgs, Cli, Command};
+use args::{AddArgs, Cli, Command, StoreCommand};
 use config::{ConfigFile, NodeConfig};
 use control::{AddRequest, MembersInfo, Request, VdiskInfo};
 use control::{MoveRequest, SetRequest, StoreInfo};
@@ -73,8 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_table(&control::call(&socket, &request)?);
             Ok(())
         }
-        Command::Store { json } => {
-            let store = control::store(&socket)?;
+        Command::Store { json, change } => {
+            let store = match change {
+                None => control::store(&socket)?,
+                Some(StoreCommand::SetVoters { nodes }) => control::set_voters(&socket, &nodes)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&store)?);
             } else {
@@ -253,6 +256,9 @@ fn print_store(store: &StoreInfo) {
     println!("voters      {}", store.voters.join(", "));
     if !store.learners.is_empty() {
         println!("learners    {}", store.learners.join(", "));
+    }
+    if let Some(differ) = status::configured_voters_differ(store) {
+        println!("note        {differ}");
     }
 }
 

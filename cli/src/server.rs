@@ -322,6 +322,14 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
     let outcome = match request {
         Request::Members => return members(daemon.gossip.as_deref()).await,
         Request::Store => return Response::Store(daemon.store_info()),
+        Request::SetVoters { voters } => {
+            return match daemon.set_voters(voters).await {
+                Ok(info) => Response::Store(info),
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
+            }
+        }
         Request::Resync { name, full } => {
             return match daemon.resync(&name, full).await {
                 Ok(info) => Response::Resync(info),

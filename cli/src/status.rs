@@ -2,6 +2,8 @@
 //! client from `list`, `members` and `store`: which path each vdisk uses
 //! now, link health, the store, and everything degraded, in plain words.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use crate::control::{MembersInfo, StoreInfo, VdiskInfo};
@@ -62,6 +64,22 @@ pub fn gossip_drops(members: &MembersInfo) -> Vec<String> {
     .collect()
 }
 
+/// When this node's `[store] voters` are not the store's voters, what to
+/// do about it: the file only seeds a new store.
+pub fn configured_voters_differ(store: &StoreInfo) -> Option<String> {
+    let named: BTreeSet<&String> = store.configured_voters.iter().collect();
+    let voting: BTreeSet<&String> = store.voters.iter().collect();
+    if named.is_empty() || named == voting {
+        return None;
+    }
+    Some(format!(
+        "this node's [store] voters ({}) are not the store's voters ({}): \
+         `ublkvd store set-voters` changes the store's, or edit the file to match",
+        store.configured_voters.join(", "),
+        store.voters.join(", ")
+    ))
+}
+
 /// Composes the status; `members` is `None` on a node without gossip.
 pub fn summarize(
     vdisks: &[VdiskInfo],
@@ -76,6 +94,9 @@ pub fn summarize(
                     .to_owned(),
             );
         }
+    }
+    if let Some(differ) = store.and_then(configured_voters_differ) {
+        problems.push(differ);
     }
     let count = |state: gossip::MemberState| {
         members.map_or(0, |m| m.members.iter().filter(|x| x.state == state).count())
@@ -363,11 +384,33 @@ mod tests {
             last_applied: 20,
             voters: vec!["a".into(), "b".into(), "c".into()],
             learners: Vec::new(),
+            configured_voters: vec!["a".into(), "b".into(), "c".into()],
         };
         let led = summarize(&[], None, Some(&store(Some("b"))));
         assert!(led.problems.is_empty());
         assert!(render(&led).contains("store: leader b, generation 12\n"));
         let leaderless = summarize(&[], None, Some(&store(None)));
         assert!(leaderless.problems[0].contains("no leader"));
+        // The quickstart's node, its file since edited to name three.
+        let grown = StoreInfo {
+            voters: vec!["a".into()],
+            learners: vec!["b".into(), "c".into()],
+            ..store(Some("a"))
+        };
+        let status = summarize(&[], None, Some(&grown));
+        assert_eq!(
+            status.problems,
+            [
+                "this node's [store] voters (a, b, c) are not the store's voters (a): \
+              `ublkvd store set-voters` changes the store's, or edit the file to match"
+            ]
+        );
+        // A node alone names no voters.
+        let alone = StoreInfo {
+            voters: vec!["solo".into()],
+            configured_voters: Vec::new(),
+            ..store(Some("solo"))
+        };
+        assert!(summarize(&[], None, Some(&alone)).problems.is_empty());
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Client, Command, Configuration, Request, Response};
 use crate::raft::network::{
-    call, read_index, write_reply, FrameError, LeaderReply, RaftRpc, StoreTls, WriteReply,
+    self, call, read_index, write_reply, FrameError, LeaderReply, RaftRpc, StoreTls, WriteReply,
 };
 use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
 
@@ -27,6 +27,10 @@ const STATE_FILE: &str = "store-state.redb";
 /// How long a node waits before asking again to join, or to write when no
 /// leader is known.
 const RETRY: Duration = Duration::from_millis(100);
+
+/// How long a voter starting afresh waits for each other voter to say
+/// whether a store already runs.
+const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a node's store is told at start.
 #[derive(Debug)]
@@ -171,26 +175,69 @@ impl Store {
             .is_initialized()
             .await
             .map_err(|e| StoreError::Start(e.to_string()))?;
-        if members.contains_key(&id) && !initialized {
-            // Every voter proposes the same first membership; another
-            // voter's may have reached this one first.
-            match raft.initialize(members).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(StoreError::Start(e.to_string())),
+        let me = BasicNode::new(&addr);
+        let voters: Vec<String> = config
+            .voters
+            .iter()
+            .filter(|(name, _)| **name != config.node)
+            .map(|(_, addr)| addr.to_string())
+            .collect();
+        let recorded_at = |raft: &Raft| {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        };
+        let recorded = if initialized {
+            warn_if_voters_differ(&raft, &config.voters);
+            recorded_at(&raft)
+        } else if members.contains_key(&id) {
+            // A voter the file names, starting with empty files, first asks
+            // the other voters: if a store already runs, this node joins it
+            // and that store's voters stand; the file only seeds a new one.
+            let joined = match &config.tls {
+                Some(tls) => join_once(&me, id, &voters, tls).await,
+                None => None,
+            };
+            match joined {
+                Some(leader) => tracing::warn!(
+                    %leader,
+                    "joined the configuration store that already runs there; its voters stand \
+                     (`ublkvd store` shows them, `ublkvd store set-voters` changes them)"
+                ),
+                // Every voter proposes the same first membership; another
+                // voter's may have reached this one first.
+                None => match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => return Err(StoreError::Start(e.to_string())),
+                },
             }
-        } else if !members.contains_key(&id) {
-            let voters: Vec<String> = config.voters.values().map(ToString::to_string).collect();
-            let node = BasicNode::new(&addr);
+            Some(me.clone())
+        } else {
+            None
+        };
+        // A new learner, or a node whose address is not the one the store
+        // has (a node alone has none): asks until the leader records it.
+        if !addr.is_empty() && recorded.as_ref() != Some(&me) {
             let Some(tls) = config.tls.clone() else {
                 return Err(StoreError::Start(
-                    "a learner needs this node's identity ([gossip] or [tls])".into(),
+                    "a node that listens needs this node's identity ([gossip] or [tls])".into(),
                 ));
             };
+            let mut asked = voters.clone();
+            if recorded.is_some() {
+                // A voter of a store that was this node alone: it leads,
+                // and answers itself.
+                asked.push(addr.clone());
+            }
             tasks.push(tokio::spawn(join(
                 raft.clone(),
                 id,
-                node,
-                voters,
+                me,
+                asked,
                 tls,
                 stopped,
             )));
@@ -250,6 +297,52 @@ impl Store {
                 Some(why) => Err(StoreError::Refused(why)),
                 None => Ok(*response),
             },
+            Err(last_error) => Err(StoreError::Unavailable {
+                seconds: self.write_timeout.as_secs(),
+                last_error,
+            }),
+        }
+    }
+
+    /// Makes exactly the nodes `voters` (by name) the store's voters,
+    /// through whoever leads: the voters left out stay as learners. Each
+    /// must have joined the store (its daemon started once with this
+    /// cluster's `[store]`), and a majority of the old voters and of the
+    /// new must be reachable.
+    pub async fn set_voters(&self, voters: &BTreeSet<String>) -> Result<(), StoreError> {
+        if !matches!(voters.len(), 1 | 3 | 5) {
+            return Err(StoreError::Refused(format!(
+                "{} voters named: name 3 or 5 (1 for a test cluster), so that a majority survives a failure",
+                voters.len()
+            )));
+        }
+        let known: BTreeSet<u64> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let strangers: Vec<&str> = voters
+            .iter()
+            .filter(|name| !known.contains(&node_id(name)))
+            .map(String::as_str)
+            .collect();
+        if !strangers.is_empty() {
+            return Err(StoreError::Refused(format!(
+                "not in the store yet: {}; start each one's daemon with this cluster's [store] section first \
+                 (`ublkvd store` lists the voters and learners)",
+                strangers.join(", ")
+            )));
+        }
+        let ids: BTreeSet<u64> = voters.iter().map(|name| node_id(name)).collect();
+        let here = || network::set_voters(&self.raft, ids.clone());
+        let rpc = RaftRpc::SetVoters(ids.clone());
+        match self.ask_leader(&rpc, here, self.write_timeout).await {
+            Ok(_) => Ok(()),
             Err(last_error) => Err(StoreError::Unavailable {
                 seconds: self.write_timeout.as_secs(),
                 last_error,
@@ -446,8 +539,59 @@ fn open_files(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
     Ok((log, machine))
 }
 
-/// Asks the voters, in turn, to add this node as a learner at `node`, until
-/// one leader has; unless the membership already has it there.
+/// Asks the voters once each, in turn, to record this node at `node`;
+/// returns the leader that did. `None` when none leads a store (they all
+/// start afresh) or none answers in time.
+async fn join_once(node: &BasicNode, id: u64, voters: &[String], tls: &StoreTls) -> Option<String> {
+    let rpc = RaftRpc::Join {
+        id,
+        node: node.clone(),
+    };
+    for voter in voters {
+        let mut addr = voter.clone();
+        // At most one hop: a voter names the leader.
+        for _ in 0..2 {
+            let reply = tokio::time::timeout(JOIN_PROBE_TIMEOUT, call(&addr, tls, &rpc)).await;
+            match reply {
+                Ok(Ok(WriteReply::Done(_))) => return Some(addr),
+                Ok(Ok(WriteReply::NotLeader {
+                    leader: Some(leader),
+                })) => addr = leader.addr,
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
+/// Says so when the file's `[store] voters` are not the store's voters: the
+/// file seeds a new store only, and its voters are changed with `ublkvd
+/// store set-voters`.
+fn warn_if_voters_differ(raft: &Raft, named: &BTreeMap<String, SocketAddr>) {
+    if named.is_empty() {
+        return;
+    }
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let named_ids: BTreeSet<u64> = named.keys().map(|name| node_id(name)).collect();
+    if voters != named_ids {
+        let missing: Vec<&str> = named
+            .keys()
+            .filter(|name| !voters.contains(&node_id(name)))
+            .map(String::as_str)
+            .collect();
+        tracing::warn!(
+            voters = voters.len(),
+            not_voting = ?missing,
+            "[store] voters is not the store's voters: the file only seeds a new store; \
+             `ublkvd store` shows the voters, `ublkvd store set-voters` changes them"
+        );
+    }
+}
+
+/// Asks the voters, in turn, to record this node at `node` (a learner if
+/// new), until one leader has; unless the membership already has it there.
 async fn join(
     raft: Raft,
     id: u64,

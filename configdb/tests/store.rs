@@ -231,3 +231,162 @@ async fn a_confirmation_brings_every_committed_change_and_needs_a_majority() {
         member.store.shutdown().await;
     }
 }
+
+/// Opens node `name`'s store from `dir`, retrying while the files of its
+/// stopped life are still held.
+async fn reopen(
+    name: &str,
+    dir: &std::path::Path,
+    voters: &BTreeMap<String, std::net::SocketAddr>,
+    listen: Option<TcpListener>,
+) -> Store {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let addr = listen.as_ref().map(|l| l.local_addr().unwrap());
+    let mut listen = listen;
+    loop {
+        let config = StoreConfig {
+            node: name.into(),
+            dir: dir.into(),
+            voters: voters.clone(),
+            listen: listen.take(),
+            tls: (!voters.is_empty()).then(|| tls(name)),
+            raft: raft_config(),
+            write_timeout: Duration::from_secs(3),
+        };
+        match Store::open(config).await {
+            Ok(store) => return store,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("already open"), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The listener went with the failed attempt: bind again.
+                if let Some(addr) = addr {
+                    listen = Some(TcpListener::bind(addr).await.unwrap());
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Waits until `store` has applied a change that added vdisk `name`.
+async fn wait_for_vdisk(store: &Store, name: &str) -> bool {
+    let name = name.parse().unwrap();
+    let mut changes = store.subscribe();
+    let seen = changes.wait_for(|c| c.vdisks.contains_key(&name));
+    tokio::time::timeout(TIMEOUT, seen)
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Waits until `store` sees exactly the voters `names`.
+async fn wait_for_voters(store: &Store, names: &[&str]) -> bool {
+    let wanted: std::collections::BTreeSet<u64> =
+        names.iter().map(|n| configdb::node_id(n)).collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if store.status().voters == wanted {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The quickstart's node grows into a cluster: its store, alone until now,
+/// is joined by the nodes a new `[store] voters` names (rather than each
+/// seeding a store of its own beside it), and `set_voters` makes them
+/// voters; later a dead voter is replaced by a learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_store_grows_to_three_voters_and_a_dead_voter_is_replaced() {
+    let dirs: BTreeMap<&str, TempDir> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|n| (n, tempfile::tempdir().unwrap()))
+        .collect();
+    let alone = reopen("a", dirs["a"].path(), &BTreeMap::new(), None).await;
+    alone
+        .write(Command::AddVdisk(spec("x", 4096)))
+        .await
+        .unwrap();
+    alone.shutdown().await;
+    drop(alone);
+
+    let mut listeners = BTreeMap::new();
+    for name in ["a", "b", "c", "d"] {
+        listeners.insert(name, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let voters: BTreeMap<String, std::net::SocketAddr> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (n.to_string(), listeners[n].local_addr().unwrap()))
+        .collect();
+    let mut stores = BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let listener = listeners.remove(name);
+        let store = reopen(name, dirs[name].path(), &voters, listener).await;
+        stores.insert(name, store);
+    }
+    for name in ["b", "c"] {
+        assert!(
+            wait_for_vdisk(&stores[name], "x").await,
+            "{name} did not join the store that already ran on a"
+        );
+    }
+    // The file does not make voters of a running store.
+    assert!(wait_for_voters(&stores["b"], &["a"]).await);
+
+    let refused = stores["b"]
+        .set_voters(&["a", "b"].map(String::from).into())
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Refused(why)) if why.contains("name 3 or 5")),
+        "{refused:?}"
+    );
+    let refused = stores["b"]
+        .set_voters(&["a", "b", "ghost"].map(String::from).into())
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Refused(why)) if why.contains("not in the store yet: ghost")),
+        "{refused:?}"
+    );
+
+    stores["c"]
+        .set_voters(&["a", "b", "c"].map(String::from).into())
+        .await
+        .unwrap();
+    for (name, store) in &stores {
+        assert!(
+            wait_for_voters(store, &["a", "b", "c"]).await,
+            "{name}: {:?}",
+            store.status()
+        );
+    }
+    stores["c"]
+        .write(Command::AddVdisk(spec("y", 4096)))
+        .await
+        .unwrap();
+    for (name, store) in &stores {
+        assert!(wait_for_vdisk(store, "y").await, "{name}");
+    }
+
+    // Voter c dies; d, a learner, takes its place, and the store keeps
+    // taking changes with a and b.
+    stores.remove("c").unwrap().shutdown().await;
+    let d = reopen("d", dirs["d"].path(), &voters, listeners.remove("d")).await;
+    assert!(wait_for_vdisk(&d, "y").await, "d did not join as a learner");
+    stores["a"]
+        .set_voters(&["a", "b", "d"].map(String::from).into())
+        .await
+        .unwrap();
+    assert!(
+        wait_for_voters(&d, &["a", "b", "d"]).await,
+        "{:?}",
+        d.status()
+    );
+    d.write(Command::AddVdisk(spec("z", 4096))).await.unwrap();
+    for store in stores.values() {
+        assert!(wait_for_vdisk(store, "z").await);
+    }
+    d.shutdown().await;
+    for store in stores.into_values() {
+        store.shutdown().await;
+    }
+}

@@ -303,3 +303,23 @@ fn a_metrics_address_off_loopback_is_warned_of_at_start() {
     assert!(log.contains("serving metrics"), "{log}");
     assert!(!log.contains(warning), "{log}");
 }
+
+#[test]
+fn store_set_voters_takes_one_three_or_five_nodes_of_the_store_and_says_why_not() {
+    let daemon = Daemon::start();
+    let two = daemon.client(&["store", "set-voters", "a", "b"]);
+    assert_one_line_error(two, "2 voters named: name 3 or 5");
+    let stranger = daemon.client(&["store", "set-voters", "ghost"]);
+    assert_one_line_error(stranger, "not in the store yet: ghost");
+    let missing = daemon.client(&["store", "set-voters"]);
+    assert_usage_error(missing, "<NODES>...");
+    // The node alone is its store's one voter: naming it changes nothing.
+    let name = Outcome::from(daemon.client(&["store", "--json"]));
+    let voters: serde_json::Value = serde_json::from_str(&name.stdout).unwrap();
+    let me = voters["voters"][0].as_str().unwrap().to_owned();
+    let same = Outcome::from(daemon.client(&["store", "set-voters", &me, "--json"]));
+    assert!(same.success, "{}", same.stderr);
+    let after: serde_json::Value = serde_json::from_str(&same.stdout).unwrap();
+    assert_eq!(after["voters"], serde_json::json!([me]));
+    assert_eq!(after["configured_voters"], serde_json::json!([]));
+}

@@ -365,3 +365,75 @@ fn a_primary_cut_off_from_the_majority_writes_nothing_once_its_secondary_took_ov
         daemons[0].log()
     );
 }
+
+/// Waits until `daemon`'s store has exactly `voters`; returns its view.
+fn voters_become(daemon: &NodeDaemon, voters: &[&str]) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let view = store(daemon);
+        if view["voters"] == serde_json::json!(voters) {
+            return view;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{}: {view:#}",
+            daemon.node
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The quickstart's node grows into a cluster: started alone, then with a
+/// `[store]` naming three voters, it keeps its store; the two new nodes
+/// join that store instead of seeding one of their own; `status` says the
+/// file and the store differ until `store set-voters` makes all three
+/// voters, after which a change made on any node is everywhere.
+#[test]
+fn a_node_first_run_alone_grows_into_a_three_voter_store() {
+    let lab = Lab::new(&VOTERS);
+    let own = image(lab.dir.path(), "own.img");
+    let config = lab.config("a", false, &[], support::CLUSTER_SECRET);
+    let mut a = NodeDaemon::start(&lab, "a", config);
+    succeeds(a.client(&["add", "v0", "--size", "4M", "--tail", own.to_str().unwrap()]));
+    assert!(a.terminate());
+
+    // The same file, now naming three voters; b and c start afresh.
+    lab.config_with_store("a", false, &[], &VOTERS);
+    a.spawn(&lab);
+    let mut daemons = vec![a];
+    for node in ["b", "c"] {
+        let config = lab.config_with_store(node, false, &[], &VOTERS);
+        daemons.push(NodeDaemon::start(&lab, node, config));
+    }
+    let all: Vec<&NodeDaemon> = daemons.iter().collect();
+    let mapping = agreed(&all, Duration::from_secs(15));
+    assert!(vdisk(&mapping, "v0").is_some(), "{mapping:#}");
+    for daemon in &daemons {
+        let view = voters_become(daemon, &["a"]);
+        assert_eq!(view["leader"], "a", "{view:#}");
+    }
+    let status = succeeds(daemons[0].client(&["status"]));
+    assert!(
+        status.contains("[store] voters (a, b, c) are not the store's voters (a)"),
+        "{status}"
+    );
+
+    let grown = succeeds(daemons[2].client(&["store", "set-voters", "a", "b", "c"]));
+    assert!(grown.contains("voters      a, b, c"), "{grown}");
+    for daemon in &daemons {
+        voters_become(daemon, &VOTERS);
+    }
+    let status = succeeds(daemons[0].client(&["status"]));
+    assert!(!status.contains("[store] voters"), "{status}");
+    let b_own = image(lab.dir.path(), "b-own.img");
+    succeeds(daemons[1].client(&[
+        "add",
+        "v1",
+        "--size",
+        "4M",
+        "--tail",
+        b_own.to_str().unwrap(),
+    ]));
+    let mapping = agreed(&all, Duration::from_secs(15));
+    assert!(vdisk(&mapping, "v1").is_some(), "{mapping:#}");
+}

@@ -5,7 +5,8 @@
 //! ([`identity::NodeIdentity`]); a node's Raft id is [`node_id`] of the
 //! name its certificate carries, and a node may only speak for itself: a
 //! vote, an append or a snapshot must come from the candidate or leader it
-//! names, a join from the node joining. A dialled node must be the target
+//! names, a join from the node joining (which alone may set its address).
+//! A dialled node must be the target
 //! openraft asked for. TLS numbers and authenticates every record, so a
 //! frame can be neither altered, replayed nor moved to another session; a
 //! connection carries one request at a time, each answered before the next,
@@ -17,6 +18,7 @@
 //! [`MAX_FRAME`] are refused on both sides; nothing is read before the
 //! handshake completes, within [`HANDSHAKE_TIMEOUT`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +34,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
@@ -105,11 +107,15 @@ pub enum RaftRpc {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client's change, sent to the node believed to lead.
     Write(Request),
-    /// Node `id` asks to follow the log as a learner at `node`.
+    /// Node `id` asks to follow the log at `node`: as a learner if it is
+    /// new, at its new address if it moved.
     Join {
         id: u64,
         node: BasicNode,
     },
+    /// An admin makes exactly these nodes the voters; each must have
+    /// joined already. The others stay, as learners.
+    SetVoters(BTreeSet<u64>),
     /// A node asks the leader how far the log is committed, confirmed with
     /// a majority now (Raft's read index): once it has applied that far,
     /// it knows every change committed before it asked.
@@ -436,9 +442,10 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, raft: Raft) -> Result<
                 write_frame(&mut stream, &reply).await?
             }
             RaftRpc::Join { id, node } => {
-                let added = raft.add_learner(id, node, false).await;
-                let reply = write_reply(added.map(|_| Response::default()));
-                write_frame(&mut stream, &reply).await?
+                write_frame(&mut stream, &join(&raft, id, node).await).await?
+            }
+            RaftRpc::SetVoters(voters) => {
+                write_frame(&mut stream, &set_voters(&raft, voters).await).await?
             }
             RaftRpc::ReadIndex => write_frame(&mut stream, &read_index(&raft).await).await?,
         }
@@ -460,6 +467,9 @@ impl RaftRpc {
             RaftRpc::Write(request) => (Some(node_id(&request.client.node)), "a write"),
             // Asks nothing of anybody's: any node of the cluster may.
             RaftRpc::ReadIndex => return Ok(()),
+            // An admin's change, which the node it was given to passes on
+            // after its control socket admitted the admin.
+            RaftRpc::SetVoters(_) => return Ok(()),
         };
         match claimed {
             Some(claimed) if claimed == peer => Ok(()),
@@ -470,6 +480,26 @@ impl RaftRpc {
             }),
         }
     }
+}
+
+/// Records node `id` at `node`: a new node becomes a learner; a known one
+/// (learner or voter) keeps its role at its new address. Only the node
+/// itself asks this ([`RaftRpc::check_sender`]), over a connection that
+/// proved its name, so no node can be pointed at another's address.
+pub async fn join(raft: &Raft, id: u64, node: BasicNode) -> WriteReply {
+    let nodes = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+    let changed = raft.change_membership(nodes, true).await;
+    write_reply(changed.map(|_| Response::default()))
+}
+
+/// Makes exactly `voters` the voters (through a joint configuration, so a
+/// majority of the old voters and of the new agree); the voters left out
+/// stay as learners.
+pub async fn set_voters(raft: &Raft, voters: BTreeSet<u64>) -> WriteReply {
+    let changed = raft
+        .change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+        .await;
+    write_reply(changed.map(|_| Response::default()))
 }
 
 /// A local write's outcome as a remote writer is told it.
