@@ -5,7 +5,9 @@
 # Where this kernel has ublk_drv, the daemon stays in the foreground until
 # Ctrl-C (which removes the device; the data stays in the tail file). Where
 # it has none, the same steps run inside the project's test VM, which then
-# also puts a filesystem on the device to show it working.
+# also puts a filesystem on the device to show it working; what that needs
+# installed on this machine is listed first (tests/vm/install-deps.sh
+# --plan), and asked about on a terminal. The daemon it starts, it stops.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,6 +16,15 @@ have_ublk() { [ -e /dev/ublk-control ] || modprobe ublk_drv 2>/dev/null; }
 if [ "${1:-}" != --inside-vm ] && ! have_ublk; then
     echo "quickstart: this kernel ($(uname -r)) has no ublk_drv;" \
         "running the quickstart inside the project's test VM (tests/vm/run.sh)"
+    plan=$(tests/vm/install-deps.sh --plan)
+    if [ -n "$plan" ]; then
+        echo "quickstart: for the VM, this machine needs (as root, with apt):"
+        sed 's/^/  - /' <<<"$plan"
+        if [ -t 0 ]; then
+            read -r -p "quickstart: go on? [Y/n] " answer
+            case "$answer" in [nN]*) echo "quickstart: nothing changed"; exit 1 ;; esac
+        fi
+    fi
     tests/vm/install-deps.sh >/dev/null
     cargo build --release --locked -p ublkvd
     exec tests/vm/run.sh --disk-size 2G -- scripts/quickstart.sh --inside-vm
@@ -41,7 +52,15 @@ mkdir -p "$(dirname "$tail_file")"
 
 "$ublkvd" serve "${serve_flags[@]}" &
 daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null; wait $daemon' EXIT
+stop_daemon() {
+    if kill -0 "$daemon" 2>/dev/null; then
+        echo "quickstart: stopping the daemon it started (pid $daemon):" \
+            "the device goes, the data stays in $tail_file"
+        kill -TERM "$daemon"
+    fi
+    wait "$daemon" || true
+}
+trap stop_daemon EXIT
 for _ in $(seq 100); do "$ublkvd" list >/dev/null 2>&1 && break; sleep 0.05; done
 
 if ! "$ublkvd" list --json | jq -e '.[] | select(.name == "disk0")' >/dev/null; then

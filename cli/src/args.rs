@@ -38,6 +38,9 @@ pub enum Command {
     Del {
         /// The vdisk's name
         name: String,
+        /// Print the deleted vdisk as a JSON object (state "deleted")
+        #[arg(long)]
+        json: bool,
     },
     /// Change who may open a vdisk's device, on every node
     Set(SetArgs),
@@ -243,6 +246,9 @@ pub struct SetArgs {
     pub name: String,
     #[command(flatten)]
     pub permissions: PermissionArgs,
+    /// Print the vdisk as a JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +262,9 @@ pub struct MoveArgs {
     /// not given)
     #[arg(long, value_name = "NODE:TAIL")]
     pub secondary: Option<TailRef>,
+    /// Print the vdisk as a JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A uid, or a user name of this host.

@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use configdb::TailRef;
 use serde::{Deserialize, Serialize};
 
+use crate::exit::Unreachable;
+
 /// Longest request line the daemon reads; a vdisk spec is far smaller.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -214,7 +216,7 @@ pub struct VdiskInfo {
     /// `running`; `exported` on a node that serves the vdisk's tail to
     /// peers but has no device for it; `not here` on a node that has no
     /// part in it; `suspended` during a move; `failed: <why>` when it
-    /// could not be started.
+    /// could not be started; `deleted` in what `del` answers.
     pub state: String,
     /// Where it is being moved, while a move is under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,15 +313,18 @@ fn exchange(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
         // Running or not, the daemon is not this user's to reach.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "may not reach the ublkvd daemon at {}: permission denied (root only, unless the daemon's config names admin_group or read_group)",
-            socket.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(Unreachable(format!(
+                "may not reach the ublkvd daemon at {}: permission denied (root only, unless the daemon's config names admin_group or read_group)",
+                socket.display()
+            ))
+            .into())
+        }
         Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!(
+            return Err(anyhow::Error::new(e).context(Unreachable(format!(
                 "cannot reach the ublkvd daemon at {} (is `ublkvd serve` running?)",
                 socket.display()
-            )))
+            ))))
         }
     };
     let mut line = serde_json::to_string(request).context("cannot encode request")?;

@@ -241,19 +241,25 @@ impl Daemon {
         Ok(info)
     }
 
-    pub async fn del(&self, name: &str) -> anyhow::Result<()> {
+    /// Deletes vdisk `name` everywhere; returns it as it was, its state
+    /// `deleted`.
+    pub async fn del(&self, name: &str) -> anyhow::Result<VdiskInfo> {
         let name: VdiskName = name.parse()?;
         if !self.store.configuration().vdisks.contains_key(&name) {
             bail!("no vdisk named {name}");
         }
         self.with_node(|node| node.check_unused(&name))?;
+        let mut deleted = self.info(&name)?;
         let response = self
             .store
             .write(Command::DeleteVdisk { name: name.clone() })
             .await?;
         self.reconciled(response.generation).await?;
         tracing::info!(vdisk = %name, "vdisk deleted from the cluster");
-        Ok(())
+        deleted.device = None;
+        deleted.paths.clear();
+        deleted.state = "deleted".into();
+        Ok(deleted)
     }
 
     pub async fn set(&self, request: SetRequest) -> anyhow::Result<VdiskInfo> {

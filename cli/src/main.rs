@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod control;
 mod daemon;
+mod exit;
 mod lease;
 mod metrics;
 mod mirror;
@@ -28,14 +29,24 @@ use size::format_size;
 
 fn main() -> ExitCode {
     // A usage error gets clap's whole say: what is missing or wrong, a
-    // hint for a typo, and the usage line; exit status 2. Help and version
-    // go to stdout with status 0.
-    let cli = Cli::parse();
+    // hint for a typo, and the usage line. Help and version go to stdout
+    // with status 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ublkvd: error: {e:#}");
-            ExitCode::FAILURE
+            exit::status(&e)
         }
     }
 }
@@ -53,7 +64,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             server::serve(&config, args.keep_devices)
         }
         Command::Add(args) => add(&socket, args),
-        Command::Del { name } => control::call(&socket, &Request::Del { name }).map(drop),
+        Command::Del { name, json } => {
+            let deleted = control::call(&socket, &Request::Del { name })?;
+            if json {
+                print_one(&deleted)?;
+            }
+            Ok(())
+        }
         Command::Set(args) => {
             let request = Request::Set(SetRequest {
                 name: args.name,
@@ -61,8 +78,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 group: args.permissions.group,
                 mode: args.permissions.mode,
             });
-            print_table(&control::call(&socket, &request)?);
-            Ok(())
+            let set = control::call(&socket, &request)?;
+            if args.json {
+                print_one(&set)
+            } else {
+                print_table(&set);
+                Ok(())
+            }
         }
         Command::Move(args) => {
             let request = Request::Move(MoveRequest {
@@ -70,8 +92,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 primary: args.primary,
                 secondary: args.secondary,
             });
-            print_table(&control::call(&socket, &request)?);
-            Ok(())
+            let moved = control::call(&socket, &request)?;
+            if args.json {
+                print_one(&moved)
+            } else {
+                print_table(&moved);
+                Ok(())
+            }
         }
         Command::Store { json, change } => {
             let store = match change {
@@ -132,11 +159,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", mirror::describe_verify(&report));
             }
             if !report.differing.is_empty() {
-                anyhow::bail!(
-                    "{} region(s) of {} differ between its copies",
-                    report.differing.len(),
-                    report.vdisk
-                );
+                return Err(exit::CopiesDiffer {
+                    vdisk: report.vdisk,
+                    regions: report.differing.len(),
+                }
+                .into());
             }
             Ok(())
         }
@@ -191,6 +218,15 @@ fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
     } else if let Some(device) = &vdisk.device {
         println!("{}", device.display());
     }
+    Ok(())
+}
+
+/// The one vdisk a change reports, as a JSON object.
+fn print_one(vdisks: &[VdiskInfo]) -> anyhow::Result<()> {
+    let vdisk = vdisks
+        .first()
+        .context("the daemon reported no vdisk for the change")?;
+    println!("{}", serde_json::to_string_pretty(vdisk)?);
     Ok(())
 }
 

@@ -347,7 +347,7 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
             }
         }
         Request::Add(add) => daemon.add(add).await.map(one),
-        Request::Del { name } => daemon.del(&name).await.map(|()| Vec::new()),
+        Request::Del { name } => daemon.del(&name).await.map(one),
         Request::Set(set) => daemon.set(set).await.map(one),
         Request::Move(request) => daemon.move_vdisk(request).await.map(one),
         Request::List => Ok(daemon.list()),

@@ -72,13 +72,46 @@ fn client_without_daemon_says_so_in_one_line() {
         .arg("list")
         .output()
         .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
     assert_one_line_error(output, "is `ublkvd serve` running?");
 }
 
 #[test]
 fn del_of_an_unknown_vdisk_is_refused() {
     let daemon = Daemon::start();
-    assert_one_line_error(daemon.client(&["del", "nosuch"]), "no vdisk named nosuch");
+    let output = daemon.client(&["del", "nosuch"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_one_line_error(output, "no vdisk named nosuch");
+}
+
+/// What scripts use: `--json` on every change, and the exit status.
+#[test]
+fn set_move_and_del_answer_in_json_and_refusals_exit_1() {
+    let daemon = Daemon::start_with_config(Some("devices = false\n"));
+    let tail = tail(&daemon, "t.img", 1 << 20);
+    let added = Outcome::from(daemon.client(&["add", "v", "--size", "1M", "--tail", &tail]));
+    assert!(added.success, "{}", added.stderr);
+    let set = Outcome::from(daemon.client(&["set", "v", "--mode", "0600", "--json"]));
+    assert!(set.success, "{}", set.stderr);
+    let set: serde_json::Value = serde_json::from_str(&set.stdout).unwrap();
+    assert_eq!(
+        (set["name"].as_str(), set["mode"].as_u64()),
+        (Some("v"), Some(0o600))
+    );
+    // A local vdisk has no tails to move between: refused, status 1.
+    let moved = daemon.client(&["move", "v", "--primary", "a:disk0", "--json"]);
+    assert_eq!(moved.status.code(), Some(1), "{moved:?}");
+    let deleted = Outcome::from(daemon.client(&["del", "v", "--json"]));
+    assert!(deleted.success, "{}", deleted.stderr);
+    let deleted: serde_json::Value = serde_json::from_str(&deleted.stdout).unwrap();
+    assert_eq!(deleted["state"], "deleted");
+    assert_eq!(deleted["tail"].as_str(), Some(tail.as_str()));
+    assert_eq!(deleted["device"], serde_json::Value::Null);
+    let again = daemon.client(&["del", "v", "--json"]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    // `verify` of a vdisk that is not mirrored is refused, not "differs".
+    let verify = daemon.client(&["verify", "nosuch"]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
 }
 
 #[test]

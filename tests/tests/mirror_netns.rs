@@ -87,6 +87,21 @@ fn tail(dir: &Path, name: &str, fill: u8) -> PathBuf {
     path
 }
 
+/// Writes `block` at `offset` of the file at `path`; returns what was there.
+fn change_block(path: &Path, offset: u64, block: &[u8]) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut old = vec![0; block.len()];
+    file.read_exact_at(&mut old, offset).unwrap();
+    file.write_all_at(block, offset).unwrap();
+    file.sync_all().unwrap();
+    old
+}
+
 fn identical(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
@@ -190,6 +205,17 @@ fn a_mirror_survives_either_side_and_resyncs_only_what_changed() {
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["writes"].as_u64().unwrap() > 0, "{report}");
     assert!(identical(&a_tail, &b_tail));
+    verify_clean(&daemons[0]);
+
+    // One block of b's copy changed behind the mirror's back (region 100,
+    // past what vdisk-io writes): `verify` names its region and exits 4.
+    let offset = 100 * REGION + 4096;
+    let kept = change_block(&b_tail, offset, &[0x5a; 4096]);
+    let found = daemons[0].client(&["verify", "v", "--json"]);
+    assert_eq!(found.status.code(), Some(4), "{found:?}");
+    let report: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(report["differing"], serde_json::json!([100]), "{report}");
+    change_block(&b_tail, offset, &kept);
     verify_clean(&daemons[0]);
 
     // b dies: c's writes go on, the store hears b's copy is stale.

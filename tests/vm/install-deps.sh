@@ -4,6 +4,9 @@
 # bookworm-backports kernel whose modules include ublk_drv and nbd; systemd
 # for checking the unit file; tcpdump for the security tests' captures.
 # Idempotent: a second run only checks.
+#
+# --plan: print what a run would change on this machine (one line each),
+# change nothing. Nothing printed: nothing to do.
 set -euo pipefail
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -13,7 +16,36 @@ for pkg in libclang-dev busybox-static cpio fio jq e2fsprogs util-linux kmod ipr
 done
 
 backports=/etc/apt/sources.list.d/ublkvd-backports.sources
+add_backports=false
 if [ ! -f "$backports" ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    add_backports=true
+fi
+
+# Backports kernels are named *bpo* (older) or *+deb12* (6.12 on); compgen
+# tests each pattern alone, where ls fails if either one matches nothing.
+kernel_installed() { compgen -G '/boot/vmlinuz-*bpo*' >/dev/null || compgen -G '/boot/vmlinuz-*+deb12*' >/dev/null; }
+need_qemu=false need_kernel=false
+installed qemu-system-x86 || need_qemu=true
+kernel_installed || need_kernel=true
+
+if [ "${1:-}" = --plan ]; then
+    if $add_backports; then
+        echo "add the apt source $backports (Debian bookworm-backports), and run apt-get update"
+    fi
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "install packages: ${need[*]}"
+    fi
+    if $need_qemu; then
+        echo "install qemu-system-x86 from bookworm-backports (the test VM)"
+    fi
+    if $need_kernel; then
+        echo "install the bookworm-backports linux-image package: a kernel in /boot and its" \
+            "modules in /lib/modules, which the test VM boots (the bootloader may offer it next boot)"
+    fi
+    exit 0
+fi
+
+if $add_backports; then
     cat >"$backports" <<'SRC'
 Types: deb
 URIs: http://deb.debian.org/debian
@@ -23,21 +55,17 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
-# Backports kernels are named *bpo* (older) or *+deb12* (6.12 on); compgen
-# tests each pattern alone, where ls fails if either one matches nothing.
-kernel_installed() { compgen -G '/boot/vmlinuz-*bpo*' >/dev/null || compgen -G '/boot/vmlinuz-*+deb12*' >/dev/null; }
-
-if [ ${#need[@]} -gt 0 ] || ! installed qemu-system-x86 || ! kernel_installed; then
+if [ ${#need[@]} -gt 0 ] || $need_qemu || $need_kernel; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     if [ ${#need[@]} -gt 0 ]; then
         apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
     fi
-    if ! installed qemu-system-x86; then
+    if $need_qemu; then
         # The machine's qemu-utils comes from backports; qemu-system must match it.
         apt-get install -y -q -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
     fi
-    if ! kernel_installed; then
+    if $need_kernel; then
         # Resolve the image package the backports meta-package points at today:
         # backports replaces old versions, so no version is pinned here.
         image=$(apt-cache depends -t bookworm-backports linux-image-amd64 \
