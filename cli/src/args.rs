@@ -11,7 +11,8 @@ use crate::size::parse_size;
 #[command(
     name = "ublkvd",
     version,
-    about = "Cluster virtual disks as /dev/ublkbN"
+    about = "Cluster virtual disks as /dev/ublkbN",
+    after_long_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// The daemon's control socket [default: the config file's
@@ -26,6 +27,11 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What `--help` and the manual page say of the exit status (exit.rs).
+const EXIT_STATUS: &str = "Exit status: 0 done; 1 refused or failed (the message says why); \
+2 bad usage; 3 no daemon to ask at the control socket (or not this user's to reach); \
+4 `verify` found copies that differ. Scripts read --json, not the tables.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -112,12 +118,20 @@ pub enum Command {
         /// The shell to complete for
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages, ublkvd.1 and one per command
+    /// (ublkvd-add.1, ...), into DIR (e.g. /usr/local/share/man/man1)
+    Man {
+        /// Where the pages go; made if missing
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Make exactly these nodes the store's voters (1, 3 or 5), on any
-    /// node: to grow a store, replace a dead voter or retire one. Each
+    /// Make exactly these nodes the store's voters (1, 3 or 5)
+    ///
+    /// On any node: to grow a store, replace a dead voter or retire one. Each
     /// must have joined the store first (started once with this cluster's
     /// `[store]`; `ublkvd store` lists it as a learner); voters left out
     /// become learners. A majority of the old voters and of the new must

@@ -17,6 +17,7 @@ use crate::size::parse_size;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
 pub const DEFAULT_SOCKET: &str = "/run/ublkvd/ublkvd.sock";
+pub const DEFAULT_DEVICE_LINKS: &str = "/dev/ublkvd";
 
 /// The config file as written. Every field is optional: what is missing
 /// keeps its default.
@@ -41,6 +42,10 @@ pub struct ConfigFile {
     /// Whether vdisks get a `/dev/ublkbN` on this node. Default true; a
     /// storage-only node sets false and only serves its tails to peers.
     pub devices: Option<bool>,
+    /// Where each device running here gets a link named after its vdisk,
+    /// the same on every node: `/dev/ublkvd/NAME` → `/dev/ublkbN`. Default
+    /// /dev/ublkvd; "" for none.
+    pub device_links: Option<PathBuf>,
     /// This node's tails, by name: `disk0 = "/dev/vdb"`. Vdisks name them
     /// as `NODE:TAIL`.
     pub tails: Option<BTreeMap<String, PathBuf>>,
@@ -310,6 +315,8 @@ pub struct NodeConfig {
     pub control_groups: ControlGroups,
     pub listen: Vec<SocketAddr>,
     pub devices: bool,
+    /// `None`: no device links.
+    pub device_links: Option<PathBuf>,
     pub tails: BTreeMap<String, PathBuf>,
     pub gossip: Option<GossipSettings>,
     pub store: StoreSettings,
@@ -364,6 +371,11 @@ impl NodeConfig {
             },
             listen: file.listen.unwrap_or_default(),
             devices: file.devices.unwrap_or(true),
+            device_links: match file.device_links {
+                None => Some(PathBuf::from(DEFAULT_DEVICE_LINKS)),
+                Some(dir) if dir.as_os_str().is_empty() => None,
+                Some(dir) => Some(dir),
+            },
             tails: file.tails.unwrap_or_default(),
             gossip: file.gossip.map(GossipFile::resolve).transpose()?,
             metrics_listen: file.metrics_listen,

@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod exit;
 mod lease;
+mod links;
 mod metrics;
 mod mirror;
 mod node;
@@ -172,6 +173,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))
         }
         Command::Members { json } => {
             let members = control::members(&socket)?;

@@ -25,6 +25,7 @@ use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
 use crate::cluster::{Cluster, Export, LinkMetrics};
 use crate::control::{AddRequest, LinkInfo, PathInfo, ResyncInfo, VdiskInfo};
+use crate::links::DeviceLinks;
 use crate::size::format_size;
 
 pub struct Node {
@@ -34,6 +35,8 @@ pub struct Node {
     vdisks: BTreeMap<VdiskName, Vdisk>,
     /// Moves this node has been asked to suspend for and is acknowledging.
     acking: BTreeSet<u64>,
+    /// `/dev/ublkvd/NAME` for each device running here.
+    links: DeviceLinks,
 }
 
 /// A vdisk this node has a part in.
@@ -84,13 +87,24 @@ enum VdiskState {
 }
 
 impl Node {
-    pub fn new(cluster: Cluster, store: Arc<Store>) -> Self {
+    pub fn new(cluster: Cluster, store: Arc<Store>, links: DeviceLinks) -> Self {
         Node {
             cluster,
             store,
             vdisks: BTreeMap::new(),
             acking: BTreeSet::new(),
+            links,
         }
+    }
+
+    /// Points the device links at the devices running now.
+    fn sync_links(&self) {
+        let running = self
+            .vdisks
+            .iter()
+            .filter_map(|(name, vdisk)| Some((name.clone(), vdisk.state.device()?.path())))
+            .collect();
+        self.links.sync(&running);
     }
 
     pub fn name(&self) -> &str {
@@ -132,6 +146,7 @@ impl Node {
             .filter_map(|r| r.moving.as_ref().map(|m| m.id))
             .collect();
         self.acking.retain(|id| pending.contains(id));
+        self.sync_links();
         suspensions
     }
 
@@ -241,6 +256,7 @@ impl Node {
             }
             vdisk.state = state;
         }
+        self.sync_links();
     }
 
     /// The suspension a pending move asks of this node, once.
@@ -580,6 +596,10 @@ impl Node {
                     Err(e) => tracing::error!(vdisk = %name, "stopping device: {e:#}"),
                 }
             }
+        }
+        // Kept devices keep their links, for the next daemon to take over.
+        if !keep_devices {
+            self.links.sync(&BTreeMap::new());
         }
     }
 

@@ -24,6 +24,7 @@ use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
 use crate::daemon::{lock, Daemon};
+use crate::links::DeviceLinks;
 use crate::node::Node;
 
 /// Runs the node daemon in the foreground. With `keep_devices`, SIGTERM
@@ -74,7 +75,11 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         let (lease_stop, lease_stopped) = watch::channel(false);
         let leasing = tokio::spawn(crate::lease::hold(store.clone(), lease, lease_stopped));
         let daemon = Daemon::new(
-            Node::new(cluster, store.clone()),
+            Node::new(
+                cluster,
+                store.clone(),
+                DeviceLinks::new(config.device_links.clone()),
+            ),
             store,
             gossip.clone(),
             config.store.voters.keys().cloned().collect(),

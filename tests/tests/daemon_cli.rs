@@ -356,3 +356,27 @@ fn store_set_voters_takes_one_three_or_five_nodes_of_the_store_and_says_why_not(
     assert_eq!(after["voters"], serde_json::json!([me]));
     assert_eq!(after["configured_voters"], serde_json::json!([]));
 }
+
+#[test]
+fn man_writes_a_page_for_every_command_with_the_exit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let output = Command::new(ublkvd_bin())
+        .args(["man", "--dir"])
+        .arg(&pages)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    for page in [
+        "ublkvd.1",
+        "ublkvd-serve.1",
+        "ublkvd-add.1",
+        "ublkvd-store-set-voters.1",
+        "ublkvd-ca-issue.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    let top = std::fs::read_to_string(pages.join("ublkvd.1")).unwrap();
+    assert!(top.contains("3 no daemon to ask"), "{top}");
+}

@@ -83,6 +83,9 @@ test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c() {
     fi
     grep "already exists" "$WORK/again"
     [ "$(lab_cli c list --json | jq -r '.[0].state')" = running ]
+    # c's device under the vdisk's name; a and b run none.
+    [ "$(readlink "$LAB_DIR/c/dev/vd")" = "$DEV" ]
+    [ ! -L "$LAB_DIR/a/dev/vd" ]
     lab_wait_reachable c vd a
     lab_wait_reachable c vd b
     # What c writes lands in the shared tail at the same offset.

@@ -225,6 +225,21 @@ test_512_byte_blocks_work_with_fio_verify() {
     ublkvd del small512
 }
 
+test_each_device_has_its_name_in_dev_ublkvd() {
+    local dev_fs dev_second
+    ublkvd add second --size 64M --tail "$MNT/small.img" >/dev/null
+    dev_fs=$(device_of fs)
+    dev_second=$(device_of second)
+    [ "$(readlink /dev/ublkvd/fs)" = "$dev_fs" ]
+    [ "$(readlink /dev/ublkvd/second)" = "$dev_second" ]
+    # The name opens the device itself.
+    [ "$(blockdev --getsize64 /dev/ublkvd/second)" = $((64 << 20)) ]
+    ublkvd del second --json | jq -e '.state == "deleted"' >/dev/null
+    [ ! -L /dev/ublkvd/second ]
+    [ "$(readlink /dev/ublkvd/fs)" = "$dev_fs" ]
+    echo "/dev/ublkvd: $(ls /dev/ublkvd)"
+}
+
 test_restart_brings_the_same_devices_back() {
     local dev_before dev_after
     dev_before=$(device_of fs)
@@ -233,6 +248,7 @@ test_restart_brings_the_same_devices_back() {
     start_daemon
     dev_after=$(device_of fs)
     [ "$dev_after" = "$dev_before" ]
+    [ "$(readlink /dev/ublkvd/fs)" = "$dev_after" ]
     [ "$(ublkvd list --json | jq -r '.[0].state')" = running ]
     mount "$dev_after" /mnt/vdisk
     (cd /mnt/vdisk && sha256sum -c --quiet "$WORK/sums")
@@ -311,6 +327,7 @@ test_sigterm_removes_every_device_from_the_kernel() {
     stop_daemon
     [ "$(ublk_devices_in_kernel)" = 0 ]
     if ls /dev/ublkb* /dev/ublkc* >/dev/null 2>&1; then echo "left in /dev: $(ls /dev/ublk*)"; return 1; fi
+    if [ -n "$(ls -A /dev/ublkvd)" ]; then echo "links left: $(ls -l /dev/ublkvd)"; return 1; fi
     [ ! -e "$SOCK" ]
     expect_error "is \`ublkvd serve\` running?" ublkvd list
 }
@@ -330,6 +347,7 @@ TESTS=(
     test_bad_inputs_are_refused_in_one_line_and_leave_nothing
     test_read_only_vdisk_refuses_writes
     test_512_byte_blocks_work_with_fio_verify
+    test_each_device_has_its_name_in_dev_ublkvd
     test_restart_brings_the_same_devices_back
     test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
     test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io

@@ -112,6 +112,9 @@ lab_config() {
         echo "control_socket = \"$dir/ublkvd.sock\""
         echo "listen = $(lab_addrs "$node")"
         echo "devices = $devices"
+        # The lab's nodes share one kernel and its /dev: each keeps its
+        # device links apart.
+        echo "device_links = \"$dir/dev\""
         printf '%s\n' "$extra"
         echo "[gossip]"
         echo "bind = \"$(lab_gossip "$node")\""
