@@ -86,7 +86,14 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
             config.store.move_timeout,
             config.store.failover_move,
         );
-        // What the store last applied here comes back first, majority or not.
+        // A node back from a stop first catches up with the store, if a
+        // majority answers soon: it starts on the mapping of now (a
+        // failover made while it was away), not on the one it last applied,
+        // and says READY serving it. Without a majority, what the store
+        // last applied here comes back.
+        if let Err(e) = daemon.store.confirm(CATCH_UP).await {
+            tracing::warn!("starting from the configuration last applied here: {e}");
+        }
         daemon.reconcile_now().await?;
         let follower = tokio::spawn(daemon.clone().follow_store(stopped.clone()));
         let failovers = tokio::spawn(daemon.clone().follow_membership(stopped.clone()));
@@ -169,6 +176,10 @@ async fn open_store(
     .await?;
     Ok(store)
 }
+
+/// How long a starting node waits to catch up with the store's majority
+/// before it starts from what it last applied.
+const CATCH_UP: Duration = Duration::from_secs(3);
 
 /// Control connections open at once, and per user: a socket open to
 /// read-only users must not let one of them hold every descriptor, nor

@@ -165,7 +165,7 @@ lab_spawn() { # node: starts its daemon
 
 lab_wait_answer() { # node: waits until its daemon answers
     local node=$1
-    for _ in $(seq 200); do
+    for _ in $(seq 600); do
         lab_cli "$node" list >/dev/null 2>&1 && return 0
         kill -0 "${LAB_PID[$node]}" 2>/dev/null || break
         sleep 0.05

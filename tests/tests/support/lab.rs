@@ -257,7 +257,7 @@ impl NodeDaemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !self.client(&["list"]).status.success() {
             assert!(
                 Instant::now() < deadline,
