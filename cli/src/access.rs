@@ -43,9 +43,12 @@ impl Access {
             // slow the vdisks' I/O at will.
             Request::Verify { .. } => Access::Admin("verify vdisks"),
             Request::SetVoters { .. } => Access::Admin("change the store's voters"),
-            Request::Add(_) | Request::Del { .. } | Request::Set(_) | Request::Move(_) => {
-                Access::Admin("change vdisks")
-            }
+            Request::Add(_)
+            | Request::Del { .. }
+            | Request::Set(_)
+            | Request::Move(_)
+            | Request::Detach { .. }
+            | Request::Attach { .. } => Access::Admin("change vdisks"),
         }
     }
 }
@@ -240,6 +243,8 @@ mod tests {
                 primary: tail(),
                 secondary: None,
             }),
+            Request::Detach { name: name() },
+            Request::Attach { name: name() },
         ];
         for request in change {
             assert_eq!(

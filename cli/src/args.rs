@@ -50,6 +50,25 @@ pub enum Command {
     },
     /// Change who may open a vdisk's device, on every node
     Set(SetArgs),
+    /// Take down this node's device for a vdisk, and only it: the cluster
+    /// keeps the vdisk, the other nodes their devices, this node what it
+    /// serves to them. Refused while the device is in use; kept across
+    /// restarts until `attach`
+    Detach {
+        /// The vdisk's name
+        name: String,
+        /// Print the vdisk as a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back this node's device for a vdisk `detach` took down
+    Attach {
+        /// The vdisk's name
+        name: String,
+        /// Print the vdisk as a JSON object instead of its device path
+        #[arg(long)]
+        json: bool,
+    },
     /// Move a cluster vdisk to other tails while its I/O runs: every node
     /// suspends and drains it, the new mapping is committed, and I/O
     /// resumes on it

@@ -23,6 +23,14 @@ pub enum Request {
     },
     Set(SetRequest),
     Move(MoveRequest),
+    /// Take down this node's device for a vdisk, and only it.
+    Detach {
+        name: String,
+    },
+    /// Bring back this node's device for a detached vdisk.
+    Attach {
+        name: String,
+    },
     List,
     Members,
     Store,
@@ -216,7 +224,8 @@ pub struct VdiskInfo {
     /// `running`; `exported` on a node that serves the vdisk's tail to
     /// peers but has no device for it; `not here` on a node that has no
     /// part in it; `suspended` during a move; `failed: <why>` when it
-    /// could not be started; `deleted` in what `del` answers.
+    /// could not be started; `detached` where an admin took this node's
+    /// device down (`ublkvd detach`); `deleted` in what `del` answers.
     pub state: String,
     /// Where it is being moved, while a move is under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,6 +392,8 @@ mod tests {
                 secondary: Some("a:disk0".parse().unwrap()),
             }),
             Request::Store,
+            Request::Detach { name: "a".into() },
+            Request::Attach { name: "a".into() },
             Request::SetVoters {
                 voters: vec!["a".into(), "b".into(), "c".into()],
             },

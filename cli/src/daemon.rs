@@ -262,6 +262,33 @@ impl Daemon {
         Ok(deleted)
     }
 
+    /// Takes down this node's device for vdisk `name` (`attach` brings it
+    /// back); nothing changes on the other nodes.
+    pub fn detach(&self, name: &str) -> anyhow::Result<VdiskInfo> {
+        let name: VdiskName = name.parse()?;
+        let config = self.store.configuration();
+        let Some(record) = config.vdisks.get(&name) else {
+            bail!("no vdisk named {name}");
+        };
+        self.with_node(|node| {
+            node.detach(record)?;
+            Ok(node.info(record))
+        })
+    }
+
+    /// Brings back this node's device for vdisk `name`.
+    pub fn attach(&self, name: &str) -> anyhow::Result<VdiskInfo> {
+        let name: VdiskName = name.parse()?;
+        let config = self.store.configuration();
+        let Some(record) = config.vdisks.get(&name) else {
+            bail!("no vdisk named {name}");
+        };
+        self.with_node(|node| {
+            node.attach(record)?;
+            Ok(node.info(record))
+        })
+    }
+
     pub async fn set(&self, request: SetRequest) -> anyhow::Result<VdiskInfo> {
         let name: VdiskName = request.name.parse()?;
         if request.owner.is_none() && request.group.is_none() && request.mode.is_none() {

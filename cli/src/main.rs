@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod control;
 mod daemon;
+mod detached;
 mod exit;
 mod lease;
 mod links;
@@ -71,6 +72,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_one(&deleted)?;
             }
             Ok(())
+        }
+        Command::Detach { name, json } => {
+            let detached = control::call(&socket, &Request::Detach { name })?;
+            if json {
+                print_one(&detached)?;
+            }
+            Ok(())
+        }
+        Command::Attach { name, json } => {
+            let attached = control::call(&socket, &Request::Attach { name })?;
+            if json {
+                print_one(&attached)
+            } else {
+                let device = attached.first().and_then(|v| v.device.as_ref());
+                if let Some(device) = device {
+                    println!("{}", device.display());
+                }
+                Ok(())
+            }
         }
         Command::Set(args) => {
             let request = Request::Set(SetRequest {

@@ -25,6 +25,7 @@ use ublk_frontend::{Device, DeviceOptions, QueueRing};
 
 use crate::cluster::{Cluster, Export, LinkMetrics};
 use crate::control::{AddRequest, LinkInfo, PathInfo, ResyncInfo, VdiskInfo};
+use crate::detached::Detached;
 use crate::links::DeviceLinks;
 use crate::size::format_size;
 
@@ -37,6 +38,8 @@ pub struct Node {
     acking: BTreeSet<u64>,
     /// `/dev/ublkvd/NAME` for each device running here.
     links: DeviceLinks,
+    /// Vdisks whose device an admin took down on this node.
+    detached: Detached,
 }
 
 /// A vdisk this node has a part in.
@@ -76,6 +79,9 @@ enum VdiskState {
         io: IoMetrics,
         /// The device's backend, shared to suspend and remap it.
         routed: Option<Arc<RoutedVdisk>>,
+        /// A cluster or mirrored vdisk's paths at its epoch, which a device
+        /// routes over (kept without a device, for `attach`).
+        paths: Vec<TailPath>,
         /// This node's tail, or its mirror, served to peers, while the
         /// mapping has one.
         export: Option<Export>,
@@ -87,14 +93,28 @@ enum VdiskState {
 }
 
 impl Node {
-    pub fn new(cluster: Cluster, store: Arc<Store>, links: DeviceLinks) -> Self {
+    pub fn new(
+        cluster: Cluster,
+        store: Arc<Store>,
+        links: DeviceLinks,
+        detached: Detached,
+    ) -> Self {
         Node {
             cluster,
             store,
             vdisks: BTreeMap::new(),
             acking: BTreeSet::new(),
             links,
+            detached,
         }
+    }
+
+    /// Whether this node runs a device for the vdisk: it makes devices, the
+    /// placement has one here, and no admin detached it.
+    fn wants_device(&self, record: &VdiskRecord) -> bool {
+        self.cluster.devices
+            && record.spec.placement.has_device_on(&self.cluster.node)
+            && !self.detached.contains(&record.spec.name)
     }
 
     /// Points the device links at the devices running now.
@@ -153,17 +173,16 @@ impl Node {
     /// Whether this node runs anything for the vdisk: a device, or a tail
     /// served to peers.
     fn has_part(&self, record: &VdiskRecord) -> bool {
-        let placement = &record.spec.placement;
-        (self.cluster.devices && placement.has_device_on(&self.cluster.node))
-            || placement.tail_on(&self.cluster.node).is_some()
+        self.wants_device(record) || record.spec.placement.tail_on(&self.cluster.node).is_some()
     }
 
     /// Starts a vdisk new to this node, or brings a running one to its
     /// record.
     fn update(&mut self, record: &VdiskRecord) {
         let name = record.spec.name.clone();
+        let device = self.wants_device(record);
         let Some(vdisk) = self.vdisks.get_mut(&name) else {
-            let state = start(record, &self.cluster, &self.store);
+            let state = start(record, device, &self.cluster, &self.store);
             match &state {
                 VdiskState::Served { device, .. } => {
                     let how = match device {
@@ -195,7 +214,7 @@ impl Node {
         }
         if let VdiskState::Failed(_) = vdisk.state {
             if vdisk.record != *record {
-                vdisk.state = start(record, &self.cluster, &self.store);
+                vdisk.state = start(record, device, &self.cluster, &self.store);
                 vdisk.record = record.clone();
             }
             return;
@@ -240,11 +259,22 @@ impl Node {
     /// unchanged: what they needed (a peer, a former primary's regions to
     /// take back) may be there now. Logs only what changed.
     pub fn retry_failed(&mut self) {
+        let wanted: BTreeSet<VdiskName> = self
+            .vdisks
+            .values()
+            .filter(|v| self.wants_device(&v.record))
+            .map(|v| v.record.spec.name.clone())
+            .collect();
         for (name, vdisk) in &mut self.vdisks {
             let VdiskState::Failed(why) = &vdisk.state else {
                 continue;
             };
-            let state = start(&vdisk.record, &self.cluster, &self.store);
+            let state = start(
+                &vdisk.record,
+                wanted.contains(name),
+                &self.cluster,
+                &self.store,
+            );
             match &state {
                 VdiskState::Served { .. } => {
                     tracing::info!(vdisk = %name, epoch = vdisk.record.epoch, "vdisk started on a later try")
@@ -321,6 +351,88 @@ impl Node {
             }
         }
         tracing::info!(vdisk = %name, "vdisk removed from this node");
+    }
+
+    /// Takes down this node's device for the vdisk of `record`, and only
+    /// that: the cluster keeps the vdisk, the other nodes their devices, and
+    /// this node what it serves to peers (its tail, or a mirror it is the
+    /// primary of). Refused while the device is in use. Kept across
+    /// restarts until [`attach`](Self::attach).
+    pub fn detach(&mut self, record: &VdiskRecord) -> anyhow::Result<()> {
+        let name = &record.spec.name;
+        if self.detached.contains(name) {
+            bail!("vdisk {name} is already detached on this node");
+        }
+        if !self.wants_device(record) {
+            bail!("vdisk {name} has no device on this node");
+        }
+        let vdisk = self.vdisks.get_mut(name);
+        if let Some(device) = vdisk.as_ref().and_then(|v| v.state.device()) {
+            device.ensure_unused()?;
+        }
+        self.detached.insert(name)?;
+        if let Some(vdisk) = vdisk {
+            if let VdiskState::Served { device, routed, .. } = &mut vdisk.state {
+                // The device first: its last requests go through the routing.
+                if let Some(device) = device.take() {
+                    device.stop()?;
+                }
+                *routed = None;
+            }
+        }
+        if !self.has_part(record) {
+            self.vdisks.remove(name);
+        }
+        tracing::info!(vdisk = %name, "device detached on this node");
+        self.sync_links();
+        Ok(())
+    }
+
+    /// Brings back this node's device for the vdisk of `record`, which
+    /// [`detach`](Self::detach) took down.
+    pub fn attach(&mut self, record: &VdiskRecord) -> anyhow::Result<()> {
+        let name = &record.spec.name;
+        if !self.detached.contains(name) {
+            bail!("vdisk {name} is not detached on this node");
+        }
+        self.detached.remove(name)?;
+        let started = match self.vdisks.get_mut(name) {
+            // What serves peers goes on; the device joins it.
+            Some(Vdisk {
+                state:
+                    VdiskState::Served {
+                        device: device @ None,
+                        routed,
+                        paths,
+                        io,
+                        ..
+                    },
+                ..
+            }) if !paths.is_empty() => {
+                let (started, routing) =
+                    start_routed_device(record, paths.clone(), io, &self.cluster)?;
+                *device = Some(started);
+                *routed = Some(routing);
+                Ok(())
+            }
+            // A local vdisk (or one that failed): started afresh.
+            _ => {
+                self.vdisks.remove(name);
+                self.update(record);
+                match self.vdisks.get(name).map(|v| &v.state) {
+                    Some(VdiskState::Failed(why)) => Err(anyhow::anyhow!("{why}")),
+                    _ => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = started {
+            // Not attached after all: leave it as it was.
+            let _ = self.detached.insert(name);
+            return Err(e.context(format!("cannot start vdisk {name}'s device")));
+        }
+        tracing::info!(vdisk = %name, "device attached on this node");
+        self.sync_links();
+        Ok(())
     }
 
     /// Checks an add against what only this node can see (its files, its
@@ -484,6 +596,8 @@ impl Node {
                     "suspended"
                 } else if device.is_some() {
                     "running"
+                } else if self.detached.contains(&record.spec.name) {
+                    "detached"
                 } else if mirror.is_some() {
                     "mirroring"
                 } else {
@@ -495,6 +609,9 @@ impl Node {
                 (device.as_ref().map(Device::path), state.to_owned(), paths)
             }
             Some((_, VdiskState::Failed(why))) => (None, format!("failed: {why}"), Vec::new()),
+            None if self.detached.contains(&record.spec.name) => {
+                (None, "detached".to_owned(), Vec::new())
+            }
             None => (None, "not here".to_owned(), Vec::new()),
         };
         let spec = &record.spec;
@@ -719,12 +836,15 @@ fn start_device<B: backend::BlockBackend + Send + Sync + 'static>(
 
 /// Starts serving a vdisk on this node as its record says; never fails,
 /// but records why it could not.
-fn start(record: &VdiskRecord, cluster: &Cluster, store: &Arc<Store>) -> VdiskState {
-    start_served(record, cluster, store).unwrap_or_else(|e| VdiskState::Failed(format!("{e:#}")))
+/// `device`: whether it runs a device here ([`Node::wants_device`]).
+fn start(record: &VdiskRecord, device: bool, cluster: &Cluster, store: &Arc<Store>) -> VdiskState {
+    start_served(record, device, cluster, store)
+        .unwrap_or_else(|e| VdiskState::Failed(format!("{e:#}")))
 }
 
 fn start_served(
     record: &VdiskRecord,
+    with_device: bool,
     cluster: &Cluster,
     store: &Arc<Store>,
 ) -> anyhow::Result<VdiskState> {
@@ -737,6 +857,7 @@ fn start_served(
             device: Some(device),
             io,
             routed: None,
+            paths: Vec::new(),
             export: None,
             mirror: None,
         });
@@ -746,15 +867,32 @@ fn start_served(
         export,
         mirror,
     } = mapping(record, cluster, store, None)?;
-    if !(cluster.devices && spec.placement.has_device_on(&cluster.node)) {
-        return Ok(VdiskState::Served {
-            device: None,
-            io: IoMetrics::default(),
-            routed: None,
-            export,
-            mirror,
-        });
-    }
+    let io = IoMetrics::default();
+    let (device, routed) = match with_device {
+        true => {
+            let (device, routed) = start_routed_device(record, paths.clone(), &io, cluster)?;
+            (Some(device), Some(routed))
+        }
+        false => (None, None),
+    };
+    Ok(VdiskState::Served {
+        device,
+        io,
+        routed,
+        paths,
+        export,
+        mirror,
+    })
+}
+
+/// A cluster or mirrored vdisk's device, routed over `paths`.
+fn start_routed_device(
+    record: &VdiskRecord,
+    paths: Vec<TailPath>,
+    io: &IoMetrics,
+    cluster: &Cluster,
+) -> anyhow::Result<(Device, Arc<RoutedVdisk>)> {
+    let spec = &record.spec;
     let routed = Arc::new(RoutedVdisk::spawn(
         &cluster.runtime,
         spec.name.id(),
@@ -763,15 +901,8 @@ fn start_served(
         cluster.route,
         cluster.lease.clone(),
     ));
-    let io = IoMetrics::default();
     let device = start_device(spec, record.id, Metered::new(routed.clone(), io.clone()))?;
-    Ok(VdiskState::Served {
-        device: Some(device),
-        io,
-        routed: Some(routed),
-        export,
-        mirror,
-    })
+    Ok((device, routed))
 }
 
 /// What this node runs for a cluster or mirrored vdisk's mapping.
@@ -1160,6 +1291,7 @@ fn remap(
 ) -> anyhow::Result<()> {
     let VdiskState::Served {
         routed,
+        paths,
         export,
         mirror,
         ..
@@ -1173,6 +1305,7 @@ fn remap(
     let new = mapping(record, cluster, store, previous)?;
     *export = new.export;
     *mirror = new.mirror;
+    paths.clone_from(&new.paths);
     if let Some(routed) = routed {
         routed.resume(Some((record.epoch, new.paths)));
     }

@@ -24,6 +24,7 @@ use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
 use crate::daemon::{lock, Daemon};
+use crate::detached::Detached;
 use crate::links::DeviceLinks;
 use crate::node::Node;
 
@@ -79,6 +80,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
                 cluster,
                 store.clone(),
                 DeviceLinks::new(config.device_links.clone()),
+                Detached::load(&config.data_dir.join("detached"))?,
             ),
             store,
             gossip.clone(),
@@ -365,6 +367,8 @@ async fn execute(request: Request, daemon: &Daemon) -> Response {
         Request::Add(add) => daemon.add(add).await.map(one),
         Request::Del { name } => daemon.del(&name).await.map(one),
         Request::Set(set) => daemon.set(set).await.map(one),
+        Request::Detach { name } => daemon.detach(&name).map(one),
+        Request::Attach { name } => daemon.attach(&name).map(one),
         Request::Move(request) => daemon.move_vdisk(request).await.map(one),
         Request::List => Ok(daemon.list()),
     };

@@ -109,6 +109,18 @@ fn set_move_and_del_answer_in_json_and_refusals_exit_1() {
     assert_eq!(deleted["device"], serde_json::Value::Null);
     let again = daemon.client(&["del", "v", "--json"]);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
+    // A node that makes no devices has none to detach.
+    let added = Outcome::from(daemon.client(&["add", "w", "--size", "1M", "--tail", &tail]));
+    assert!(added.success, "{}", added.stderr);
+    assert_one_line_error(
+        daemon.client(&["detach", "w"]),
+        "vdisk w has no device on this node",
+    );
+    assert_one_line_error(daemon.client(&["attach", "w"]), "vdisk w is not detached");
+    assert_one_line_error(
+        daemon.client(&["detach", "nosuch"]),
+        "no vdisk named nosuch",
+    );
     // `verify` of a vdisk that is not mirrored is refused, not "differs".
     let verify = daemon.client(&["verify", "nosuch"]);
     assert_eq!(verify.status.code(), Some(1), "{verify:?}");

@@ -240,6 +240,30 @@ test_each_device_has_its_name_in_dev_ublkvd() {
     echo "/dev/ublkvd: $(ls /dev/ublkvd)"
 }
 
+test_detach_takes_down_this_node_s_device_until_attach_even_across_a_restart() {
+    local dev
+    ublkvd add nodal --size 64M --tail "$MNT/small.img" >/dev/null
+    dev=$(device_of nodal)
+    head -c 1M /dev/urandom >"$WORK/nodal.mib"
+    dd if="$WORK/nodal.mib" of="$dev" bs=1M seek=3 oflag=direct status=none
+    mkfs.ext4 -q "$dev"; mount "$dev" /mnt/vdisk
+    expect_error "mounted" ublkvd detach nodal
+    umount /mnt/vdisk
+    dd if="$WORK/nodal.mib" of="$dev" bs=1M seek=3 oflag=direct status=none
+    [ "$(ublkvd detach nodal --json | jq -r .state)" = detached ]
+    [ ! -e "$dev" ]
+    [ ! -L /dev/ublkvd/nodal ]
+    expect_error "already detached" ublkvd detach nodal
+    stop_daemon
+    start_daemon
+    [ "$(ublkvd list --json | jq -r '.[] | select(.name == "nodal") | .state')" = detached ]
+    dev=$(ublkvd attach nodal)
+    [ "$(readlink /dev/ublkvd/nodal)" = "$dev" ]
+    dd if="$dev" bs=1M skip=3 count=1 iflag=direct status=none | cmp - "$WORK/nodal.mib"
+    expect_error "is not detached" ublkvd attach nodal
+    ublkvd del nodal
+}
+
 test_restart_brings_the_same_devices_back() {
     local dev_before dev_after
     dev_before=$(device_of fs)
@@ -348,6 +372,7 @@ TESTS=(
     test_read_only_vdisk_refuses_writes
     test_512_byte_blocks_work_with_fio_verify
     test_each_device_has_its_name_in_dev_ublkvd
+    test_detach_takes_down_this_node_s_device_until_attach_even_across_a_restart
     test_restart_brings_the_same_devices_back
     test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
     test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io

@@ -15,6 +15,7 @@ use crate::wire::{Nack, Op, Status};
 use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, Lease, LocalTail};
 
 /// One way to a vdisk's data.
+#[derive(Clone)]
 pub enum TailPath {
     /// A tail this node is attached to, through the I/O engine's ring.
     Local(Arc<LocalTail<EngineRing>>),
