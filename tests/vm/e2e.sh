@@ -264,6 +264,24 @@ test_detach_takes_down_this_node_s_device_until_attach_even_across_a_restart() {
     ublkvd del nodal
 }
 
+# The admin guide's blocks marked `device` (docs/admin-guide.md), as
+# written, on a vdisk of the name the guide uses; the rest of the guide runs
+# on three nodes in the host suite (walkthrough_netns).
+test_the_admin_guide_s_device_blocks_run_as_written() {
+    local guide blocks
+    guide=$(dirname "${BASH_SOURCE[0]}")/../../docs/admin-guide.md
+    blocks=$(awk '/^```sh .*device/ {inside = 1; next} /^```/ {inside = 0} inside' "$guide")
+    [ -n "$blocks" ]
+    ublkvd add vol1 --size 64M --tail "$MNT/small.img" >/dev/null
+    # The guide's `ublkvd` is this node's: this suite's socket.
+    mkdir -p "$WORK/guide-bin"
+    printf '#!/bin/sh\nexec "%s" --socket "%s" "$@"\n' "$BIN" "$SOCK" >"$WORK/guide-bin/ublkvd"
+    chmod +x "$WORK/guide-bin/ublkvd"
+    PATH="$WORK/guide-bin:$PATH" bash -euo pipefail -c "$blocks"
+    [ "$(ublkvd list --json | jq -r '.[] | select(.name == "vol1") | .state')" = running ]
+    ublkvd del vol1
+}
+
 test_restart_brings_the_same_devices_back() {
     local dev_before dev_after
     dev_before=$(device_of fs)
@@ -373,6 +391,7 @@ TESTS=(
     test_512_byte_blocks_work_with_fio_verify
     test_each_device_has_its_name_in_dev_ublkvd
     test_detach_takes_down_this_node_s_device_until_attach_even_across_a_restart
+    test_the_admin_guide_s_device_blocks_run_as_written
     test_restart_brings_the_same_devices_back
     test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
     test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io
