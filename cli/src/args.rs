@@ -222,7 +222,10 @@ pub struct AddArgs {
     /// The cluster tail requests go to first: a node and a tail of its config
     #[arg(long, value_name = "NODE:TAIL")]
     pub primary: Option<TailRef>,
-    /// The cluster tail requests go to when the primary cannot take them
+    /// The same data through another node: requests go there when the
+    /// primary cannot take them. Both tails must be one shared disk
+    /// (twin-tailed: a dual-ported disk, a SAN LUN); nothing is copied. For
+    /// a second copy on another node's own disk, use --mirror
     #[arg(long, value_name = "NODE:TAIL", requires = "primary")]
     pub secondary: Option<TailRef>,
     /// A tail of another node that keeps a second copy: each write
