@@ -137,6 +137,16 @@ pub enum Command {
         /// The shell to complete for
         shell: clap_complete::Shell,
     },
+    /// What `serve --keep-devices` leaves behind: deletes the kept devices
+    /// IDS that no daemon took over within AFTER_MS, failing their held
+    /// I/O
+    #[command(hide = true)]
+    KeptWatch {
+        #[arg(long)]
+        after_ms: u64,
+        #[arg(required = true)]
+        ids: Vec<u32>,
+    },
     /// Write the manual pages, ublkvd.1 and one per command
     /// (ublkvd-add.1, ...), into DIR (e.g. /usr/local/share/man/man1)
     Man {

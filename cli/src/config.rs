@@ -68,6 +68,10 @@ pub struct ConfigFile {
     /// The application sees an I/O error only when no path has answered a
     /// request for this long. Default 30000 (the SCSI disk default).
     pub io_timeout_ms: Option<u64>,
+    /// A device kept by `serve --keep-devices` that no daemon has taken
+    /// over after this long is deleted, failing the I/O held for it (EIO)
+    /// rather than leaving it waiting for ever. Default 120000; 0 never.
+    pub kept_device_timeout_ms: Option<u64>,
     /// How the mirrored vdisks this node is primary of resync.
     pub mirror: Option<MirrorFile>,
     /// This node's certificate, from an admin's CA. Without it, a node
@@ -325,6 +329,8 @@ pub struct NodeConfig {
     pub route: RouteConfig,
     pub mirror: MirrorConfig,
     pub tls: Option<TlsSettings>,
+    /// `None`: kept devices wait for a daemon for ever.
+    pub kept_device_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -371,6 +377,10 @@ impl NodeConfig {
             },
             listen: file.listen.unwrap_or_default(),
             devices: file.devices.unwrap_or(true),
+            kept_device_timeout: match file.kept_device_timeout_ms.unwrap_or(120_000) {
+                0 => None,
+                after => Some(ms(after)),
+            },
             device_links: match file.device_links {
                 None => Some(PathBuf::from(DEFAULT_DEVICE_LINKS)),
                 Some(dir) if dir.as_os_str().is_empty() => None,

@@ -194,6 +194,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());
             Ok(())
         }
+        Command::KeptWatch { after_ms, ids } => {
+            let serving = || control::call(&socket, &Request::List).is_ok();
+            let after = std::time::Duration::from_millis(after_ms);
+            let deleted = ublk_frontend::fail_unclaimed(&ids, after, serving)?;
+            for id in deleted {
+                eprintln!(
+                    "ublkvd: kept device /dev/ublkb{id} had no daemon for {} s: deleted, its held I/O failed",
+                    after.as_secs()
+                );
+            }
+            Ok(())
+        }
         Command::Man { dir } => {
             use clap::CommandFactory;
             std::fs::create_dir_all(&dir)

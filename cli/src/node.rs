@@ -695,8 +695,10 @@ impl Node {
         }
     }
 
-    /// Stops every device; the store keeps the vdisks for the next start.
-    pub fn shutdown(&mut self, keep_devices: bool) {
+    /// Stops every device (or keeps it, for the next daemon: then returns
+    /// their ids); the store keeps the vdisks for the next start.
+    pub fn shutdown(&mut self, keep_devices: bool) -> Vec<u32> {
+        let mut kept = Vec::new();
         for (name, vdisk) in std::mem::take(&mut self.vdisks) {
             if let VdiskState::Served {
                 device: Some(device),
@@ -705,6 +707,7 @@ impl Node {
             {
                 if keep_devices {
                     tracing::info!(vdisk = %name, device = %device.path().display(), "device kept for the next daemon: its I/O waits");
+                    kept.push(device.id());
                     device.keep();
                     continue;
                 }
@@ -718,6 +721,7 @@ impl Node {
         if !keep_devices {
             self.links.sync(&BTreeMap::new());
         }
+        kept
     }
 
     /// Each served vdisk's metrics and paths, for the metrics endpoint.

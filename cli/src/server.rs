@@ -142,9 +142,46 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         let _ = leasing.await;
         daemon.store.shutdown().await;
         let _ = std::fs::remove_file(&config.control_socket);
-        stopped.context("device shutdown panicked")?;
+        let kept = stopped.context("device shutdown panicked")?;
+        if let (false, Some(after)) = (kept.is_empty(), config.kept_device_timeout) {
+            watch_kept_devices(&kept, after, &config.control_socket);
+        }
         served
     })
+}
+
+/// Leaves a process behind that deletes the devices `kept` if no daemon has
+/// taken them over `after` from now (`ublkvd kept-watch`), so that their
+/// held I/O fails instead of waiting for ever.
+fn watch_kept_devices(kept: &[u32], after: Duration, socket: &Path) {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::warn!(
+                "kept devices wait for a daemon for ever: cannot find this program: {e}"
+            );
+            return;
+        }
+    };
+    let mut watch = std::process::Command::new(exe);
+    watch
+        .arg("--socket")
+        .arg(socket)
+        .args(["kept-watch", "--after-ms", &after.as_millis().to_string()])
+        .args(kept.iter().map(u32::to_string))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        // Not in the daemon's process group: a Ctrl-C to it spares this.
+        .process_group(0);
+    match watch.spawn() {
+        Ok(child) => tracing::info!(
+            pid = child.id(),
+            seconds = after.as_secs(),
+            "kept devices are deleted if no daemon takes them over in time"
+        ),
+        Err(e) => tracing::warn!("kept devices wait for a daemon for ever: {e}"),
+    }
 }
 
 /// Opens this node's member of the configuration store: on the network,

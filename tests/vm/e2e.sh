@@ -363,6 +363,36 @@ test_a_planned_restart_keeps_the_devices_and_fails_no_io() {
     [ "$(device_of fs)" = "$dev" ]
 }
 
+# After the planned restarts: this one leaves I/O errors in dmesg, which
+# restart_under_fio checks for.
+test_a_kept_device_no_daemon_takes_over_is_deleted_and_its_held_io_fails() {
+    local dev reader rc=0 deadline
+    printf 'kept_device_timeout_ms = 3000\n' >"$WORK/kept.toml"
+    stop_daemon
+    start_daemon --config "$WORK/kept.toml" --keep-devices
+    dev=$(device_of fs)
+    stop_daemon
+    [ -b "$dev" ]
+    # A reader the kernel holds: no daemon serves the device.
+    dd if="$dev" of=/dev/null bs=4k count=1 skip=7 iflag=direct status=none 2>"$WORK/held.err" &
+    reader=$!
+    deadline=$((SECONDS + 30))
+    while kill -0 "$reader" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "$reader" 2>/dev/null; then echo "the held read still waits after 30 s"; return 1; fi
+    wait "$reader" || rc=$?
+    echo "the held read ended: exit $rc: $(cat "$WORK/held.err")"
+    [ "$rc" -ne 0 ]
+    [ ! -e "$dev" ]
+    grep "had no daemon for 3 s: deleted" "$WORK/daemon.log"
+    if pgrep -f "ublkvd.*kept-watch" >/dev/null; then echo "the watch outlived its devices"; return 1; fi
+    # The data is in the tail: the next daemon brings the vdisk back whole.
+    start_daemon
+    dev=$(device_of fs)
+    mount "$dev" /mnt/vdisk
+    (cd /mnt/vdisk && sha256sum -c --quiet "$WORK/sums")
+    umount /mnt/vdisk
+}
+
 test_sigterm_removes_every_device_from_the_kernel() {
     ublkvd add second --size 64M --tail "$MNT/small.img" >/dev/null
     [ "$(ublk_devices_in_kernel)" = 2 ]
@@ -396,6 +426,7 @@ TESTS=(
     test_vdisk_whose_tail_vanished_comes_back_failed_and_can_be_deleted
     test_kill_9_of_the_daemon_under_a_mounted_filesystem_fails_no_io
     test_a_planned_restart_keeps_the_devices_and_fails_no_io
+    test_a_kept_device_no_daemon_takes_over_is_deleted_and_its_held_io_fails
     test_sigterm_removes_every_device_from_the_kernel
 )
 

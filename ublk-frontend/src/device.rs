@@ -473,6 +473,55 @@ fn recover_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
         })
 }
 
+/// Waits up to `deadline` for a server to take over each kept device of
+/// `ids` ([`Device::keep`]); then deletes those no live process serves yet,
+/// unless `daemon_serving` says a server is about to, and returns them.
+/// Deleting a device fails the I/O the kernel held for it with EIO: a clean
+/// error instead of a wait without end when no server comes back.
+pub fn fail_unclaimed(
+    ids: &[u32],
+    deadline: Duration,
+    daemon_serving: impl Fn() -> bool,
+) -> Result<Vec<u32>, FrontendError> {
+    init_control_ring()?;
+    let until = Instant::now() + deadline;
+    let mut waiting = ids.to_vec();
+    loop {
+        waiting.retain(|&id| unclaimed(id));
+        let left = until.saturating_duration_since(Instant::now());
+        if waiting.is_empty() || left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+    }
+    if waiting.is_empty() || daemon_serving() {
+        return Ok(Vec::new());
+    }
+    let mut deleted = Vec::new();
+    for id in waiting {
+        let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
+            continue;
+        };
+        match ctrl.del_dev() {
+            Ok(_) => deleted.push(id),
+            Err(error) => tracing::warn!(id, %error, "cannot delete a kept ublk device"),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Whether kept device `id` still waits for a server: it exists, and is
+/// not live under a process that exists.
+fn unclaimed(id: u32) -> bool {
+    let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
+        return false;
+    };
+    let info = ctrl.dev_info();
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    let server_alive = info.ublksrv_pid > 0 && unsafe { libc::kill(info.ublksrv_pid, 0) } == 0;
+    !(info.state == sys::UBLK_S_DEV_LIVE as u16 && server_alive)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

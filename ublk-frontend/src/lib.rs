@@ -12,7 +12,7 @@ mod kick;
 mod queue;
 mod request;
 
-pub use device::{Device, DeviceOptions};
+pub use device::{fail_unclaimed, Device, DeviceOptions};
 pub use error::FrontendError;
 pub use queue::QueueRing;
 pub use request::BlockRequest;
