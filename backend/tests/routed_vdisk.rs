@@ -591,3 +591,29 @@ fn the_local_tail_takes_requests_only_while_the_node_holds_its_lease() {
         assert_eq!(vdisk.counters().errors.load(Ordering::Relaxed), 0);
     });
 }
+
+/// A request the tail refuses for what it is (here: past the tail's end,
+/// EINVAL) would be refused by every path, now and later: it fails at once
+/// with that error, not after the I/O timeout as EIO.
+#[test]
+fn a_request_the_tail_refuses_for_good_fails_at_once_with_its_errno() {
+    runtime().block_on(async {
+        let tail = Tail::new();
+        let server = Server::start(&tail).await;
+        let vdisk = routed(vec![peer("a", &server)], RouteConfig::default());
+        write_and_check(&vdisk, 0, 1).await;
+        let started = tokio::time::Instant::now();
+        let mut buf = vec![0; BLOCK];
+        let past_the_end = 4 << 20;
+        let result = vdisk.read(past_the_end, &mut buf).await;
+        let errno = result.as_ref().map_err(IoError::errno).err();
+        assert_eq!(errno, Some(-libc::EINVAL), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        // The path did nothing wrong: it stays in use.
+        write_and_check(&vdisk, 1, 2).await;
+    });
+}

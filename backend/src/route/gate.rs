@@ -83,6 +83,11 @@ impl<P: Copy + Eq + Hash> Gate<P> {
         self.router.succeeded(id, path)
     }
 
+    /// See [`Router::refused_for_good`].
+    pub fn refused_for_good(&mut self, id: u64, path: P) -> bool {
+        self.router.refused_for_good(id, path)
+    }
+
     /// See [`Router::failed`]; with the gate closed, the request is held
     /// rather than sent again.
     pub fn failed(&mut self, id: u64, path: P, now: Instant) -> Vec<Action<P>> {

@@ -156,6 +156,16 @@ impl<P: Copy + Eq + Hash> Router<P> {
         }
     }
 
+    /// The path refused request `id` for what it asks, as every path would
+    /// (its tails are one disk): the request is forgotten, and its owner
+    /// ends it with that error. Returns whether it was out on `path`.
+    pub fn refused_for_good(&mut self, id: u64, path: P) -> bool {
+        match self.pending.get(&id) {
+            Some(p) if p.path == Some(path) => self.pending.remove(&id).is_some(),
+            _ => false,
+        }
+    }
+
     /// The path is gone (every link to that node, or the node): everything
     /// in flight on it is resent elsewhere, and nothing new goes there.
     pub fn path_down(&mut self, path: P, now: Instant) -> Vec<Action<P>> {
@@ -302,6 +312,17 @@ mod tests {
             Router::new(vec![Primary, Secondary], config),
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn a_refusal_for_good_ends_the_request_only_from_the_path_it_is_on() {
+        let (mut r, t0) = router();
+        assert_eq!(r.submit(1, t0), vec![send(1, Primary)]);
+        assert!(!r.refused_for_good(1, Secondary), "not out there");
+        assert!(r.refused_for_good(1, Primary));
+        assert_eq!(r.in_flight(), 0);
+        assert!(!r.refused_for_good(1, Primary), "ended once");
+        assert!(r.tick(t0 + 20_000 * MS).is_empty(), "no late failure");
     }
 
     fn send(id: u64, path: Path) -> Action<Path> {

@@ -514,6 +514,26 @@ impl RoutingTask {
                 return (self.gate.stale_epoch(id, path, current, now), None);
             }
             Ok(Reply {
+                status: Status::Nack(Nack::Io { errno }),
+                ..
+            }) if refused_for_what_it_asks(errno) => {
+                // Not the path's fault: every path would refuse it the same
+                // way, now and after any wait.
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                if self.gate.refused_for_good(id, path) {
+                    tracing::debug!(
+                        vdisk = self.vdisk,
+                        path = name,
+                        id,
+                        errno,
+                        "request refused by its tail"
+                    );
+                    let error = std::io::Error::from_raw_os_error(errno as i32);
+                    self.end(id, Err(IoError::Os(error)));
+                }
+                return (Vec::new(), None);
+            }
+            Ok(Reply {
                 status: Status::Nack(nack),
                 ..
             }) => describe(nack),
@@ -657,6 +677,16 @@ impl RoutingTask {
             }
         }
     }
+}
+
+/// Whether a tail's errno says the request itself cannot be done (out of
+/// range, no space, a read-only or discard-less tail) rather than that the
+/// tail failed: the vdisk's tails are one disk, so no other path, and no
+/// later try, does better.
+fn refused_for_what_it_asks(errno: u32) -> bool {
+    [libc::EINVAL, libc::ENOSPC, libc::EROFS, libc::EOPNOTSUPP]
+        .iter()
+        .any(|&e| e.unsigned_abs() == errno)
 }
 
 fn describe(nack: Nack) -> String {
