@@ -48,7 +48,8 @@ impl Access {
             | Request::Set(_)
             | Request::Move(_)
             | Request::Detach { .. }
-            | Request::Attach { .. } => Access::Admin("change vdisks"),
+            | Request::Attach { .. }
+            | Request::Release { .. } => Access::Admin("change vdisks"),
         }
     }
 }
@@ -245,6 +246,7 @@ mod tests {
             }),
             Request::Detach { name: name() },
             Request::Attach { name: name() },
+            Request::Release { name: name() },
         ];
         for request in change {
             assert_eq!(

@@ -61,6 +61,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give up this node's write role for a vdisk (one node at a time
+    /// writes, unless it was added with --multi-writer): another node's
+    /// device may then write. Unmount it here first
+    Release {
+        /// The vdisk's name
+        name: String,
+        /// Print the vdisk as a JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Bring back this node's device for a vdisk `detach` took down
     Attach {
         /// The vdisk's name
@@ -264,6 +274,13 @@ pub struct AddArgs {
     /// Expose the device read-only
     #[arg(long)]
     pub read_only: bool,
+    /// Let every node's device write at once, for a cluster filesystem
+    /// (GFS2, OCFS2) or an application that coordinates its writers. By
+    /// default one node at a time writes: the first to write holds the
+    /// role until `ublkvd release`; the others' writes fail (a reservation
+    /// conflict, EBADE)
+    #[arg(long)]
+    pub multi_writer: bool,
     #[command(flatten)]
     pub permissions: PermissionArgs,
     /// Print a JSON object (name, size_bytes, device, ...) instead of the path

@@ -249,6 +249,12 @@ impl Cluster {
     }
 
     /// Gossip, which alone knows other nodes; asked about node `other`.
+    /// The live members other than this node, as gossip sees them; `None`
+    /// for a node alone.
+    pub fn view(&self) -> Option<watch::Receiver<gossip::View>> {
+        self.gossip.as_ref().map(|gossip| gossip.view())
+    }
+
     fn membership(&self, other: &str) -> anyhow::Result<&Arc<Gossip>> {
         match &self.gossip {
             Some(gossip) => Ok(gossip),

@@ -31,6 +31,10 @@ pub enum Request {
     Attach {
         name: String,
     },
+    /// Give up this node's write role for a vdisk.
+    Release {
+        name: String,
+    },
     List,
     Members,
     Store,
@@ -80,6 +84,9 @@ pub struct AddRequest {
     pub owner: Option<u32>,
     pub group: Option<u32>,
     pub mode: Option<u32>,
+    /// Every node's device may write at once (a cluster filesystem).
+    #[serde(default)]
+    pub multi_writer: bool,
 }
 
 /// New permissions for a vdisk's device nodes; what is not given stays.
@@ -227,6 +234,13 @@ pub struct VdiskInfo {
     /// could not be started; `detached` where an admin took this node's
     /// device down (`ublkvd detach`); `deleted` in what `del` answers.
     pub state: String,
+    /// The node whose device may write it (one writer at a time); none
+    /// until a node writes, or for a multi-writer vdisk.
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// Every node's device may write it at once.
+    #[serde(default)]
+    pub multi_writer: bool,
     /// Where it is being moved, while a move is under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_to: Option<String>,
@@ -379,6 +393,7 @@ mod tests {
                 owner: None,
                 group: Some(6),
                 mode: Some(0o640),
+                multi_writer: false,
             }),
             Request::Set(SetRequest {
                 name: "b".into(),
@@ -394,6 +409,7 @@ mod tests {
             Request::Store,
             Request::Detach { name: "a".into() },
             Request::Attach { name: "a".into() },
+            Request::Release { name: "a".into() },
             Request::SetVoters {
                 voters: vec!["a".into(), "b".into(), "c".into()],
             },
@@ -412,6 +428,7 @@ mod tests {
                 owner: None,
                 group: None,
                 mode: None,
+                multi_writer: true,
             }),
         ];
         for request in requests {

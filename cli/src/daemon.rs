@@ -263,17 +263,37 @@ impl Daemon {
     }
 
     /// Takes down this node's device for vdisk `name` (`attach` brings it
-    /// back); nothing changes on the other nodes.
-    pub fn detach(&self, name: &str) -> anyhow::Result<VdiskInfo> {
+    /// back), and gives up its write role; nothing changes on the other
+    /// nodes.
+    pub async fn detach(&self, name: &str) -> anyhow::Result<VdiskInfo> {
         let name: VdiskName = name.parse()?;
         let config = self.store.configuration();
         let Some(record) = config.vdisks.get(&name) else {
             bail!("no vdisk named {name}");
         };
-        self.with_node(|node| {
-            node.detach(record)?;
-            Ok(node.info(record))
-        })
+        self.with_node(|node| node.detach(record))?;
+        if record.writer.as_ref() == Some(&self.name) {
+            if let Err(e) = self.release(name.as_str()).await {
+                tracing::warn!(vdisk = %name, "detached, but the write role stays here: {e:#}");
+            }
+        }
+        self.info(&name)
+    }
+
+    /// Gives up this node's write role for vdisk `name`: another node's
+    /// device may take it with its next write.
+    pub async fn release(&self, name: &str) -> anyhow::Result<VdiskInfo> {
+        let name: VdiskName = name.parse()?;
+        if !self.store.configuration().vdisks.contains_key(&name) {
+            bail!("no vdisk named {name}");
+        }
+        let response = self
+            .store
+            .write(Command::ReleaseWriter { name: name.clone() })
+            .await?;
+        self.reconciled(response.generation).await?;
+        tracing::info!(vdisk = %name, "write role released");
+        self.info(&name)
     }
 
     /// Brings back this node's device for vdisk `name`.

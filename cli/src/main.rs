@@ -17,6 +17,7 @@ mod node;
 mod server;
 mod size;
 mod status;
+mod writer;
 
 use std::process::ExitCode;
 
@@ -77,6 +78,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let detached = control::call(&socket, &Request::Detach { name })?;
             if json {
                 print_one(&detached)?;
+            }
+            Ok(())
+        }
+        Command::Release { name, json } => {
+            let released = control::call(&socket, &Request::Release { name })?;
+            if json {
+                print_one(&released)?;
             }
             Ok(())
         }
@@ -248,6 +256,7 @@ fn add(socket: &std::path::Path, args: AddArgs) -> anyhow::Result<()> {
         owner: args.permissions.owner,
         group: args.permissions.group,
         mode: args.permissions.mode,
+        multi_writer: args.multi_writer,
     });
     let vdisks = control::call(socket, &request)?;
     let vdisk = vdisks

@@ -28,6 +28,7 @@ use crate::control::{AddRequest, LinkInfo, PathInfo, ResyncInfo, VdiskInfo};
 use crate::detached::Detached;
 use crate::links::DeviceLinks;
 use crate::size::format_size;
+use crate::writer::{Guarded, WriteRole};
 
 pub struct Node {
     cluster: Cluster,
@@ -82,6 +83,8 @@ enum VdiskState {
         /// A cluster or mirrored vdisk's paths at its epoch, which a device
         /// routes over (kept without a device, for `attach`).
         paths: Vec<TailPath>,
+        /// Whether the device may write (one writer at a time).
+        role: Option<Arc<WriteRole>>,
         /// This node's tail, or its mirror, served to peers, while the
         /// mapping has one.
         export: Option<Export>,
@@ -218,6 +221,12 @@ impl Node {
                 vdisk.record = record.clone();
             }
             return;
+        }
+        if let VdiskState::Served {
+            role: Some(role), ..
+        } = &vdisk.state
+        {
+            role.follow(record);
         }
         if record.spec.permissions != vdisk.record.spec.permissions {
             if let Some(device) = vdisk.state.device() {
@@ -372,12 +381,19 @@ impl Node {
         }
         self.detached.insert(name)?;
         if let Some(vdisk) = vdisk {
-            if let VdiskState::Served { device, routed, .. } = &mut vdisk.state {
+            if let VdiskState::Served {
+                device,
+                routed,
+                role,
+                ..
+            } = &mut vdisk.state
+            {
                 // The device first: its last requests go through the routing.
                 if let Some(device) = device.take() {
                     device.stop()?;
                 }
                 *routed = None;
+                *role = None;
             }
         }
         if !self.has_part(record) {
@@ -404,15 +420,17 @@ impl Node {
                         device: device @ None,
                         routed,
                         paths,
+                        role,
                         io,
                         ..
                     },
                 ..
             }) if !paths.is_empty() => {
-                let (started, routing) =
-                    start_routed_device(record, paths.clone(), io, &self.cluster)?;
+                let (started, routing, writing) =
+                    start_routed_device(record, paths.clone(), io, &self.cluster, &self.store)?;
                 *device = Some(started);
                 *routed = Some(routing);
+                *role = Some(writing);
                 Ok(())
             }
             // A local vdisk (or one that failed): started afresh.
@@ -482,6 +500,7 @@ impl Node {
                 group: request.group.unwrap_or(default.group),
                 mode: request.mode.unwrap_or(default.mode),
             },
+            multi_writer: request.multi_writer,
         };
         device_options(&spec, None)?;
         // Before the tail is opened: a tail a vdisk of this node holds
@@ -656,6 +675,8 @@ impl Node {
             group: spec.permissions.group,
             mode: spec.permissions.mode,
             state,
+            writer: record.writer.clone(),
+            multi_writer: spec.multi_writer,
             moving_to: record.moving.as_ref().map(|m| m.to.to_string()),
             paths,
         }
@@ -862,6 +883,7 @@ fn start_served(
             io,
             routed: None,
             paths: Vec::new(),
+            role: None,
             export: None,
             mirror: None,
         });
@@ -872,30 +894,34 @@ fn start_served(
         mirror,
     } = mapping(record, cluster, store, None)?;
     let io = IoMetrics::default();
-    let (device, routed) = match with_device {
+    let (device, routed, role) = match with_device {
         true => {
-            let (device, routed) = start_routed_device(record, paths.clone(), &io, cluster)?;
-            (Some(device), Some(routed))
+            let (device, routed, role) =
+                start_routed_device(record, paths.clone(), &io, cluster, store)?;
+            (Some(device), Some(routed), Some(role))
         }
-        false => (None, None),
+        false => (None, None, None),
     };
     Ok(VdiskState::Served {
         device,
         io,
         routed,
         paths,
+        role,
         export,
         mirror,
     })
 }
 
-/// A cluster or mirrored vdisk's device, routed over `paths`.
+/// A cluster or mirrored vdisk's device, routed over `paths`, writing
+/// while this node holds the write role.
 fn start_routed_device(
     record: &VdiskRecord,
     paths: Vec<TailPath>,
     io: &IoMetrics,
     cluster: &Cluster,
-) -> anyhow::Result<(Device, Arc<RoutedVdisk>)> {
+    store: &Arc<Store>,
+) -> anyhow::Result<(Device, Arc<RoutedVdisk>, Arc<WriteRole>)> {
     let spec = &record.spec;
     let routed = Arc::new(RoutedVdisk::spawn(
         &cluster.runtime,
@@ -905,8 +931,16 @@ fn start_routed_device(
         cluster.route,
         cluster.lease.clone(),
     ));
-    let device = start_device(spec, record.id, Metered::new(routed.clone(), io.clone()))?;
-    Ok((device, routed))
+    let role = WriteRole::new(
+        record,
+        &cluster.node,
+        store.clone(),
+        cluster.runtime.clone(),
+        cluster.view(),
+    );
+    let backend = Guarded::new(Metered::new(routed.clone(), io.clone()), role.clone());
+    let device = start_device(spec, record.id, backend)?;
+    Ok((device, routed, role))
 }
 
 /// What this node runs for a cluster or mirrored vdisk's mapping.

@@ -289,6 +289,8 @@ mod tests {
             group: 6,
             mode: 0o660,
             state: "running".into(),
+            writer: None,
+            multi_writer: false,
             moving_to: None,
             paths,
         }

@@ -28,6 +28,7 @@ fn spec(i: usize) -> VdiskSpec {
         queue_depth: 128,
         read_only: false,
         permissions: Permissions::default(),
+        multi_writer: false,
     }
 }
 

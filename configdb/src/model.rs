@@ -65,6 +65,15 @@ pub enum Command {
         epoch: u64,
         copy: MirrorCopy,
     },
+    /// The sending node takes vdisk `name`'s write role: granted if nobody
+    /// holds it, the sender does, or `from` does (a holder the sender saw
+    /// down). A multi-writer vdisk has no role to take: granted.
+    ClaimWriter {
+        name: VdiskName,
+        from: Option<String>,
+    },
+    /// The sending node gives vdisk `name`'s write role up.
+    ReleaseWriter { name: VdiskName },
 }
 
 impl Command {
@@ -77,7 +86,9 @@ impl Command {
             | Command::BeginMove { name, .. }
             | Command::AckMove { name, .. }
             | Command::EndMove { name, .. }
-            | Command::SetMirrorCopy { name, .. } => Some(name),
+            | Command::SetMirrorCopy { name, .. }
+            | Command::ClaimWriter { name, .. }
+            | Command::ReleaseWriter { name } => Some(name),
             Command::RegisterNode(_) => None,
         }
     }
@@ -153,7 +164,7 @@ impl Configuration {
         if let Some(answer) = self.answer_without_applying(request) {
             return answer;
         }
-        let response = match self.apply_command(&request.command) {
+        let response = match self.apply_command(&request.command, &request.client.node) {
             Ok(vdisk) => {
                 self.generation += 1;
                 Response {
@@ -222,8 +233,39 @@ impl Configuration {
         self.generation += 1;
     }
 
-    fn apply_command(&mut self, command: &Command) -> Result<Option<VdiskRecord>, String> {
+    /// Applies `command`, sent by node `sender`.
+    fn apply_command(
+        &mut self,
+        command: &Command,
+        sender: &str,
+    ) -> Result<Option<VdiskRecord>, String> {
         match command {
+            Command::ClaimWriter { name, from } => {
+                let record = self.get_mut(name)?;
+                if record.spec.multi_writer {
+                    return Ok(Some(record.clone()));
+                }
+                match &record.writer {
+                    Some(holder) if holder != sender && from.as_ref() != Some(holder) => {
+                        return Err(format!(
+                            "vdisk {name} is written from node {holder}: `ublkvd release {name}` there first \
+                             (a cluster filesystem's vdisk is added with --multi-writer)"
+                        ))
+                    }
+                    _ => record.writer = Some(sender.to_owned()),
+                }
+                Ok(Some(record.clone()))
+            }
+            Command::ReleaseWriter { name } => {
+                let record = self.get_mut(name)?;
+                if record.writer.as_deref() != Some(sender) {
+                    return Err(format!(
+                        "node {sender} does not hold vdisk {name}'s write role"
+                    ));
+                }
+                record.writer = None;
+                Ok(Some(record.clone()))
+            }
             Command::AddVdisk(spec) => self.add(spec).map(Some),
             Command::DeleteVdisk { name } => {
                 let record = self.get(name)?;
@@ -347,6 +389,8 @@ impl Configuration {
                 Placement::Mirror { .. } => MirrorCopy::Blank,
                 _ => MirrorCopy::Current,
             },
+            // Taken by the first node to write.
+            writer: None,
         };
         self.vdisks.insert(spec.name.clone(), record.clone());
         Ok(record)
@@ -462,6 +506,7 @@ mod tests {
             queue_depth: 64,
             read_only: false,
             permissions: Permissions::default(),
+            multi_writer: false,
         }
     }
 
@@ -682,6 +727,58 @@ mod tests {
             },
         );
         assert!(r.refused.unwrap().contains("vdisk y"));
+    }
+
+    /// `command` sent by node `node`.
+    fn apply_from(c: &mut Configuration, node: &str, seq: u64, command: Command) -> Response {
+        let mut request = request(1, seq, 0, command);
+        request.client.node = node.into();
+        c.apply(&request)
+    }
+
+    #[test]
+    fn one_node_at_a_time_holds_the_write_role_and_only_a_down_holder_loses_it() {
+        let mut c = Configuration::default();
+        apply(&mut c, 1, Command::AddVdisk(spec("x", "a:d0")));
+        let claim = |from: Option<&str>| Command::ClaimWriter {
+            name: name("x"),
+            from: from.map(str::to_owned),
+        };
+        let release = || Command::ReleaseWriter { name: name("x") };
+        let writer = |c: &Configuration| c.vdisks[&name("x")].writer.clone();
+        assert_eq!(writer(&c), None, "nobody writes a new vdisk yet");
+        assert!(apply_from(&mut c, "b", 1, claim(None)).refused.is_none());
+        assert!(
+            apply_from(&mut c, "b", 2, claim(None)).refused.is_none(),
+            "again"
+        );
+        let taken = apply_from(&mut c, "c", 1, claim(None));
+        assert!(taken.refused.unwrap().contains("written from node b"));
+        let wrong = apply_from(&mut c, "c", 2, claim(Some("a")));
+        assert!(wrong.refused.is_some(), "a does not hold it");
+        assert!(apply_from(&mut c, "c", 3, release()).refused.is_some());
+        // c saw b down: it takes the role over.
+        assert!(apply_from(&mut c, "c", 4, claim(Some("b")))
+            .refused
+            .is_none());
+        assert_eq!(writer(&c).as_deref(), Some("c"));
+        assert!(apply_from(&mut c, "c", 5, release()).refused.is_none());
+        assert_eq!(writer(&c), None);
+        assert!(apply_from(&mut c, "b", 3, claim(None)).refused.is_none());
+        // A multi-writer vdisk grants every claim and records none.
+        let shared = VdiskSpec {
+            multi_writer: true,
+            ..spec("y", "a:d1")
+        };
+        apply(&mut c, 2, Command::AddVdisk(shared));
+        for (node, seq) in [("b", 4), ("c", 6)] {
+            let claim = Command::ClaimWriter {
+                name: name("y"),
+                from: None,
+            };
+            assert!(apply_from(&mut c, node, seq, claim).refused.is_none());
+        }
+        assert_eq!(c.vdisks[&name("y")].writer, None);
     }
 
     fn mirror(name: &str) -> VdiskSpec {

@@ -263,6 +263,11 @@ pub struct VdiskSpec {
     pub queue_depth: u16,
     pub read_only: bool,
     pub permissions: Permissions,
+    /// Every node's device takes writes (a cluster filesystem's vdisk);
+    /// otherwise one node at a time holds the write role
+    /// ([`VdiskRecord::writer`]).
+    #[serde(default)]
+    pub multi_writer: bool,
 }
 
 /// A vdisk as the store holds it: what was asked for, and what the
@@ -282,6 +287,11 @@ pub struct VdiskRecord {
     /// primary's always is.
     #[serde(default)]
     pub mirror_copy: MirrorCopy,
+    /// The node whose device may write, unless the vdisk is multi-writer:
+    /// the first to write takes the role, until it releases it (or, down,
+    /// has it taken over).
+    #[serde(default)]
+    pub writer: Option<String>,
 }
 
 /// What the store knows of a mirrored vdisk's second copy. Only a current

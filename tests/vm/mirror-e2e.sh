@@ -251,7 +251,9 @@ test_a_mirror_on_the_primary_s_own_node_is_refused() {
 }
 
 test_a_new_mirror_is_fully_resynced_and_runs_everywhere() {
-    lab_cli c add vd --size 64M --primary a:m0 --mirror b:m0 --region-size 1M
+    # Written from c and from a: these tests are about the data path's
+    # fencing, not about the one-writer role (store-e2e tests that).
+    lab_cli c add vd --size 64M --primary a:m0 --mirror b:m0 --region-size 1M --multi-writer
     local node
     for node in a b c; do
         lab_wait_state "$node" vd running
@@ -380,7 +382,7 @@ test_a_cut_off_from_the_majority_cannot_write_while_c_writes_through_b() {
     wait_in_sync b vd
     [ "$(lab_vdisk c vd '"\(.primary) \(.mirror) \(.mirror_copy)"')" = "b:m0 a:m0 current" ]
     # vs: a is its primary, b its mirror; nobody writes it but a.
-    lab_cli c add vs --size 16M --primary a:m3 --mirror b:m3
+    lab_cli c add vs --size 16M --primary a:m3 --mirror b:m3 --multi-writer
     lab_wait_state a vs running
     wait_in_sync a vs
     vs_epoch=$(lab_vdisk c vs .epoch)

@@ -214,6 +214,36 @@ test_every_daemon_restarted_keeps_the_configuration() {
     for node in a b c; do wait_perms "$node" "4321 2346 600"; done
 }
 
+# write4k NODE OFFSET_MIB: 4k of $WORK/block on NODE's device, direct.
+write4k() {
+    dd if="$WORK/block" of="$(dev_of "$1")" bs=4k seek=$(($2 * 256)) count=1 oflag=direct status=none
+}
+
+test_one_node_writes_at_a_time_until_it_releases() {
+    head -c 4k /dev/urandom >"$WORK/block"
+    # c wrote first (the fio runs): c holds the write role.
+    [ "$(lab_vdisk a vd .writer)" = c ]
+    if write4k a 300 2>"$WORK/refused"; then echo "a wrote while c holds the role"; return 1; fi
+    echo "a's write: $(cat "$WORK/refused")"
+    # EBADE: the block layer's reservation conflict, as a SAN refuses a
+    # host without the reservation.
+    grep -q "Invalid exchange" "$WORK/refused"
+    dmesg | grep "reservation conflict" | tail -1
+    dd if="$(dev_of a)" of=/dev/null bs=1M count=1 iflag=direct status=none
+    lab_cli c release vd
+    for node in a b c; do [ "$(lab_vdisk "$node" vd .writer)" = null ]; done
+    write4k a 300
+    [ "$(lab_vdisk c vd .writer)" = a ]
+    dd if="$(dev_of c)" bs=4k skip=$((300 * 256)) count=1 iflag=direct status=none | cmp - "$WORK/block"
+    if write4k c 301 2>/dev/null; then echo "c wrote while a holds the role"; return 1; fi
+    # A down holder's role is taken over by the next node to write.
+    lab_kill a
+    lab_wait_member c a down
+    write4k c 301
+    [ "$(lab_vdisk c vd .writer)" = c ]
+    lab_start a
+}
+
 # ---------------------------------------------------------------- the runner
 
 TESTS=(
@@ -221,6 +251,7 @@ TESTS=(
     test_fio_verify_runs_through_moves
     test_a_move_that_a_node_cannot_acknowledge_is_cancelled
     test_every_daemon_restarted_keeps_the_configuration
+    test_one_node_writes_at_a_time_until_it_releases
 )
 
 show_logs() {

@@ -27,6 +27,7 @@ pub fn spec(name: &str, size_bytes: u64) -> VdiskSpec {
         queue_depth: 64,
         read_only: false,
         permissions: Permissions::default(),
+        multi_writer: false,
     }
 }
 
