@@ -177,8 +177,7 @@ pub struct MembersInfo {
 /// The configuration store as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreInfo {
-    /// leader, follower, candidate or learner.
-    pub role: String,
+    pub role: configdb::StoreRole,
     pub term: u64,
     /// The leader's name, if one is known.
     pub leader: Option<String>,

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use backend::mirror::Side;
 use backend::LEASE_RUN_OUT;
 use configdb::{
-    node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, VdiskName,
-    VdiskRecord,
+    node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, StoreRole,
+    VdiskName, VdiskRecord,
 };
 use gossip::Gossip;
 use tokio::sync::watch;
@@ -458,7 +458,7 @@ impl Daemon {
                 () = tokio::time::sleep(RECHECK / 2) => {}
                 _ = stop.wait_for(|&s| s) => return,
             }
-            if self.store.status().role != "leader" {
+            if self.store.status().role != StoreRole::Leader {
                 down_since.clear();
                 continue;
             }
@@ -653,7 +653,7 @@ impl Daemon {
             names
         };
         StoreInfo {
-            role: status.role.to_owned(),
+            role: status.role,
             term: status.term,
             leader: status.leader.map(name),
             generation: config.generation,

@@ -323,7 +323,7 @@ impl Collector for NodeCollector {
             e,
             "ublkvd_store_leader",
             "1 on the configuration store's leader, else 0",
-            one(u64::from(store.role == "leader")),
+            one(u64::from(store.role == configdb::StoreRole::Leader)),
         )?;
         family(
             e,

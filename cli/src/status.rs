@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn a_store_without_a_leader_is_a_problem_and_its_leader_is_shown() {
         let store = |leader: Option<&str>| StoreInfo {
-            role: "follower".into(),
+            role: configdb::StoreRole::Follower,
             term: 3,
             leader: leader.map(str::to_owned),
             generation: 12,

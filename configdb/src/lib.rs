@@ -12,7 +12,7 @@ pub mod store;
 mod vdisk;
 
 pub use model::{Client, Command, Configuration, Request, Response};
-pub use store::{node_id, Store, StoreConfig, StoreError, StoreStatus};
+pub use store::{node_id, Store, StoreConfig, StoreError, StoreRole, StoreStatus};
 pub use vdisk::{
     is_safe_name, MirrorCopy, NodeRecord, PendingMove, Permissions, Placement, TailRef,
     TailRefError, VdiskName, VdiskNameError, VdiskRecord, VdiskSpec,

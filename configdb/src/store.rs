@@ -75,11 +75,35 @@ pub enum StoreError {
     Unavailable { seconds: u64, last_error: String },
 }
 
+/// This node's part in the store, as the consensus reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreRole {
+    Leader,
+    Follower,
+    Candidate,
+    /// Receives the log but does not vote.
+    Learner,
+    Stopped,
+}
+
+impl std::fmt::Display for StoreRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreRole::Leader => "leader",
+            StoreRole::Follower => "follower",
+            StoreRole::Candidate => "candidate",
+            StoreRole::Learner => "learner",
+            StoreRole::Stopped => "stopped",
+        })
+    }
+}
+
 /// Where the store stands, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreStatus {
     pub id: u64,
-    pub role: &'static str,
+    pub role: StoreRole,
     pub term: u64,
     pub leader: Option<u64>,
     pub last_log_index: u64,
@@ -434,11 +458,11 @@ impl Store {
         StoreStatus {
             id: self.id,
             role: match metrics.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "stopped",
+                ServerState::Leader => StoreRole::Leader,
+                ServerState::Follower => StoreRole::Follower,
+                ServerState::Candidate => StoreRole::Candidate,
+                ServerState::Learner => StoreRole::Learner,
+                ServerState::Shutdown => StoreRole::Stopped,
             },
             term: metrics.current_term,
             leader: metrics.current_leader,
