@@ -1,5 +1,4 @@
 use std::io;
-use std::path::PathBuf;
 
 /// Why one block request failed. The frontend turns it into the errno of the
 /// request's completion with [`IoError::errno`], its only translation point.
@@ -41,23 +40,4 @@ impl IoError {
             IoError::ShuttingDown => -libc::ESHUTDOWN,
         }
     }
-}
-
-/// Why a tail cannot be opened or used. Nothing was changed on the tail.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TailError {
-    #[error("cannot open tail {path}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("tail {path} is neither a regular file nor a block device")]
-    NotFileOrBlockDevice { path: PathBuf },
-    #[error(
-        "tail {path} does not support direct I/O in the vdisk's block size; put it on \
-         a filesystem or device that does (ext4, xfs, a block device)"
-    )]
-    NoDirectIo { path: PathBuf, source: io::Error },
-    #[error("tail {path} is in use (mounted, or held by a vdisk or a volume manager)")]
-    Busy { path: PathBuf },
-    #[error("cannot read the size of tail {path}")]
-    Size { path: PathBuf, source: io::Error },
 }

@@ -19,15 +19,15 @@ pub mod mirror;
 pub mod peer;
 mod ring;
 pub mod route;
-mod tail;
+pub mod tail;
 pub mod wire;
 
 pub use block::BlockBackend;
 pub use buf::AlignedBuf;
 pub use counts::{Counted, OpenCounts};
 pub use engine::{Engine, EngineRing};
-pub use error::{IoError, TailError};
+pub use error::IoError;
 pub use lease::{Lease, LEASE, LEASE_RUN_OUT};
 pub use metered::{IoMetrics, Metered};
 pub use ring::{BlockingRing, Ring};
-pub use tail::{LocalTail, TailGeometry};
+pub use tail::{BlockOp, LocalTail, Tail, TailError, TailGeometry, TailOpenError};

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use backend::{AlignedBuf, BlockBackend, BlockingRing, LocalTail, TailError};
+use backend::{AlignedBuf, BlockBackend, BlockingRing, LocalTail, TailOpenError};
 
 const MIB: u64 = 1 << 20;
 
@@ -139,7 +139,7 @@ fn missing_tail_is_refused_with_its_path() {
     let Err(err) = LocalTail::open(&path, 4096, false, BlockingRing::new().unwrap()) else {
         panic!("opened a missing tail");
     };
-    assert!(matches!(err, TailError::Open { .. }), "{err:?}");
+    assert!(matches!(err, TailOpenError::Open { .. }), "{err:?}");
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
@@ -152,7 +152,7 @@ fn directory_is_refused_as_a_tail() {
     assert!(
         matches!(
             err,
-            TailError::NotFileOrBlockDevice { .. } | TailError::Open { .. }
+            TailOpenError::NotFileOrBlockDevice { .. } | TailOpenError::Open { .. }
         ),
         "{err:?}"
     );
@@ -172,7 +172,7 @@ fn tail_without_direct_io_is_refused_clearly() {
     assert!(
         matches!(
             err,
-            TailError::NoDirectIo { .. } | TailError::NotFileOrBlockDevice { .. }
+            TailOpenError::NoDirectIo { .. } | TailOpenError::NotFileOrBlockDevice { .. }
         ),
         "{err:?}"
     );

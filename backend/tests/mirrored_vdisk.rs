@@ -19,15 +19,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backend::link::{HealthConfig, PeerLinks};
+use backend::link::{HealthConfig, PeerLinks, RemoteTail};
 use backend::mirror::{
     CopyRecorder, DirtyGeometry, DirtyMapFile, MirrorConfig, MirrorSetup, MirrorStatus,
     MirroredVdisk, PacerConfig, RecordFuture, Recorded, ReplicaConfig, Side, SideState,
 };
 use backend::peer::{serve, Exports};
-use backend::route::TailPath;
-use backend::wire::Op;
-use backend::{AlignedBuf, Engine, IoError, LocalTail};
+use backend::{AlignedBuf, BlockOp, Engine, LocalTail, Tail, TailError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -107,7 +105,7 @@ impl TestSide {
     }
 
     /// A peer path to this side whose links are up already.
-    async fn path(&self, name: &str) -> TailPath {
+    async fn path(&self, name: &str) -> Arc<dyn Tail> {
         // A stopped server closes its connections at once; heartbeats
         // only need to outlast a loaded machine's pauses.
         let health = HealthConfig {
@@ -121,7 +119,7 @@ impl TestSide {
             .await
             .unwrap()
             .unwrap();
-        TailPath::Peer(Arc::new(peer))
+        Arc::new(RemoteTail::new(Arc::new(peer), VDISK))
     }
 
     fn block(&self, index: u64) -> Vec<u8> {
@@ -205,28 +203,32 @@ impl Mirror {
         }
     }
 
-    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
-        let mut payload = AlignedBuf::new(data.len())?;
+    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), TailError> {
+        let mut payload = AlignedBuf::new(data.len()).unwrap();
         payload.copy_from_slice(data);
-        let op = Op::Write {
+        let op = BlockOp::Write {
             offset,
             len: data.len() as u32,
         };
-        self.vdisk.call(op, Some(Arc::new(payload))).await.map(drop)
+        let payload = Some(Arc::new(payload));
+        self.vdisk.execute(EPOCH, op, payload).await.map(drop)
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let op = Op::Read {
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), TailError> {
+        let op = BlockOp::Read {
             offset,
             len: buf.len() as u32,
         };
-        let data = self.vdisk.call(op, None).await?.unwrap();
+        let data = self.vdisk.execute(EPOCH, op, None).await?.unwrap();
         buf.copy_from_slice(&data);
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), IoError> {
-        self.vdisk.call(Op::Flush, None).await.map(drop)
+    async fn flush(&self) -> Result<(), TailError> {
+        self.vdisk
+            .execute(EPOCH, BlockOp::Flush, None)
+            .await
+            .map(drop)
     }
 
     fn durable_regions(&self) -> u64 {
@@ -278,7 +280,6 @@ async fn mirror_on(
         &tokio::runtime::Handle::current(),
         MirrorSetup {
             vdisk: VDISK,
-            wire_id: VDISK,
             epoch: EPOCH,
             sides: [a.path("a").await, b.path("b").await],
             dirty: DirtyMapFile::open(&map_path, geometry()).unwrap(),
@@ -540,8 +541,7 @@ fn a_former_primary_takes_back_exactly_its_dirty_regions_from_the_new_one() {
         let own = LocalTail::open(&old_primary.path, 4096, false, engine.ring()).unwrap();
         let copied = backend::mirror::pull_dirty(
             new_primary.path("new").await,
-            TailPath::Local(Arc::new(own)),
-            VDISK,
+            Arc::new(own),
             EPOCH,
             &mut map,
             Duration::from_secs(2),

@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::link::{HealthConfig, PeerLinks};
+use backend::link::{HealthConfig, PeerLinks, RemoteTail};
 use backend::peer::{serve, Exports};
-use backend::route::{RouteConfig, RoutedVdisk, TailPath};
+use backend::route::{RouteConfig, RoutedVdisk};
 use backend::{BlockBackend, Engine, EngineRing, IoError, Lease, LocalTail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -125,8 +125,15 @@ fn member(name: &str, server: &Server) -> Arc<PeerLinks> {
     Arc::new(peer)
 }
 
+/// A path to the other end of a test: a peer's tail, or one of this node.
+type TailPath = Arc<dyn backend::Tail>;
+
+fn remote(peer: Arc<PeerLinks>) -> TailPath {
+    Arc::new(RemoteTail::new(peer, VDISK))
+}
+
 fn peer(name: &str, server: &Server) -> TailPath {
-    TailPath::Peer(member(name, server))
+    remote(member(name, server))
 }
 
 fn block(seed: u8) -> Vec<u8> {
@@ -222,7 +229,7 @@ fn a_peer_declared_down_by_membership_gets_no_requests_though_its_links_are_up()
         let secondary = Server::start(&tail).await;
         let primary = member("a", &primary_server);
         let vdisk = routed(
-            vec![TailPath::Peer(primary.clone()), peer("b", &secondary)],
+            vec![remote(primary.clone()), peer("b", &secondary)],
             RouteConfig::default(),
         );
         write_and_check(&vdisk, 0, 1).await;
@@ -259,7 +266,7 @@ fn a_local_tail_is_preferred_over_a_peer() {
         let tail = Tail::new();
         let server = Server::start(&tail).await;
         let vdisk = routed(
-            vec![TailPath::Local(tail.open()), peer("b", &server)],
+            vec![tail.open(), peer("b", &server)],
             RouteConfig::default(),
         );
         write_and_check(&vdisk, 3, 7).await;
@@ -320,7 +327,7 @@ async fn connected_peer(name: &str, server: &Server) -> TailPath {
         .await
         .unwrap()
         .unwrap();
-    TailPath::Peer(peer)
+    remote(peer)
 }
 
 fn failed(vdisk: &RoutedVdisk, path: usize) -> u64 {
@@ -575,7 +582,7 @@ fn the_local_tail_takes_requests_only_while_the_node_holds_its_lease() {
             &tokio::runtime::Handle::current(),
             VDISK,
             EPOCH,
-            vec![TailPath::Local(tail.open())],
+            vec![tail.open()],
             RouteConfig::default(),
             lease.clone(),
         ));

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use backend::link::{HealthConfig, PeerLinks};
+use backend::link::{HealthConfig, PeerLinks, RemoteTail};
 use backend::mirror::MirrorConfig;
-use backend::peer::{serve, Clients, Exports, Served};
+use backend::peer::{serve, Clients, Exports};
 use backend::route::RouteConfig;
-use backend::{Engine, EngineRing, Lease, LocalTail};
+use backend::{Engine, EngineRing, Lease, LocalTail, Tail};
 use configdb::TailRef;
 use gossip::{ClusterKey, Gossip, GossipConfig, NodeMeta, View};
 use identity::NodeIdentity;
@@ -152,6 +152,12 @@ impl Cluster {
         };
         servers.spawn(serve(listeners, self.exports.clone(), tls, stopped));
         Ok(servers)
+    }
+
+    /// The tail node `name` serves as `vdisk` (a vdisk's id, or its mirror
+    /// copy's), reached over the links to it.
+    pub fn remote_tail(&self, name: &str, vdisk: u64) -> anyhow::Result<Arc<dyn Tail>> {
+        Ok(Arc::new(RemoteTail::new(self.peer(name)?, vdisk)))
     }
 
     /// The links to node `name`, reachable while gossip says it is a live
@@ -295,7 +301,7 @@ impl Cluster {
 
     /// Serves a tail or a mirror to peers as vdisk `vdisk` at `epoch`
     /// (older epochs are refused) until the returned handle drops.
-    pub fn export(&self, vdisk: u64, epoch: u64, served: impl Into<Served>) -> Export {
+    pub fn export(&self, vdisk: u64, epoch: u64, served: Arc<dyn Tail>) -> Export {
         self.exports.insert(vdisk, epoch, served);
         Export {
             exports: self.exports.clone(),
@@ -312,7 +318,7 @@ impl Cluster {
         &self,
         vdisk: u64,
         epoch: u64,
-        served: Served,
+        served: Arc<dyn Tail>,
         clients: Clients,
         ready: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Export {

@@ -14,8 +14,8 @@ use backend::mirror::{
     MirroredVdisk, RecordFuture, Recorded, ReplicaConfig, Side, SideState,
 };
 use backend::peer::Clients;
-use backend::route::{RoutedVdisk, TailPath, VdiskCounters};
-use backend::{EngineRing, IoMetrics, LocalTail, Metered};
+use backend::route::{RoutedVdisk, VdiskCounters};
+use backend::{EngineRing, IoMetrics, LocalTail, Metered, Tail};
 use configdb::{
     Command, Configuration, MirrorCopy, Permissions, Placement, Store, TailRef, VdiskName,
     VdiskRecord, VdiskSpec,
@@ -82,7 +82,7 @@ enum VdiskState {
         routed: Option<Arc<RoutedVdisk>>,
         /// A cluster or mirrored vdisk's paths at its epoch, which a device
         /// routes over (kept without a device, for `attach`).
-        paths: Vec<TailPath>,
+        paths: Vec<Arc<dyn Tail>>,
         /// Whether the device may write (one writer at a time).
         role: Option<Arc<WriteRole>>,
         /// This node's tail, or its mirror, served to peers, while the
@@ -917,7 +917,7 @@ fn start_served(
 /// while this node holds the write role.
 fn start_routed_device(
     record: &VdiskRecord,
-    paths: Vec<TailPath>,
+    paths: Vec<Arc<dyn Tail>>,
     io: &IoMetrics,
     cluster: &Cluster,
     store: &Arc<Store>,
@@ -946,7 +946,7 @@ fn start_routed_device(
 /// What this node runs for a cluster or mirrored vdisk's mapping.
 struct Mapping {
     /// Its device's paths, in order of preference.
-    paths: Vec<TailPath>,
+    paths: Vec<Arc<dyn Tail>>,
     /// What it serves to peers.
     export: Option<Export>,
     /// The mirror it runs as a mirrored vdisk's primary.
@@ -976,7 +976,7 @@ fn mapping(
             let tail = open_own_tail(spec, primary, cluster)?;
             let mirrored = Arc::new(start_mirror(record, tail, mirror, cluster, store)?);
             return Ok(Mapping {
-                paths: vec![TailPath::Mirror(mirrored.clone())],
+                paths: vec![mirrored.clone()],
                 export: Some(cluster.export(id, record.epoch, mirrored.clone())),
                 mirror: Some(mirrored),
             });
@@ -989,29 +989,29 @@ fn mapping(
                 // writing it would go behind the dirty map's back.
                 let primary_only = Clients::Only(primary.node.clone());
                 let copy = copy_id(id);
-                Some(cluster.export_when(copy, record.epoch, tail.into(), primary_only, ready))
+                Some(cluster.export_when(copy, record.epoch, tail, primary_only, ready))
             }
             false => None,
         };
         return Ok(Mapping {
-            paths: vec![TailPath::Peer(cluster.peer(&primary.node)?)],
+            paths: vec![cluster.remote_tail(&primary.node, id)?],
             export,
             mirror: None,
         });
     }
-    let mut paths = Vec::new();
+    let mut paths: Vec<Arc<dyn Tail>> = Vec::new();
     let mut export = None;
     if let Some(own) = spec.placement.tail_on(&cluster.node) {
         let tail = open_own_tail(spec, own, cluster)?;
         export = Some(cluster.export(id, record.epoch, tail.clone()));
-        paths.push(TailPath::Local(tail));
+        paths.push(tail);
     }
     for remote in spec
         .placement
         .cluster_tails()
         .filter(|t| t.node != cluster.node)
     {
-        paths.push(TailPath::Peer(cluster.peer(&remote.node)?));
+        paths.push(cluster.remote_tail(&remote.node, id)?);
     }
     Ok(Mapping {
         paths,
@@ -1081,12 +1081,8 @@ fn start_mirror(
         &cluster.runtime,
         MirrorSetup {
             vdisk: name.id(),
-            wire_id: copy_id(name.id()),
             epoch: record.epoch,
-            sides: [
-                TailPath::Local(tail),
-                TailPath::Peer(cluster.peer(&mirror.node)?),
-            ],
+            sides: [tail, cluster.remote_tail(&mirror.node, copy_id(name.id()))?],
             dirty,
             states: [SideState::InSync, mirror_state],
             store_current: record.mirror_copy == MirrorCopy::Current,
@@ -1129,18 +1125,18 @@ fn take_back(
     };
     let geometry = DirtyGeometry::new(spec.size_bytes, u64::from(region_size))?;
     let path = map_path(cluster, &spec.name);
-    let peer = cluster.peer(&primary.node)?;
-    let (name, from, tail) = (spec.name.clone(), primary.node.clone(), tail.clone());
-    let (wire_id, epoch) = (spec.name.id(), record.epoch);
+    // The new primary's service of the vdisk, which mirrors what it reads.
+    let source = cluster.remote_tail(&primary.node, spec.name.id())?;
+    let target: Arc<dyn Tail> = tail.clone();
+    let (name, from, epoch) = (spec.name.clone(), primary.node.clone(), record.epoch);
     Ok(async move {
         if let Some(mut previous) = previous {
             while previous.changed().await.is_ok() {}
         }
         let mut logged = false;
         loop {
-            let source = TailPath::Peer(peer.clone());
-            let target = TailPath::Local(tail.clone());
-            match take_back_once(&path, geometry, source, target, wire_id, epoch).await {
+            let (source, target) = (source.clone(), target.clone());
+            match take_back_once(&path, geometry, source, target, epoch).await {
                 Ok(0) => return,
                 Ok(copied) => {
                     tracing::info!(vdisk = %name, primary = %from, copied, "took back from the new primary the regions this node wrote alone as the old one");
@@ -1161,25 +1157,15 @@ fn take_back(
 async fn take_back_once(
     path: &Path,
     geometry: DirtyGeometry,
-    source: TailPath,
-    target: TailPath,
-    wire_id: u64,
+    source: Arc<dyn Tail>,
+    target: Arc<dyn Tail>,
     epoch: u64,
 ) -> anyhow::Result<u64> {
     if !path.exists() {
         return Ok(0);
     }
     let (mut dirty, _) = open_map(path, geometry)?;
-    let copied = pull_dirty(
-        source,
-        target,
-        wire_id,
-        epoch,
-        &mut dirty,
-        TAKE_BACK_TIMEOUT,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let copied = pull_dirty(source, target, epoch, &mut dirty, TAKE_BACK_TIMEOUT).await?;
     drop(dirty);
     std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     Ok(copied)

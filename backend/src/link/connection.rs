@@ -61,17 +61,6 @@ pub enum LinkError {
     Closed,
 }
 
-impl LinkError {
-    /// Until when the call that failed so may still start at the peer:
-    /// `None` if it cannot (it never left).
-    pub fn settles_at(&self) -> Option<Instant> {
-        match self {
-            LinkError::Lost { settles_at } => Some(*settles_at),
-            LinkError::Down | LinkError::Closed => None,
-        }
-    }
-}
-
 /// What a link has done, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct LinkCounters {

@@ -5,7 +5,9 @@
 mod connection;
 mod health;
 mod peer;
+mod remote;
 
 pub use connection::{Link, LinkCounters, LinkError, Reply, PEER_CLOSED_SETTLE, STRAGGLE};
 pub use health::{Health, HealthConfig, Transition};
-pub use peer::{PeerLinks, Reported};
+pub use peer::PeerLinks;
+pub use remote::RemoteTail;

@@ -1,4 +1,3 @@
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -100,33 +99,6 @@ impl PeerLinks {
         self.inner.up.subscribe()
     }
 
-    /// Hands whether the peer is reachable to `report`, from a task of its
-    /// own on the current tokio runtime: the states `reported` asks for,
-    /// until `report` fails, `stop` resolves or the peer is gone.
-    pub fn follow_reachability<E>(
-        &self,
-        reported: Reported,
-        stop: impl Future<Output = ()> + Send + 'static,
-        mut report: impl FnMut(bool) -> Result<(), E> + Send + 'static,
-    ) {
-        let mut state = self.watch();
-        if let Reported::CurrentAndChanges = reported {
-            state.mark_changed();
-        }
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    () = &mut stop => return,
-                    changed = state.changed() => if changed.is_err() { return },
-                }
-                if report(*state.borrow_and_update()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-
     /// Sends one request on the next link that is up, and on the others in
     /// turn if a link fails under it, as long as they were heard lately (a
     /// cut that took one link often took its twins too, and waiting for
@@ -203,16 +175,6 @@ async fn fence(link: &Link) -> bool {
             ..
         }))
     )
-}
-
-/// Which of a peer's reachability states
-/// [`PeerLinks::follow_reachability`] reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reported {
-    /// The state at the call, then every change.
-    CurrentAndChanges,
-    /// Only the changes after the call.
-    Changes,
 }
 
 impl Inner {

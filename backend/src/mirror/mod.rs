@@ -38,7 +38,7 @@
 //! [`Replica`] is the pure core of the mirrored write path: where each
 //! request goes, when it may complete, when a write's range must be marked
 //! dirty first; [`MirroredVdisk`] is its tokio shell over two
-//! [`TailPath`](crate::route::TailPath)s, with the map behind a writer
+//! [`Tail`](crate::Tail)s, and a tail itself, with the map behind a writer
 //! thread (`async_map.rs`). [`DirtyRegions`] is the pure
 //! core of the map (geometry, bits, iteration); [`DirtyMapFile`] keeps it in a file (header format in `header.rs`)
 //! through the small [`MapStorage`] seam, which the crash tests replace
@@ -79,6 +79,6 @@ pub use pacer::{PacerConfig, ResyncPacer};
 pub use replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
 pub use storage::MapStorage;
 pub use vdisk::{
-    pull_dirty, CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, MirroredVdisk, RecordFuture,
-    VerifyError, VerifyReport,
+    pull_dirty, AttemptError, CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, MirroredVdisk,
+    PullError, RecordFuture, VerifyError, VerifyReport,
 };

@@ -14,9 +14,7 @@ use super::{
     Action, DirtyMapFile, PacerConfig, Recorded, Replica, ReplicaConfig, Request, ResyncPacer,
     Side, SideState,
 };
-use crate::link::{LinkError, Reply};
-use crate::route::TailPath;
-use crate::wire::{Op, Status};
+use crate::tail::{follow_reachability, BlockOp, Reported, Tail, TailError, TailFuture};
 use crate::{AlignedBuf, IoError};
 
 /// The largest single transfer of a resync or a verify: a region is copied
@@ -80,11 +78,9 @@ impl Default for MirrorConfig {
 pub struct MirrorSetup {
     /// The vdisk's id, for logs.
     pub vdisk: u64,
-    /// The id the sides serve the copies under.
-    pub wire_id: u64,
     pub epoch: u64,
     /// Side A's path, then side B's.
-    pub sides: [TailPath; 2],
+    pub sides: [Arc<dyn Tail>; 2],
     pub dirty: DirtyMapFile,
     /// The sides as the store and the dirty map left them.
     pub states: [SideState; 2],
@@ -137,7 +133,7 @@ pub enum VerifyError {
     #[error("both copies must be reachable to compare them; the {0} side is not")]
     SideDown(String),
     #[error("reading the {side} side failed: {why}")]
-    SideFailed { side: String, why: String },
+    SideFailed { side: String, why: AttemptError },
     #[error("a verify of this mirror is already running")]
     AlreadyRunning,
     #[error("vdisk is shutting down")]
@@ -147,7 +143,7 @@ pub enum VerifyError {
 type Completion = Result<Option<AlignedBuf>, IoError>;
 
 struct Submission {
-    op: Op,
+    op: BlockOp,
     payload: Option<Arc<AlignedBuf>>,
     done: oneshot::Sender<Completion>,
 }
@@ -183,7 +179,7 @@ enum Event {
     Attempt {
         id: u64,
         side: Side,
-        result: Result<Reply, String>,
+        result: Result<Option<AlignedBuf>, AttemptError>,
     },
     /// A peer side's links went down.
     Unreachable { side: Side },
@@ -202,7 +198,7 @@ enum Event {
     JobDone {
         job: Job,
         took: Duration,
-        result: Result<bool, (Side, String)>,
+        result: Result<bool, (Side, AttemptError)>,
     },
 }
 
@@ -225,7 +221,6 @@ impl MirroredVdisk {
     pub fn spawn(runtime: &Handle, setup: MirrorSetup) -> MirroredVdisk {
         let MirrorSetup {
             vdisk,
-            wire_id,
             epoch,
             sides,
             mut dirty,
@@ -268,7 +263,6 @@ impl MirroredVdisk {
         let now = Instant::now();
         let task = MirrorTask {
             vdisk,
-            wire_id,
             epoch,
             sides: sides.map(SidePath::new),
             replica,
@@ -309,9 +303,7 @@ impl MirroredVdisk {
         self.status.clone()
     }
 
-    /// Runs `op` on the mirror: what a peer's request for the vdisk, or
-    /// this node's own device, asks of it.
-    pub async fn call(&self, op: Op, payload: Option<Arc<AlignedBuf>>) -> Completion {
+    async fn submit(&self, op: BlockOp, payload: Option<Arc<AlignedBuf>>) -> Completion {
         let (done, completion) = oneshot::channel();
         self.inputs
             .send(Input::Submit(Submission { op, payload, done }))
@@ -344,18 +336,35 @@ impl MirroredVdisk {
     }
 }
 
-/// The core's view of a wire operation: anything that changes data is
+/// The mirror as a tail of this node: what a peer's request for the
+/// vdisk, or this node's own device, runs on.
+impl Tail for MirroredVdisk {
+    fn execute(
+        &self,
+        _epoch: u64,
+        op: BlockOp,
+        payload: Option<Arc<AlignedBuf>>,
+    ) -> TailFuture<'_> {
+        Box::pin(async move {
+            self.submit(op, payload)
+                .await
+                .map_err(|e| TailError::io(&e))
+        })
+    }
+}
+
+/// The core's view of a block operation: anything that changes data is
 /// mirrored as a write of its range.
-fn request_of(op: Op) -> Request {
+fn request_of(op: BlockOp) -> Request {
     match op {
-        Op::Read { .. } => Request::Read,
-        Op::Write { offset, len }
-        | Op::Discard { offset, len }
-        | Op::WriteZeroes { offset, len } => Request::Write {
+        BlockOp::Read { .. } => Request::Read,
+        BlockOp::Write { offset, len }
+        | BlockOp::Discard { offset, len }
+        | BlockOp::WriteZeroes { offset, len } => Request::Write {
             offset,
             len: u64::from(len),
         },
-        Op::Flush | Op::Heartbeat | Op::Fence => Request::Flush,
+        BlockOp::Flush => Request::Flush,
     }
 }
 
@@ -411,7 +420,6 @@ struct VerifyRun {
 /// actions, and runs the resync and verify jobs beside it.
 struct MirrorTask {
     vdisk: u64,
-    wire_id: u64,
     epoch: u64,
     sides: [Arc<SidePath>; 2],
     replica: Replica,
@@ -520,8 +528,8 @@ impl MirrorTask {
     /// again as soon as the task is gone.
     async fn stop(mut self) {
         if self.settled_in_sync() {
-            let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
-            if flush_both(&self.sides, wire_id, epoch, timeout).await {
+            let (epoch, timeout) = (self.epoch, self.config.request_timeout);
+            if flush_both(&self.sides, epoch, timeout).await {
                 let all = self.dirty.regions().iter().collect();
                 self.dirty.clear(all);
             }
@@ -678,45 +686,33 @@ impl MirrorTask {
     /// found by probes, which also see its export, not only its links.
     fn follow_reachability(&self) {
         for side in Side::BOTH {
-            let TailPath::Peer(peer) = &self.sides[side.index()].path else {
-                continue;
-            };
             let closed = self.events.clone();
             let stop = async move { closed.closed().await };
             let events = self.events.clone();
-            peer.follow_reachability(crate::link::Reported::Changes, stop, move |up| match up {
+            let tail = &*self.sides[side.index()].path;
+            follow_reachability(tail, Reported::Changes, stop, move |up| match up {
                 true => Ok(()),
                 false => events.send(Event::Unreachable { side }),
             });
         }
     }
 
-    fn attempt_ended(&mut self, id: u64, side: Side, result: Result<Reply, String>) -> Vec<Action> {
+    fn attempt_ended(
+        &mut self,
+        id: u64,
+        side: Side,
+        result: Result<Option<AlignedBuf>, AttemptError>,
+    ) -> Vec<Action> {
         let why = match result {
-            Ok(Reply {
-                status: Status::Ok,
-                data,
-            }) => {
+            Ok(data) => {
                 let Some(pending) = self.pending.get_mut(&id) else {
                     return Vec::new();
                 };
-                let wanted = match pending.submission.op {
-                    Op::Read { len, .. } => len as usize,
-                    _ => 0,
-                };
-                let got = data.as_ref().map_or(0, |d| d.len());
-                if got == wanted {
-                    if data.is_some() {
-                        pending.data = data;
-                    }
-                    return self.replica.succeeded(id, side);
+                if data.is_some() {
+                    pending.data = data;
                 }
-                format!("answered with {got} bytes for {wanted}")
+                return self.replica.succeeded(id, side);
             }
-            Ok(Reply {
-                status: Status::Nack(nack),
-                ..
-            }) => format!("refused: {nack:?}"),
             Err(why) => why,
         };
         if self.replica.state(side) != SideState::Down {
@@ -772,14 +768,14 @@ impl MirrorTask {
         };
         self.outstanding[side.index()] += 1;
         let path = self.sides[side.index()].clone();
-        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let (epoch, timeout) = (self.epoch, self.config.request_timeout);
         let op = pending.submission.op;
         let payload = pending.submission.payload.clone();
         let events = self.events.clone();
         // Runs to completion even if the request moves on: a local attempt
         // owns a buffer the kernel writes into (it has no timeout).
         tokio::spawn(async move {
-            let result = attempt(&path, wire_id, epoch, op, payload, timeout).await;
+            let result = attempt(&path, epoch, op, payload, timeout).await;
             let _ = events.send(Event::Attempt { id, side, result });
         });
     }
@@ -814,17 +810,10 @@ impl MirrorTask {
 
     fn probe(&self, side: Side) {
         let path = self.sides[side.index()].clone();
-        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let (epoch, timeout) = (self.epoch, self.config.request_timeout);
         let events = self.events.clone();
         tokio::spawn(async move {
-            let result = attempt(&path, wire_id, epoch, Op::Flush, None, timeout).await;
-            let answered = matches!(
-                result,
-                Ok(Reply {
-                    status: Status::Ok,
-                    ..
-                })
-            );
+            let answered = flush_side(&path, epoch, timeout).await.is_ok();
             let _ = events.send(Event::Probed { side, answered });
         });
     }
@@ -850,10 +839,10 @@ impl MirrorTask {
         }
         self.sweeping = true;
         let sides = self.sides.clone();
-        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let (epoch, timeout) = (self.epoch, self.config.request_timeout);
         let events = self.events.clone();
         tokio::spawn(async move {
-            let flushed = flush_both(&sides, wire_id, epoch, timeout).await;
+            let flushed = flush_both(&sides, epoch, timeout).await;
             let _ = events.send(Event::Swept { cold, flushed });
         });
     }
@@ -1148,12 +1137,12 @@ impl MirrorTask {
             return;
         }
         let sides = self.sides.clone();
-        let (wire_id, epoch, timeout) = (self.wire_id, self.epoch, self.config.request_timeout);
+        let (epoch, timeout) = (self.epoch, self.config.request_timeout);
         let events = self.events.clone();
         let (kind, range) = (job.job, job.range.clone());
         tokio::spawn(async move {
             let began = Instant::now();
-            let result = run_job(&sides, kind, range, wire_id, epoch, timeout).await;
+            let result = run_job(&sides, kind, range, (epoch, timeout)).await;
             let took = began.elapsed();
             let _ = events.send(Event::JobDone {
                 job: kind,
@@ -1170,7 +1159,7 @@ impl MirrorTask {
         &mut self,
         job: Job,
         took: Duration,
-        result: Result<bool, (Side, String)>,
+        result: Result<bool, (Side, AttemptError)>,
     ) -> Vec<Action> {
         let now = Instant::now();
         let bytes = self
@@ -1326,7 +1315,7 @@ async fn sleep_until(at: Instant) {
 
 /// One side of the mirror as the shell reaches it.
 struct SidePath {
-    path: TailPath,
+    path: Arc<dyn Tail>,
     /// Writes sent to the side that may still land there: those neither
     /// answered nor lost with a connection long enough ago that the peer
     /// can no longer start them. A side that was lost is taken back only
@@ -1335,7 +1324,7 @@ struct SidePath {
 }
 
 impl SidePath {
-    fn new(path: TailPath) -> Arc<SidePath> {
+    fn new(path: Arc<dyn Tail>) -> Arc<SidePath> {
         Arc::new(SidePath {
             path,
             unsettled: AtomicUsize::new(0),
@@ -1351,22 +1340,37 @@ impl SidePath {
     }
 }
 
+/// Why an attempt on a side failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    /// The side did not answer in time; the attempt itself goes on.
+    #[error("no answer in {} ms", .0.as_millis())]
+    NoAnswer(Duration),
+    /// The task running the attempt ended without an answer.
+    #[error("the attempt's task ended unanswered")]
+    Abandoned,
+}
+
+/// The configuration epoch the sides are asked under, and how long an
+/// attempt on a peer side may take.
+type Asked = (u64, Duration);
+
 /// One attempt of `op` on `side`, failing after `timeout`. The attempt
 /// itself goes on past the timeout, until answered or lost: while it may
 /// land, a write counts in the side's unsettled writes.
 async fn attempt(
     side: &Arc<SidePath>,
-    wire_id: u64,
     epoch: u64,
-    op: Op,
+    op: BlockOp,
     payload: Option<Arc<AlignedBuf>>,
     timeout: Duration,
-) -> Result<Reply, String> {
-    if let TailPath::Local(_) = side.path {
+) -> Result<Option<AlignedBuf>, AttemptError> {
+    if side.path.reachability().is_none() {
         // Never dropped half way: the kernel holds its buffers until the
         // I/O completes. A stalled local disk stalls the mirror.
-        let call = side.path.execute(wire_id, epoch, op, payload);
-        return call.await.map_err(|e| e.to_string());
+        return Ok(side.path.execute(epoch, op, payload).await?);
     }
     let tracked = op.changes_data();
     if tracked {
@@ -1375,8 +1379,8 @@ async fn attempt(
     let (answer, answered) = oneshot::channel();
     let call_side = side.clone();
     tokio::spawn(async move {
-        let result = call_side.path.execute(wire_id, epoch, op, payload).await;
-        let lost_until = result.as_ref().err().and_then(LinkError::settles_at);
+        let result = call_side.path.execute(epoch, op, payload).await;
+        let lost_until = result.as_ref().err().and_then(TailError::settles_at);
         let _ = answer.send(result);
         if tracked {
             if let Some(at) = lost_until {
@@ -1386,10 +1390,9 @@ async fn attempt(
         }
     });
     match tokio::time::timeout(timeout, answered).await {
-        Ok(Ok(Ok(reply))) => Ok(reply),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the attempt's task ended unanswered".to_owned()),
-        Err(_) => Err(format!("no answer in {} ms", timeout.as_millis())),
+        Ok(Ok(result)) => Ok(result?),
+        Ok(Err(_)) => Err(AttemptError::Abandoned),
+        Err(_) => Err(AttemptError::NoAnswer(timeout)),
     }
 }
 
@@ -1397,17 +1400,22 @@ async fn attempt(
 async fn read_side(
     sides: &[Arc<SidePath>; 2],
     side: Side,
-    (wire_id, epoch, timeout): (u64, u64, Duration),
+    (epoch, timeout): Asked,
     offset: u64,
     len: u32,
-) -> Result<AlignedBuf, (Side, String)> {
-    let op = Op::Read { offset, len };
-    match attempt(&sides[side.index()], wire_id, epoch, op, None, timeout).await {
-        Ok(Reply {
-            status: Status::Ok,
-            data: Some(data),
-        }) if data.len() == len as usize => Ok(data),
-        Ok(Reply { status, .. }) => Err((side, format!("read answered {status:?}"))),
+) -> Result<AlignedBuf, (Side, AttemptError)> {
+    let op = BlockOp::Read { offset, len };
+    match attempt(&sides[side.index()], epoch, op, None, timeout).await {
+        Ok(Some(data)) => Ok(data),
+        // A tail answers a read with its data: never so.
+        Ok(None) => Err((
+            side,
+            TailError::WrongLength {
+                got: 0,
+                wanted: len as usize,
+            }
+            .into(),
+        )),
         Err(why) => Err((side, why)),
     }
 }
@@ -1418,11 +1426,8 @@ async fn run_job(
     sides: &[Arc<SidePath>; 2],
     job: Job,
     range: Range<u64>,
-    wire_id: u64,
-    epoch: u64,
-    timeout: Duration,
-) -> Result<bool, (Side, String)> {
-    let how = (wire_id, epoch, timeout);
+    asked: Asked,
+) -> Result<bool, (Side, AttemptError)> {
     match job {
         Job::Copy { source, target, .. } => {
             let mut pieces = tokio::task::JoinSet::new();
@@ -1430,20 +1435,21 @@ async fn run_job(
                 // At most COPY_CHUNK: fits a u32.
                 let len = (range.end - offset).min(COPY_CHUNK) as u32;
                 let sides = sides.clone();
-                pieces.spawn(
-                    async move { copy_piece(&sides, source, target, how, offset, len).await },
-                );
+                pieces.spawn(async move {
+                    copy_piece(&sides, source, target, asked, offset, len).await
+                });
             }
             // Every piece is awaited, failed or not: a local attempt must
             // not be dropped half way.
             let mut outcome = Ok(());
             while let Some(piece) = pieces.join_next().await {
-                let piece = piece.unwrap_or_else(|e| Err((target, format!("copy task: {e}"))));
+                let piece = piece.unwrap_or(Err((target, AttemptError::Abandoned)));
                 outcome = outcome.and(piece);
             }
             outcome?;
             // Durable before the region counts as copied.
-            flush_side(&sides[target.index()], wire_id, epoch, timeout)
+            let (epoch, timeout) = asked;
+            flush_side(&sides[target.index()], epoch, timeout)
                 .await
                 .map_err(|why| (target, why))?;
             Ok(true)
@@ -1454,8 +1460,8 @@ async fn run_job(
             while offset < range.end {
                 let len = (range.end - offset).min(COPY_CHUNK) as u32;
                 let (a, b) = tokio::join!(
-                    read_side(sides, Side::A, how, offset, len),
-                    read_side(sides, Side::B, how, offset, len)
+                    read_side(sides, Side::A, asked, offset, len),
+                    read_side(sides, Side::B, asked, offset, len)
                 );
                 crcs[0] = crc32c::crc32c_append(crcs[0], &a?);
                 crcs[1] = crc32c::crc32c_append(crcs[1], &b?);
@@ -1471,66 +1477,67 @@ async fn copy_piece(
     sides: &[Arc<SidePath>; 2],
     source: Side,
     target: Side,
-    (wire_id, epoch, timeout): (u64, u64, Duration),
+    asked: Asked,
     offset: u64,
     len: u32,
-) -> Result<(), (Side, String)> {
-    let data = read_side(sides, source, (wire_id, epoch, timeout), offset, len).await?;
-    let op = Op::Write { offset, len };
-    let payload = Some(Arc::new(data));
-    match attempt(&sides[target.index()], wire_id, epoch, op, payload, timeout).await {
-        Ok(Reply {
-            status: Status::Ok, ..
-        }) => Ok(()),
-        Ok(Reply { status, .. }) => Err((target, format!("write answered {status:?}"))),
-        Err(why) => Err((target, why)),
-    }
+) -> Result<(), (Side, AttemptError)> {
+    let data = read_side(sides, source, asked, offset, len).await?;
+    let op = BlockOp::Write { offset, len };
+    let (epoch, timeout) = asked;
+    attempt(
+        &sides[target.index()],
+        epoch,
+        op,
+        Some(Arc::new(data)),
+        timeout,
+    )
+    .await
+    .map(drop)
+    .map_err(|why| (target, why))
 }
 
 /// Flushes one side.
 async fn flush_side(
     path: &Arc<SidePath>,
-    wire_id: u64,
     epoch: u64,
     timeout: Duration,
-) -> Result<(), String> {
-    match attempt(path, wire_id, epoch, Op::Flush, None, timeout).await {
-        Ok(Reply {
-            status: Status::Ok, ..
-        }) => Ok(()),
-        Ok(Reply { status, .. }) => Err(format!("flush answered {status:?}")),
-        Err(why) => Err(why),
-    }
+) -> Result<(), AttemptError> {
+    attempt(path, epoch, BlockOp::Flush, None, timeout)
+        .await
+        .map(drop)
 }
 
 /// Flushes both sides at once: whether both succeeded.
-async fn flush_both(
-    sides: &[Arc<SidePath>; 2],
-    wire_id: u64,
-    epoch: u64,
-    timeout: Duration,
-) -> bool {
+async fn flush_both(sides: &[Arc<SidePath>; 2], epoch: u64, timeout: Duration) -> bool {
     let (a, b) = tokio::join!(
-        flush_side(&sides[0], wire_id, epoch, timeout),
-        flush_side(&sides[1], wire_id, epoch, timeout)
+        flush_side(&sides[0], epoch, timeout),
+        flush_side(&sides[1], epoch, timeout)
     );
     a.and(b).is_ok()
 }
 
-/// Copies every region `dirty` records from `source` (read as vdisk
-/// `wire_id` at `epoch`: the new primary's service) to `target` (this
-/// node's own tail), clearing each once it has landed, then flushes the
-/// tail and the map. How a former primary takes back from the new one the
-/// regions it may have written alone before it lost its place: the new
-/// primary does not know them. Returns the bytes copied.
+/// Why [`pull_dirty`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("cannot copy a dirty region: {0}")]
+    Copy(AttemptError),
+    #[error("cannot flush the dirty map: {0}")]
+    Map(#[from] std::io::Error),
+}
+
+/// Copies every region `dirty` records from `source` (the new primary's
+/// service of the vdisk, read at `epoch`) to `target` (this node's own
+/// tail), clearing each once it has landed, then flushes the tail and the
+/// map. How a former primary takes back from the new one the regions it
+/// may have written alone before it lost its place: the new primary does
+/// not know them. Returns the bytes copied.
 pub async fn pull_dirty(
-    source: TailPath,
-    target: TailPath,
-    wire_id: u64,
+    source: Arc<dyn Tail>,
+    target: Arc<dyn Tail>,
     epoch: u64,
     dirty: &mut DirtyMapFile,
     timeout: Duration,
-) -> Result<u64, String> {
+) -> Result<u64, PullError> {
     let geometry = dirty.geometry();
     let sides = [SidePath::new(target), SidePath::new(source)];
     let regions: Vec<u64> = dirty.regions().iter().collect();
@@ -1544,12 +1551,12 @@ pub async fn pull_dirty(
             source: Side::B,
             target: Side::A,
         };
-        run_job(&sides, job, range.clone(), wire_id, epoch, timeout)
+        run_job(&sides, job, range.clone(), (epoch, timeout))
             .await
-            .map_err(|(_, why)| why)?;
+            .map_err(|(_, why)| PullError::Copy(why))?;
         dirty.clear(region);
         copied += range.end - range.start;
     }
-    dirty.flush().map_err(|e| e.to_string())?;
+    dirty.flush()?;
     Ok(copied)
 }

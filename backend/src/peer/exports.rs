@@ -3,31 +3,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
-use crate::mirror::MirroredVdisk;
+use crate::tail::Tail;
 use crate::wire::Nack;
-use crate::{EngineRing, Lease, LocalTail};
-
-/// What a node serves for a vdisk id.
-#[derive(Clone)]
-pub enum Served {
-    /// A tail of this node, as it is.
-    Tail(Arc<LocalTail<EngineRing>>),
-    /// A mirrored vdisk whose primary this node is: a write reaches both
-    /// copies before it is answered.
-    Mirror(Arc<MirroredVdisk>),
-}
-
-impl From<Arc<LocalTail<EngineRing>>> for Served {
-    fn from(tail: Arc<LocalTail<EngineRing>>) -> Self {
-        Served::Tail(tail)
-    }
-}
-
-impl From<Arc<MirroredVdisk>> for Served {
-    fn from(mirror: Arc<MirroredVdisk>) -> Self {
-        Served::Mirror(mirror)
-    }
-}
+use crate::Lease;
 
 /// Which authenticated nodes an export answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +28,7 @@ impl Clients {
 
 /// What a request may run on.
 pub(crate) enum Admission {
-    Served(Served),
+    Served(Arc<dyn Tail>),
     Refused(Nack),
     /// The request's epoch is newer than the export's: the sender applied
     /// a mapping this node has not yet; it may catch up in a moment.
@@ -61,7 +39,7 @@ pub(crate) enum Admission {
 
 /// One export, the configuration epoch it is served under, and whom.
 struct Export {
-    served: Served,
+    served: Arc<dyn Tail>,
     epoch: u64,
     clients: Clients,
 }
@@ -110,9 +88,9 @@ impl Exports {
 
     /// Serves a tail or a mirror for `vdisk` under `epoch` to every
     /// admitted node from now on, in place of any earlier one.
-    pub fn insert(&self, vdisk: u64, epoch: u64, served: impl Into<Served>) {
+    pub fn insert(&self, vdisk: u64, epoch: u64, served: Arc<dyn Tail>) {
         let export = Export {
-            served: served.into(),
+            served,
             epoch,
             clients: Clients::Members,
         };
@@ -128,7 +106,7 @@ impl Exports {
         &self,
         vdisk: u64,
         epoch: u64,
-        served: impl Into<Served>,
+        served: Arc<dyn Tail>,
         clients: Clients,
         still: impl FnOnce() -> bool,
     ) -> bool {
@@ -137,7 +115,7 @@ impl Exports {
             return false;
         }
         let export = Export {
-            served: served.into(),
+            served,
             epoch,
             clients,
         };
@@ -169,7 +147,7 @@ impl Exports {
     }
 
     /// What is served for `vdisk`, and its epoch.
-    pub fn get(&self, vdisk: u64) -> Option<(Served, u64)> {
+    pub fn get(&self, vdisk: u64) -> Option<(Arc<dyn Tail>, u64)> {
         let tails = read(&self.tails);
         tails.get(&vdisk).map(|e| (e.served.clone(), e.epoch))
     }

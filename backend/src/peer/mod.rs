@@ -5,6 +5,5 @@ mod exports;
 mod server;
 mod sessions;
 
-pub use exports::{Clients, Exports, Served};
-pub(crate) use server::run_on_tail;
+pub use exports::{Clients, Exports};
 pub use server::serve;

@@ -13,9 +13,10 @@ use tokio::task::JoinSet;
 
 use super::exports::Admission;
 use super::sessions::{Session, Sessions};
-use super::{Exports, Served};
+use super::Exports;
+use crate::tail::{BlockOp, Tail};
 use crate::wire::{self, Frame, Header, Nack, Op, Status, HEADER_LEN};
-use crate::{AlignedBuf, BlockBackend, Counted, EngineRing, LocalTail, OpenCounts};
+use crate::{AlignedBuf, Counted, OpenCounts};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
 const IN_FLIGHT_PER_CONNECTION: usize = 256;
@@ -405,19 +406,18 @@ async fn execute(
     if !exports.lease().is_held() {
         return (Status::Nack(Nack::NoLease), None);
     }
-    match served {
-        Ok(Served::Tail(tail)) => run_on_tail(&tail, op, &payload).await,
-        Ok(Served::Mirror(mirror)) => {
-            let payload = matches!(op, Op::Write { .. }).then(|| Arc::new(payload));
-            match mirror.call(op, payload).await {
-                Ok(data) => (Status::Ok, data),
-                Err(e) => {
-                    let errno = e.errno().unsigned_abs();
-                    (Status::Nack(Nack::Io { errno }), None)
-                }
-            }
-        }
-        Err(nack) => (Status::Nack(nack), None),
+    let Some(op) = op.block() else {
+        // Fences are answered by the session, heartbeats above.
+        return (Status::Ok, None);
+    };
+    let tail = match served {
+        Ok(tail) => tail,
+        Err(nack) => return (Status::Nack(nack), None),
+    };
+    let payload = matches!(op, BlockOp::Write { .. }).then(|| Arc::new(payload));
+    match tail.execute(epoch, op, payload).await {
+        Ok(data) => (Status::Ok, data),
+        Err(error) => (Status::Nack(error.into()), None),
     }
 }
 
@@ -426,7 +426,12 @@ async fn execute(
 /// store to apply its epoch: the sender's store applied it first. Past
 /// that, it is refused as stale with the export's epoch, which tells the
 /// sender this node lags; the export's epoch is never raised by a request.
-async fn admit(exports: &Exports, peer: &str, vdisk: u64, epoch: u64) -> Result<Served, Nack> {
+async fn admit(
+    exports: &Exports,
+    peer: &str,
+    vdisk: u64,
+    epoch: u64,
+) -> Result<Arc<dyn Tail>, Nack> {
     let mut changes = exports.changes();
     let deadline = tokio::time::Instant::now() + EPOCH_CATCH_UP;
     loop {
@@ -447,51 +452,5 @@ async fn admit(exports: &Exports, peer: &str, vdisk: u64, epoch: u64) -> Result<
                 }
             }
         }
-    }
-}
-
-/// Runs one request on a tail of this node: the status a reply would carry,
-/// and a read's data. The one place that turns wire requests into tail I/O,
-/// for peers' requests and this node's own alike.
-pub(crate) async fn run_on_tail(
-    tail: &LocalTail<EngineRing>,
-    op: Op,
-    payload: &[u8],
-) -> (Status, Option<AlignedBuf>) {
-    let io_error = |errno: i32| {
-        let errno = errno.unsigned_abs();
-        (Status::Nack(Nack::Io { errno }), None)
-    };
-    // A regular file would silently grow from a write past its end.
-    let size = tail.geometry().size_bytes;
-    let outside = |offset: u64, len: u32| offset.saturating_add(u64::from(len)) > size;
-    let result = match op {
-        Op::Read { offset, len }
-        | Op::Write { offset, len }
-        | Op::Discard { offset, len }
-        | Op::WriteZeroes { offset, len }
-            if outside(offset, len) =>
-        {
-            return io_error(libc::EINVAL);
-        }
-        Op::Read { offset, len } => {
-            let mut data = match AlignedBuf::new(len as usize) {
-                Ok(data) => data,
-                Err(_) => return io_error(libc::ENOMEM),
-            };
-            match tail.read(offset, &mut data).await {
-                Ok(()) => return (Status::Ok, Some(data)),
-                Err(e) => Err(e),
-            }
-        }
-        Op::Write { offset, .. } => tail.write(offset, payload).await,
-        Op::Flush => tail.flush().await,
-        Op::Discard { offset, len } => tail.discard(offset, u64::from(len)).await,
-        Op::WriteZeroes { offset, len } => tail.write_zeroes(offset, u64::from(len)).await,
-        Op::Heartbeat | Op::Fence => Ok(()),
-    };
-    match result {
-        Ok(()) => (Status::Ok, None),
-        Err(e) => io_error(e.errno()),
     }
 }

@@ -3,7 +3,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::TailPath;
+use crate::tail::Tail;
 
 /// What one path has done for a vdisk, for status views and tests.
 #[derive(Debug, Default)]
@@ -49,7 +49,7 @@ impl VdiskCounters {
     }
 
     /// Counters for a new vdisk on `paths`.
-    pub(super) fn new(paths: &[TailPath]) -> Self {
+    pub(super) fn new(paths: &[Arc<dyn Tail>]) -> Self {
         VdiskCounters {
             paths: RwLock::new(path_counters(paths)),
             resends: AtomicU64::new(0),
@@ -65,7 +65,7 @@ impl VdiskCounters {
 }
 
 /// Fresh counters for `paths`, in their order.
-pub(super) fn path_counters(paths: &[TailPath]) -> PathsCounters {
+pub(super) fn path_counters(paths: &[Arc<dyn Tail>]) -> PathsCounters {
     paths
         .iter()
         .map(|p| (p.name().to_owned(), PathCounters::default()))

@@ -2,7 +2,8 @@
 //! request takes, and what happens to it when a path fails. Pure state: the
 //! caller feeds events with the current time and carries out the actions.
 //! [`RoutedVdisk`] is that caller: a tokio task around one router per vdisk,
-//! running each attempt on a local tail or a peer. A [`Gate`] in front of
+//! running each attempt on a [`Tail`](crate::Tail): this node's, a peer's or a
+//! mirror. A [`Gate`] in front of
 //! the router holds requests while the vdisk's mapping changes.
 
 mod counters;
@@ -13,4 +14,4 @@ mod vdisk;
 pub use counters::{PathCounters, PathsCounters, VdiskCounters};
 pub use gate::Gate;
 pub use router::{Action, RouteConfig, Router};
-pub use vdisk::{RoutedVdisk, TailPath};
+pub use vdisk::RoutedVdisk;

@@ -8,66 +8,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::counters::path_counters;
 use super::{Action, Gate, PathsCounters, RouteConfig, VdiskCounters};
-use crate::link::{LinkError, PeerLinks, Reply, Reported};
-use crate::mirror::MirroredVdisk;
-use crate::peer::run_on_tail;
-use crate::wire::{Nack, Op, Status};
-use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, Lease, LocalTail};
-
-/// One way to a vdisk's data.
-#[derive(Clone)]
-pub enum TailPath {
-    /// A tail this node is attached to, through the I/O engine's ring.
-    Local(Arc<LocalTail<EngineRing>>),
-    /// A tail on a peer, over its links.
-    Peer(Arc<PeerLinks>),
-    /// A mirrored vdisk whose primary this node is.
-    Mirror(Arc<MirroredVdisk>),
-}
-
-impl TailPath {
-    /// "local", or the peer's name: how logs and counters name the path.
-    pub fn name(&self) -> &str {
-        match self {
-            TailPath::Local(_) | TailPath::Mirror(_) => "local",
-            TailPath::Peer(peer) => peer.name(),
-        }
-    }
-
-    pub(crate) async fn execute(
-        &self,
-        vdisk: u64,
-        epoch: u64,
-        op: Op,
-        payload: Option<Arc<AlignedBuf>>,
-    ) -> Result<Reply, LinkError> {
-        match self {
-            TailPath::Local(tail) => {
-                let data = payload.as_deref().map_or(&[][..], |p| &p[..]);
-                let (status, data) = run_on_tail(tail, op, data).await;
-                Ok(Reply { status, data })
-            }
-            TailPath::Peer(peer) => peer.call(vdisk, epoch, op, payload).await,
-            TailPath::Mirror(mirror) => Ok(match mirror.call(op, payload).await {
-                Ok(data) => Reply {
-                    status: Status::Ok,
-                    data,
-                },
-                Err(e) => Reply {
-                    status: Status::Nack(Nack::Io {
-                        errno: e.errno().unsigned_abs(),
-                    }),
-                    data: None,
-                },
-            }),
-        }
-    }
-}
+use crate::tail::{follow_reachability, BlockOp, Outcome, Reported, Tail, TailError};
+use crate::{AlignedBuf, BlockBackend, IoError, Lease};
 
 type Completion = Result<Option<AlignedBuf>, IoError>;
 
 struct Submission {
-    op: Op,
+    op: BlockOp,
     payload: Option<Arc<AlignedBuf>>,
     done: oneshot::Sender<Completion>,
 }
@@ -79,7 +26,7 @@ enum Input {
     /// Hold new requests; answer once none is in flight.
     Suspend(oneshot::Sender<()>),
     /// Release the held requests, under a new epoch and paths if given.
-    Resume(Option<(u64, Vec<TailPath>)>),
+    Resume(Option<(u64, Vec<Arc<dyn Tail>>)>),
 }
 
 /// A path of one mapping: its index among that mapping's paths. A new
@@ -96,7 +43,7 @@ enum Event {
     Attempt {
         id: u64,
         path: PathKey,
-        result: Result<Reply, LinkError>,
+        result: Outcome,
     },
     /// A path became reachable or unreachable.
     PathState { path: PathKey, up: bool },
@@ -108,7 +55,7 @@ enum Event {
 /// A vdisk whose requests go to whichever of its tails can take them: the
 /// routing task owns a [`Gate`] (a [`Router`](super::Router), the pending-request table,
 /// behind a gate for reconfigurations) and carries out its actions on
-/// [`TailPath`]s. Requests come from any thread or executor, a ublk
+/// [`Tail`]s. Requests come from any thread or executor, a ublk
 /// queue's among them.
 ///
 /// Dropping it ends the routing task once the requests in flight are done.
@@ -128,7 +75,7 @@ impl RoutedVdisk {
         runtime: &Handle,
         vdisk: u64,
         epoch: u64,
-        paths: Vec<TailPath>,
+        paths: Vec<Arc<dyn Tail>>,
         config: RouteConfig,
         lease: Lease,
     ) -> RoutedVdisk {
@@ -149,7 +96,7 @@ impl RoutedVdisk {
             lease,
             gate: Gate::new(keys, epoch, config),
             generation: 0,
-            paths: paths.into_iter().map(Arc::new).collect(),
+            paths,
             path_counters: counters.paths(),
             retire,
             counters: counters.clone(),
@@ -189,7 +136,7 @@ impl RoutedVdisk {
     /// [`RoutedVdisk::spawn`]); any request still in flight on the old
     /// paths is sent again on the new ones. Requests a tail refused as of
     /// a stale epoch are held until this is called.
-    pub fn resume(&self, mapping: Option<(u64, Vec<TailPath>)>) {
+    pub fn resume(&self, mapping: Option<(u64, Vec<Arc<dyn Tail>>)>) {
         // A routing task that is gone holds nothing to release.
         let _ = self.inputs.send(Input::Resume(mapping));
     }
@@ -203,7 +150,7 @@ impl RoutedVdisk {
         self.stale.clone()
     }
 
-    async fn submit(&self, op: Op, payload: Option<Arc<AlignedBuf>>) -> Completion {
+    async fn submit(&self, op: BlockOp, payload: Option<Arc<AlignedBuf>>) -> Completion {
         let (done, completion) = oneshot::channel();
         let submission = Submission { op, payload, done };
         self.inputs
@@ -216,7 +163,7 @@ impl RoutedVdisk {
         &self,
         offset: u64,
         len: u64,
-        op: fn(u64, u32) -> Op,
+        op: fn(u64, u32) -> BlockOp,
     ) -> Result<(), IoError> {
         self.submit(op(offset, wire_len(len)?), None)
             .await
@@ -233,7 +180,7 @@ impl BlockBackend for RoutedVdisk {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = wire_len(buf.len() as u64)?;
         let data = self
-            .submit(Op::Read { offset, len }, None)
+            .submit(BlockOp::Read { offset, len }, None)
             .await?
             .ok_or(IoError::ShortTransfer { offset })?;
         // The routing task has checked the length of every read's data.
@@ -247,22 +194,25 @@ impl BlockBackend for RoutedVdisk {
         // the request completes, so that any path can be sent it again.
         let mut data = AlignedBuf::new(buf.len())?;
         data.copy_from_slice(buf);
-        let op = Op::Write { offset, len };
+        let op = BlockOp::Write { offset, len };
         self.submit(op, Some(Arc::new(data))).await.map(drop)
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        self.submit(Op::Flush, None).await.map(drop)
+        self.submit(BlockOp::Flush, None).await.map(drop)
     }
 
     async fn discard(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::Discard { offset, len })
+        self.submit_range(offset, len, |offset, len| BlockOp::Discard { offset, len })
             .await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
-        self.submit_range(offset, len, |offset, len| Op::WriteZeroes { offset, len })
-            .await
+        self.submit_range(offset, len, |offset, len| BlockOp::WriteZeroes {
+            offset,
+            len,
+        })
+        .await
     }
 }
 
@@ -276,7 +226,7 @@ struct RoutingTask {
     gate: Gate<PathKey>,
     /// The current mapping: its generation, paths and their counters.
     generation: u64,
-    paths: Vec<Arc<TailPath>>,
+    paths: Vec<Arc<dyn Tail>>,
     path_counters: PathsCounters,
     /// Dropped when the mapping is replaced: stops following its paths.
     retire: watch::Sender<()>,
@@ -414,7 +364,7 @@ impl RoutingTask {
     /// Opens the gate, on a new mapping if given, and ends the suspensions.
     fn resume(
         &mut self,
-        mapping: Option<(u64, Vec<TailPath>)>,
+        mapping: Option<(u64, Vec<Arc<dyn Tail>>)>,
         now: Instant,
     ) -> Vec<Action<PathKey>> {
         let mapping = mapping.map(|(epoch, paths)| {
@@ -423,7 +373,7 @@ impl RoutingTask {
             tracing::info!(
                 vdisk = self.vdisk,
                 epoch,
-                paths = ?paths.iter().map(TailPath::name).collect::<Vec<_>>(),
+                paths = ?paths.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "new mapping"
             );
             self.path_counters = path_counters(&paths);
@@ -431,7 +381,7 @@ impl RoutingTask {
             let keys = (0..paths.len())
                 .map(|index| PathKey { generation, index })
                 .collect();
-            self.paths = paths.into_iter().map(Arc::new).collect();
+            self.paths = paths;
             self.retire = watch::channel(()).0;
             self.follow_path_states();
             (epoch, keys)
@@ -446,10 +396,7 @@ impl RoutingTask {
     /// Reports each peer path's reachability as events, until the mapping
     /// is replaced or the task ends.
     fn follow_path_states(&self) {
-        for (index, tail_path) in self.paths.iter().enumerate() {
-            let TailPath::Peer(peer) = &**tail_path else {
-                continue;
-            };
+        for (index, tail) in self.paths.iter().enumerate() {
             let path = PathKey {
                 generation: self.generation,
                 index,
@@ -463,7 +410,7 @@ impl RoutingTask {
                 }
             };
             let events = self.events.clone();
-            peer.follow_reachability(Reported::CurrentAndChanges, stop, move |up| {
+            follow_reachability(&**tail, Reported::CurrentAndChanges, stop, move |up| {
                 events.send(Event::PathState { path, up })
             });
         }
@@ -475,34 +422,20 @@ impl RoutingTask {
         &mut self,
         id: u64,
         path: PathKey,
-        result: Result<Reply, LinkError>,
+        result: Outcome,
         now: Instant,
     ) -> (Vec<Action<PathKey>>, Option<AlignedBuf>) {
         let name = self.paths[path.index].name();
         let counters = &self.path_counters[path.index].1;
-        let why = match result {
-            Ok(Reply {
-                status: Status::Ok,
-                data,
-            }) => {
-                let wanted = match self.pending.get(&id).map(|p| p.submission.op) {
-                    Some(Op::Read { len, .. }) => len as usize,
-                    _ => 0,
-                };
-                let got = data.as_ref().map_or(0, |d| d.len());
-                if got == wanted {
-                    let actions = self.gate.succeeded(id, path);
-                    if !actions.is_empty() {
-                        counters.completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return (actions, data);
+        let error = match result {
+            Ok(data) => {
+                let actions = self.gate.succeeded(id, path);
+                if !actions.is_empty() {
+                    counters.completed.fetch_add(1, Ordering::Relaxed);
                 }
-                format!("answered with {got} bytes for {wanted}")
+                return (actions, data);
             }
-            Ok(Reply {
-                status: Status::Nack(Nack::StaleEpoch { current }),
-                ..
-            }) if current > self.gate.epoch() => {
+            Err(TailError::StaleEpoch { current }) if current > self.gate.epoch() => {
                 // Not the path's fault: the mapping moved on, and every
                 // path of the old one would refuse the request too.
                 tracing::debug!(
@@ -513,10 +446,7 @@ impl RoutingTask {
                 );
                 return (self.gate.stale_epoch(id, path, current, now), None);
             }
-            Ok(Reply {
-                status: Status::Nack(Nack::Io { errno }),
-                ..
-            }) if refused_for_what_it_asks(errno) => {
+            Err(error @ TailError::Io { errno }) if error.refuses_the_request_itself() => {
                 // Not the path's fault: every path would refuse it the same
                 // way, now and after any wait.
                 counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -533,13 +463,14 @@ impl RoutingTask {
                 }
                 return (Vec::new(), None);
             }
-            Ok(Reply {
-                status: Status::Nack(nack),
-                ..
-            }) => describe(nack),
-            Err(e) => e.to_string(),
+            Err(error) => error,
         };
-        tracing::debug!(vdisk = self.vdisk, path = name, id, "attempt failed: {why}");
+        tracing::debug!(
+            vdisk = self.vdisk,
+            path = name,
+            id,
+            "attempt failed: {error}"
+        );
         counters.failed.fetch_add(1, Ordering::Relaxed);
         (self.gate.failed(id, path, now), None)
     }
@@ -555,19 +486,14 @@ impl RoutingTask {
                     self.counters.resends.fetch_add(1, Ordering::Relaxed);
                 }
                 let tail_path = self.paths[path.index].clone();
-                let (vdisk, epoch) = (self.vdisk, self.gate.epoch());
-                let own = matches!(*tail_path, TailPath::Local(_) | TailPath::Mirror(_));
-                if own && !self.lease.is_held() {
+                let epoch = self.gate.epoch();
+                if tail_path.reachability().is_none() && !self.lease.is_held() {
                     // Refused as a peer without a lease would refuse it: the
                     // request moves to another path, or waits for the lease.
-                    let refused = Ok(Reply {
-                        status: Status::Nack(Nack::NoLease),
-                        data: None,
-                    });
                     let _ = self.events.send(Event::Attempt {
                         id,
                         path,
-                        result: refused,
+                        result: Err(TailError::NoLease),
                     });
                     return;
                 }
@@ -582,8 +508,8 @@ impl RoutingTask {
                 // on: a local attempt owns a buffer the kernel writes into,
                 // and a write is not complete while an attempt may land.
                 tokio::spawn(async move {
-                    let result = tail_path.execute(vdisk, epoch, op, payload).await;
-                    let lost_until = result.as_ref().err().and_then(LinkError::settles_at);
+                    let result = tail_path.execute(epoch, op, payload).await;
+                    let lost_until = result.as_ref().err().and_then(TailError::settles_at);
                     let _ = events.send(Event::Attempt { id, path, result });
                     if tracked {
                         if let Some(at) = lost_until {
@@ -676,29 +602,5 @@ impl RoutingTask {
                 self.complete(request, Err(IoError::Unreachable { seconds }));
             }
         }
-    }
-}
-
-/// Whether a tail's errno says the request itself cannot be done (out of
-/// range, no space, a read-only or discard-less tail) rather than that the
-/// tail failed: the vdisk's tails are one disk, so no other path, and no
-/// later try, does better.
-fn refused_for_what_it_asks(errno: u32) -> bool {
-    [libc::EINVAL, libc::ENOSPC, libc::EROFS, libc::EOPNOTSUPP]
-        .iter()
-        .any(|&e| e.unsigned_abs() == errno)
-}
-
-fn describe(nack: Nack) -> String {
-    match nack {
-        Nack::NoSuchTail => "refused: the peer serves no tail for this vdisk".into(),
-        Nack::Io { errno } => format!(
-            "refused: tail I/O error: {}",
-            std::io::Error::from_raw_os_error(errno as i32)
-        ),
-        Nack::StaleEpoch { current } => format!("refused: stale epoch (peer has {current})"),
-        Nack::ShuttingDown => "refused: the peer is shutting down".into(),
-        Nack::NotAMember => "refused: the peer does not count this node as a member".into(),
-        Nack::NoLease => "refused: the peer is cut off from the store's majority".into(),
     }
 }

@@ -3,12 +3,9 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-
-use io_uring::{opcode, types};
-
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use io_uring::{opcode, types};
 
 use super::{BlockOp, Tail, TailError, TailFuture, TailOpenError};
 use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, Ring};
@@ -189,14 +186,6 @@ impl<R: Ring> BlockBackend for LocalTail<R> {
 /// The one place where a request becomes I/O on a tail of this node, for
 /// peers' requests and this node's own alike.
 impl Tail for LocalTail<EngineRing> {
-    fn name(&self) -> &str {
-        "local"
-    }
-
-    fn reachability(&self) -> Option<watch::Receiver<bool>> {
-        None
-    }
-
     fn execute(
         &self,
         _epoch: u64,

@@ -41,16 +41,6 @@ pub enum Op {
     Fence,
 }
 
-impl Op {
-    /// Whether it changes data: a late copy of it could overwrite newer data.
-    pub fn changes_data(self) -> bool {
-        matches!(
-            self,
-            Op::Write { .. } | Op::Discard { .. } | Op::WriteZeroes { .. }
-        )
-    }
-}
-
 /// Why a peer refused a request; the sender may resend it elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nack {

@@ -4,6 +4,7 @@
 
 mod error;
 mod frame;
+mod tail;
 
 pub use error::WireError;
 pub use frame::{Frame, Header, Nack, Op, Status, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use backend::link::{HealthConfig, PeerLinks};
-use backend::route::{RouteConfig, RoutedVdisk, TailPath};
-use backend::{BlockBackend, Lease};
+use backend::link::{HealthConfig, PeerLinks, RemoteTail};
+use backend::route::{RouteConfig, RoutedVdisk};
+use backend::{BlockBackend, Lease, Tail};
 use clap::Parser;
 use identity::NodeIdentity;
 
@@ -96,9 +96,10 @@ fn main() -> anyhow::Result<()> {
 
 fn parse_peer(
     text: &str,
+    vdisk: u64,
     health: HealthConfig,
     identity: &NodeIdentity,
-) -> anyhow::Result<TailPath> {
+) -> anyhow::Result<Arc<dyn Tail>> {
     let Some((name, addrs)) = text.split_once('=') else {
         bail!("--peer wants NAME=ADDR[,ADDR...], not {text:?}");
     };
@@ -108,7 +109,7 @@ fn parse_peer(
         .collect::<anyhow::Result<_>>()?;
     let peer = PeerLinks::new(name, health, identity.client_config(name)?);
     peer.set_membership(Some(&addrs));
-    Ok(TailPath::Peer(Arc::new(peer)))
+    Ok(Arc::new(RemoteTail::new(Arc::new(peer), vdisk)))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -122,12 +123,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let secret = std::fs::read(&args.secret_file)
         .with_context(|| format!("cannot read {}", args.secret_file.display()))?;
     let identity = NodeIdentity::from_secret(&args.name, secret.trim_ascii())?;
+    let id: u64 = configdb::VdiskName::try_from(args.vdisk.clone())?.id();
     let paths = args
         .peers
         .iter()
-        .map(|p| parse_peer(p, health, &identity))
+        .map(|p| parse_peer(p, id, health, &identity))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let id: u64 = configdb::VdiskName::try_from(args.vdisk.clone())?.id();
     let route = RouteConfig::default();
     let route = RouteConfig {
         io_timeout: args
