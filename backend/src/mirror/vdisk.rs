@@ -1,144 +1,23 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::async_map::{AsyncDirtyMap, MarksDone};
-use super::{
-    Action, DirtyMapFile, PacerConfig, Recorded, Replica, ReplicaConfig, Request, ResyncPacer,
-    Side, SideState,
+use super::dirty::async_map::{AsyncDirtyMap, MarksDone};
+use super::resync::{Background, Next};
+use super::setup::{
+    CopyRecorder, MirrorConfig, MirrorSetup, MirrorStatus, VerifyError, VerifyReport,
 };
+use super::sides::{attempt, flush_both, flush_side, run_job, AttemptError, Job, SidePath};
+use super::{Action, Recorded, Replica, Request, Side, SideState};
 use crate::tail::{follow_reachability, BlockOp, Reported, Tail, TailError, TailFuture};
 use crate::{AlignedBuf, IoError};
 
-/// The largest single transfer of a resync or a verify: a region is copied
-/// in pieces this size, all at once (a round trip per region, not per
-/// piece), so that a foreground request never queues behind a whole 4 MiB
-/// transfer.
-const COPY_CHUNK: u64 = 256 << 10;
-
-/// The most a resync job copies: neighbouring dirty regions smaller than
-/// this go together, one round trip and one flush of the target for all,
-/// so that small regions resync as fast as large ones.
-const COPY_BATCH: u64 = 1 << 20;
-
 /// How soon a record the store refused is tried again.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
-
-/// How soon a job that had to wait (for writes to its region, or for a
-/// write the stale side missed) is tried again.
-const JOB_RETRY: Duration = Duration::from_millis(5);
-
-/// The window over which the resync rate is measured.
-const RATE_WINDOW: Duration = Duration::from_secs(2);
-
-/// What a record of the mirror's copy resolves to: the store's refusal or
-/// error, as text for the log.
-pub type RecordFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// Tells the configuration store what the tracked side's copy is. The
-/// backend knows no store: the daemon implements this.
-pub trait CopyRecorder: Send + Sync {
-    /// Records the copy current (`true`: it holds every acknowledged
-    /// write) or stale.
-    fn record(&self, current: bool) -> RecordFuture;
-}
-
-/// Timing of a mirror.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MirrorConfig {
-    /// A side that has not answered a request for this long is lost.
-    pub request_timeout: Duration,
-    /// How often a lost side is asked whether it is back.
-    pub probe_interval: Duration,
-    /// While both sides are in sync, a region not written for this long
-    /// (and at most twice as long) is cleared from the dirty map.
-    pub activity_sweep: Duration,
-    pub pacer: PacerConfig,
-}
-
-impl Default for MirrorConfig {
-    fn default() -> Self {
-        MirrorConfig {
-            request_timeout: Duration::from_secs(5),
-            probe_interval: Duration::from_secs(1),
-            activity_sweep: Duration::from_secs(2),
-            pacer: PacerConfig::default(),
-        }
-    }
-}
-
-/// Everything a mirror starts from.
-pub struct MirrorSetup {
-    /// The vdisk's id, for logs.
-    pub vdisk: u64,
-    pub epoch: u64,
-    /// Side A's path, then side B's.
-    pub sides: [Arc<dyn Tail>; 2],
-    pub dirty: DirtyMapFile,
-    /// The sides as the store and the dirty map left them.
-    pub states: [SideState; 2],
-    /// Whether the store calls the tracked side's copy current.
-    pub store_current: bool,
-    pub replica: ReplicaConfig,
-    pub config: MirrorConfig,
-    /// Required when `replica.tracked` names a side.
-    pub recorder: Option<Arc<dyn CopyRecorder>>,
-    /// The stale side lacks an unknown part (a new or replaced disk): every
-    /// region is marked dirty at start, and a resync copies all of it.
-    pub full: bool,
-}
-
-/// What an admin (`ublkvd status`, `ublkvd resync`) sees of a mirror.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MirrorStatus {
-    /// Side A's and side B's state, in that order.
-    pub sides: [SideState; 2],
-    /// What the store says of the tracked side, as far as known here.
-    pub recorded: Recorded,
-    pub region_size: u64,
-    /// What a resync has left to copy: the regions of the resync under
-    /// way, or those recorded dirty while a side is away; 0 in sync (the
-    /// regions written lately, kept in the map in case of a crash, are on
-    /// both sides).
-    pub dirty_bytes: u64,
-    /// Bytes the resync copied since the mirror started.
-    pub resynced_bytes: u64,
-    /// Bytes per second the resync copied lately; 0 when it is not running.
-    pub rate: u64,
-    /// The resync under way copies the whole device.
-    pub full: bool,
-}
-
-/// The outcome of an online comparison of both copies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub regions: u64,
-    pub region_size: u64,
-    /// Regions whose copies differ although neither is recorded dirty.
-    pub differing: Vec<u64>,
-    /// Regions recorded dirty: they differ until resynced, so they were
-    /// not compared.
-    pub skipped_dirty: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("both copies must be reachable to compare them; the {0} side is not")]
-    SideDown(String),
-    #[error("reading the {side} side failed: {why}")]
-    SideFailed { side: String, why: AttemptError },
-    #[error("a verify of this mirror is already running")]
-    AlreadyRunning,
-    #[error("vdisk is shutting down")]
-    ShuttingDown,
-}
 
 type Completion = Result<Option<AlignedBuf>, IoError>;
 
@@ -156,22 +35,6 @@ enum Input {
         side: Side,
         done: oneshot::Sender<Result<(), String>>,
     },
-}
-
-/// Background work on a few regions, one job at a time, with writes to
-/// them held meanwhile.
-#[derive(Debug, Clone, Copy)]
-enum Job {
-    /// Copy `count` dirty regions from `first` on, from `source` (in sync)
-    /// to `target` (stale).
-    Copy {
-        first: u64,
-        count: u64,
-        source: Side,
-        target: Side,
-    },
-    /// Compare the region's copies.
-    Compare { region: u64 },
 }
 
 enum Event {
@@ -276,23 +139,15 @@ impl MirroredVdisk {
             deferred: Vec::new(),
             marking: VecDeque::new(),
             job: None,
-            resync: BTreeSet::new(),
-            resync_for: None,
             outstanding: [0; 2],
             sweeping: false,
-            job_not_before: now,
-            resync_cursor: 0,
-            pacer: ResyncPacer::new(config.pacer),
-            copies: VecDeque::new(),
-            resynced_bytes: 0,
+            background: Background::new(geometry, config.pacer, config.activity_sweep, now),
             verify: None,
             records: VecDeque::new(),
             recording: false,
             record_retry_at: None,
             probing: [false; 2],
             next_probe: now,
-            touched: BTreeSet::new(),
-            next_sweep: now + config.activity_sweep,
         };
         runtime.spawn(task.run(inbox, events_rx));
         MirroredVdisk { inputs, status }
@@ -407,14 +262,6 @@ struct RunningJob {
     running: bool,
 }
 
-/// A verify under way: its next region and its findings.
-struct VerifyRun {
-    next: u64,
-    differing: Vec<u64>,
-    skipped_dirty: u64,
-    done: oneshot::Sender<Result<VerifyReport, VerifyError>>,
-}
-
 /// The thin shell around a [`Replica`]: feeds it submissions, attempt
 /// outcomes, reachability and the store's answers, carries out its
 /// actions, and runs the resync and verify jobs beside it.
@@ -437,24 +284,14 @@ struct MirrorTask {
     /// The job under way: the byte range it holds (writes to it wait), and
     /// whether it runs yet (it waits for writes in flight to the range).
     job: Option<RunningJob>,
-    /// The regions the resync of `resync_for` (a stale side) still has to
-    /// copy: the map as that side came back. Writes that reach both sides
-    /// meanwhile mark the map (a crash would leave them half done) but
-    /// are not copied again.
-    resync: BTreeSet<u64>,
-    resync_for: Option<Side>,
     /// Attempts out on each side. A lost side is not taken back while one
     /// of its old attempts may still land after a copy.
     outstanding: [usize; 2],
     sweeping: bool,
-    job_not_before: Instant,
-    /// Where the resync looks for the next dirty region.
-    resync_cursor: u64,
-    pacer: ResyncPacer,
-    /// Recent copies (when, bytes), for the measured rate.
-    copies: VecDeque<(Instant, u64)>,
-    resynced_bytes: u64,
-    verify: Option<VerifyRun>,
+    /// What runs the resync, the verify and the sweep decides.
+    background: Background,
+    /// Who waits for the verify under way.
+    verify: Option<oneshot::Sender<Result<VerifyReport, VerifyError>>>,
     /// Records of the tracked side to make, in order (`true`: current).
     records: VecDeque<bool>,
     recording: bool,
@@ -463,9 +300,6 @@ struct MirrorTask {
     /// Sides with a probe out.
     probing: [bool; 2],
     next_probe: Instant,
-    /// Regions written since the last sweep.
-    touched: BTreeSet<u64>,
-    next_sweep: Instant,
 }
 
 impl MirrorTask {
@@ -553,8 +387,7 @@ impl MirrorTask {
                     return Vec::new();
                 }
             }
-            self.touched
-                .extend(self.dirty.geometry().regions_of(offset, len));
+            self.background.written(offset, len);
         }
         self.pending.insert(
             id,
@@ -743,7 +576,7 @@ impl MirrorTask {
                 Action::RecordStale => self.records.push_back(false),
                 Action::Complete { id } => {
                     if let Some(pending) = self.pending.remove(&id) {
-                        self.pacer
+                        self.background
                             .foreground(pending.submitted.elapsed(), Instant::now());
                         let _ = pending.submission.done.send(Ok(pending.data));
                     }
@@ -783,9 +616,8 @@ impl MirrorTask {
     /// Timers: the activity sweep, probes of lost sides, a retry of a
     /// refused record, and the record of a side found in sync.
     fn tick(&mut self, now: Instant) {
-        if now >= self.next_sweep {
-            self.next_sweep = now + self.config.activity_sweep;
-            self.sweep();
+        if let Some(touched) = self.background.sweep_due(now) {
+            self.sweep(touched);
         }
         if now >= self.next_probe {
             self.next_probe = now + self.config.probe_interval;
@@ -823,8 +655,7 @@ impl MirrorTask {
     /// the store knows it: what a crash would have left to resync is then
     /// only what was written lately. Both sides are flushed first, so that
     /// a cleared region's writes are durable on both, not in a disk cache.
-    fn sweep(&mut self) {
-        let touched = std::mem::take(&mut self.touched);
+    fn sweep(&mut self, touched: BTreeSet<u64>) {
         if !self.settled_in_sync() || self.sweeping || self.full_mark_pending() {
             return;
         }
@@ -856,7 +687,7 @@ impl MirrorTask {
         // Written since the sweep began: its write may not be durable.
         let cold = cold
             .into_iter()
-            .filter(|&region| !self.touched.contains(&region) && !self.writing(region))
+            .filter(|&region| !self.background.touched(region) && !self.writing(region))
             .collect();
         self.dirty.clear(cold);
         self.dirty.flush();
@@ -868,18 +699,6 @@ impl MirrorTask {
         self.marking
             .iter()
             .any(|(_, waiter)| matches!(waiter, MarkWaiter::FullResync { .. }))
-    }
-
-    /// See [`MirrorStatus::dirty_bytes`].
-    fn left_to_copy(&self) -> u64 {
-        let geometry = self.dirty.geometry();
-        if self.resync_for.is_some() {
-            self.resync.iter().map(|&r| geometry.region_len(r)).sum()
-        } else if self.replica.states() != [SideState::InSync; 2] {
-            self.dirty.regions().dirty_bytes()
-        } else {
-            0
-        }
     }
 
     /// Both sides in sync, the store calling it so, and no job under way.
@@ -905,12 +724,13 @@ impl MirrorTask {
     }
 
     fn next_wake(&self) -> Instant {
-        let mut wake = self.next_probe.min(self.next_sweep);
+        let mut wake = self.next_probe.min(self.background.next_sweep());
         if let Some(at) = self.record_retry_at {
             wake = wake.min(at);
         }
-        if self.job.as_ref().is_none_or(|j| !j.running) && self.has_work() {
-            wake = wake.min(self.job_not_before);
+        let waiting = self.job.as_ref().is_none_or(|j| !j.running);
+        if waiting && self.background.has_work(self.replica.states()) {
+            wake = wake.min(self.background.not_before());
         }
         wake
     }
@@ -981,24 +801,9 @@ impl MirrorTask {
         }
     }
 
-    /// The stale side a resync would copy to, with its in-sync source.
-    fn resync_sides(&self) -> Option<(Side, Side)> {
-        Side::BOTH.into_iter().find_map(|target| {
-            let source = target.other();
-            (self.replica.state(target) == SideState::Stale
-                && self.replica.state(source) == SideState::InSync)
-                .then_some((source, target))
-        })
-    }
-
-    fn has_work(&self) -> bool {
-        self.resync_sides().is_some() || self.verify.is_some()
-    }
-
-    /// Starts the next job if none is under way and the pacer allows: the
-    /// resync's next region first, else the verify's next region. A job
-    /// takes its region at once (new writes to it wait) and runs once the
-    /// writes already in flight to it are done.
+    /// Starts the next job [`Background`] asks for if none is under way.
+    /// A job takes its regions at once (new writes to them wait) and runs
+    /// once the writes already in flight to them are done.
     fn start_job(&mut self, now: Instant) {
         if let Some(job) = &self.job {
             if !job.running {
@@ -1006,88 +811,33 @@ impl MirrorTask {
             }
             return;
         }
-        if now < self.job_not_before {
-            return;
-        }
-        match self.resync_sides() {
-            Some((source, target)) => {
-                if self.resync_for != Some(target) {
-                    self.resync = self.dirty.regions().iter().collect();
-                    self.resync_for = Some(target);
-                }
-                let next = self
-                    .resync
-                    .range(self.resync_cursor..)
-                    .next()
-                    .or_else(|| self.resync.iter().next())
-                    .copied();
-                match next {
-                    Some(first) => {
-                        let batch = (COPY_BATCH / self.dirty.geometry().region_size()).max(1);
-                        let count = (first..first + batch)
-                            .take_while(|region| self.resync.contains(region))
-                            .count() as u64;
-                        self.resync_cursor = first;
-                        let job = Job::Copy {
-                            first,
-                            count,
-                            source,
-                            target,
-                        };
-                        self.take_regions(job, first..first + count);
+        loop {
+            let states = self.replica.states();
+            match self.background.next(now, states, self.dirty.regions()) {
+                Next::Idle => return,
+                Next::Run(job) => return self.take_regions(job),
+                Next::Resynced { target } => {
+                    if !self.finish_resync(target) {
+                        self.background.retry_later(now);
                         return;
                     }
-                    None => {
-                        if !self.finish_resync(target) {
-                            self.job_not_before = now + JOB_RETRY;
-                            return;
-                        }
+                    // In sync now: a verify may follow at once.
+                }
+                Next::Verified(report) => {
+                    if let Some(done) = self.verify.take() {
+                        let _ = done.send(Ok(report));
                     }
+                    return;
+                }
+                Next::VerifyStopped { side } => {
+                    if let Some(done) = self.verify.take() {
+                        let down = VerifyError::SideDown(self.name(side).into());
+                        let _ = done.send(Err(down));
+                    }
+                    return;
                 }
             }
-            None => self.resync_for = None,
         }
-        if self.verify.is_none() {
-            return;
-        }
-        if let Some(side) = Side::BOTH
-            .into_iter()
-            .find(|&s| self.replica.state(s) == SideState::Down)
-        {
-            if let Some(run) = self.verify.take() {
-                let _ = run
-                    .done
-                    .send(Err(VerifyError::SideDown(self.name(side).into())));
-            }
-            return;
-        }
-        let Some(run) = &mut self.verify else {
-            return;
-        };
-        let geometry = self.dirty.geometry();
-        // In sync, a dirty region is one written lately, on both sides:
-        // compared like any. Otherwise it is one a side lacks.
-        let lacking = self.replica.states() != [SideState::InSync; 2];
-        while run.next < geometry.region_count()
-            && lacking
-            && self.dirty.regions().is_dirty(run.next)
-        {
-            run.skipped_dirty += 1;
-            run.next += 1;
-        }
-        if run.next == geometry.region_count() {
-            if let Some(run) = self.verify.take() {
-                let _ = run.done.send(Ok(VerifyReport {
-                    regions: geometry.region_count(),
-                    region_size: geometry.region_size(),
-                    differing: run.differing,
-                    skipped_dirty: run.skipped_dirty,
-                }));
-            }
-            return;
-        }
-        let region = run.next;
-        self.take_regions(Job::Compare { region }, region..region + 1);
     }
 
     /// Every dirty region is copied: the stale side is in sync, unless a
@@ -1100,7 +850,7 @@ impl MirrorTask {
         tracing::info!(
             vdisk = self.vdisk,
             side = self.name(target),
-            resynced_bytes = self.resynced_bytes,
+            resynced_bytes = self.background.resynced_bytes(),
             full = self.full,
             "mirror resync done: both copies in sync"
         );
@@ -1108,9 +858,9 @@ impl MirrorTask {
         true
     }
 
-    /// Takes `regions` (neighbours) for `job`: new writes to them wait from
-    /// now on.
-    fn take_regions(&mut self, job: Job, regions: Range<u64>) {
+    /// Takes the regions of `job`: new writes to them wait from now on.
+    fn take_regions(&mut self, job: Job) {
+        let regions = job.regions();
         let range = self.region_range(regions.start).start..self.region_range(regions.end - 1).end;
         self.job = Some(RunningJob {
             job,
@@ -1133,7 +883,7 @@ impl MirrorTask {
             .filter_map(|(_, p)| written(p.request))
             .any(|w| overlaps(&w, &job.range));
         if busy {
-            self.job_not_before = Instant::now() + JOB_RETRY;
+            self.background.retry_later(Instant::now());
             return;
         }
         let sides = self.sides.clone();
@@ -1168,45 +918,29 @@ impl MirrorTask {
             .map_or(0, |job| job.range.end - job.range.start);
         let mut actions = Vec::new();
         match (job, result) {
-            (
-                Job::Copy {
-                    first,
-                    count,
-                    target,
-                    ..
-                },
-                Ok(_),
-            ) => {
+            (Job::Copy { target, .. }, Ok(_)) => {
                 // A write the target missed meanwhile left it down, and
                 // the regions dirty again for the next resync.
-                if self.replica.state(target) == SideState::Stale {
-                    let copied = first..first + count;
-                    for region in copied.clone() {
-                        self.resync.remove(&region);
-                    }
+                let landed = self.replica.state(target) == SideState::Stale;
+                self.background
+                    .copied(job.regions(), bytes, landed, took, now);
+                if landed {
                     // Writes waiting for the copy keep their regions
                     // marked: they are about to land, half done if this
                     // node dies.
-                    let clean = copied.filter(|&region| !self.writing(region)).collect();
+                    let clean = job.regions().filter(|&r| !self.writing(r)).collect();
                     self.dirty.clear(clean);
-                    self.resynced_bytes += bytes;
-                    self.copies.push_back((now, bytes));
                 }
-                self.job_not_before = now + self.pacer.copied(bytes, took, now);
             }
             (Job::Compare { region }, Ok(same)) => {
-                if let Some(run) = &mut self.verify {
-                    if !same {
-                        tracing::error!(
-                            vdisk = self.vdisk,
-                            region,
-                            "verify: the copies of a region not recorded dirty differ"
-                        );
-                        run.differing.push(region);
-                    }
-                    run.next = region + 1;
+                if !same && self.verify.is_some() {
+                    tracing::error!(
+                        vdisk = self.vdisk,
+                        region,
+                        "verify: the copies of a region not recorded dirty differ"
+                    );
                 }
-                self.job_not_before = now + self.pacer.copied(bytes, took, now);
+                self.background.compared(region, same, bytes, took, now);
             }
             (job, Err((side, why))) => {
                 tracing::warn!(
@@ -1215,11 +949,14 @@ impl MirrorTask {
                     ?job,
                     "mirror side failed a background copy or compare ({why}): going on degraded"
                 );
-                if let (Job::Compare { .. }, Some(run)) = (job, self.verify.take()) {
-                    let _ = run.done.send(Err(VerifyError::SideFailed {
-                        side: self.name(side).into(),
-                        why,
-                    }));
+                if let Job::Compare { .. } = job {
+                    self.background.stop_verify();
+                    if let Some(done) = self.verify.take() {
+                        let _ = done.send(Err(VerifyError::SideFailed {
+                            side: self.name(side).into(),
+                            why,
+                        }));
+                    }
                 }
                 actions.extend(self.replica.side_down(side));
             }
@@ -1266,39 +1003,22 @@ impl MirrorTask {
     }
 
     fn start_verify(&mut self, done: oneshot::Sender<Result<VerifyReport, VerifyError>>) {
-        if self.verify.is_some() {
+        if !self.background.start_verify() {
             let _ = done.send(Err(VerifyError::AlreadyRunning));
             return;
         }
-        self.verify = Some(VerifyRun {
-            next: 0,
-            differing: Vec::new(),
-            skipped_dirty: 0,
-            done,
-        });
+        self.verify = Some(done);
     }
 
     fn publish_status(&mut self, now: Instant) {
-        while self
-            .copies
-            .front()
-            .is_some_and(|&(at, _)| now.duration_since(at) > RATE_WINDOW)
-        {
-            self.copies.pop_front();
-        }
-        let rate = if self.resync_sides().is_some() {
-            let bytes: u64 = self.copies.iter().map(|&(_, b)| b).sum();
-            (bytes as f64 / RATE_WINDOW.as_secs_f64()) as u64
-        } else {
-            0
-        };
+        let states = self.replica.states();
         let now = MirrorStatus {
-            sides: self.replica.states(),
+            sides: states,
             recorded: self.replica.recorded(),
             region_size: self.dirty.geometry().region_size(),
-            dirty_bytes: self.left_to_copy(),
-            resynced_bytes: self.resynced_bytes,
-            rate,
+            dirty_bytes: self.background.left_to_copy(states, self.dirty.regions()),
+            resynced_bytes: self.background.resynced_bytes(),
+            rate: self.background.rate(now, states),
             full: self.full,
         };
         self.publish.send_if_modified(|status| {
@@ -1311,252 +1031,4 @@ impl MirrorTask {
 
 async fn sleep_until(at: Instant) {
     tokio::time::sleep_until(at.into()).await
-}
-
-/// One side of the mirror as the shell reaches it.
-struct SidePath {
-    path: Arc<dyn Tail>,
-    /// Writes sent to the side that may still land there: those neither
-    /// answered nor lost with a connection long enough ago that the peer
-    /// can no longer start them. A side that was lost is taken back only
-    /// once none is left, so that no old write lands after a resync copy.
-    unsettled: AtomicUsize,
-}
-
-impl SidePath {
-    fn new(path: Arc<dyn Tail>) -> Arc<SidePath> {
-        Arc::new(SidePath {
-            path,
-            unsettled: AtomicUsize::new(0),
-        })
-    }
-
-    fn name(&self) -> &str {
-        self.path.name()
-    }
-
-    fn is_settled(&self) -> bool {
-        self.unsettled.load(Ordering::Acquire) == 0
-    }
-}
-
-/// Why an attempt on a side failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AttemptError {
-    #[error(transparent)]
-    Tail(#[from] TailError),
-    /// The side did not answer in time; the attempt itself goes on.
-    #[error("no answer in {} ms", .0.as_millis())]
-    NoAnswer(Duration),
-    /// The task running the attempt ended without an answer.
-    #[error("the attempt's task ended unanswered")]
-    Abandoned,
-}
-
-/// The configuration epoch the sides are asked under, and how long an
-/// attempt on a peer side may take.
-type Asked = (u64, Duration);
-
-/// One attempt of `op` on `side`, failing after `timeout`. The attempt
-/// itself goes on past the timeout, until answered or lost: while it may
-/// land, a write counts in the side's unsettled writes.
-async fn attempt(
-    side: &Arc<SidePath>,
-    epoch: u64,
-    op: BlockOp,
-    payload: Option<Arc<AlignedBuf>>,
-    timeout: Duration,
-) -> Result<Option<AlignedBuf>, AttemptError> {
-    if side.path.reachability().is_none() {
-        // Never dropped half way: the kernel holds its buffers until the
-        // I/O completes. A stalled local disk stalls the mirror.
-        return Ok(side.path.execute(epoch, op, payload).await?);
-    }
-    let tracked = op.changes_data();
-    if tracked {
-        side.unsettled.fetch_add(1, Ordering::AcqRel);
-    }
-    let (answer, answered) = oneshot::channel();
-    let call_side = side.clone();
-    tokio::spawn(async move {
-        let result = call_side.path.execute(epoch, op, payload).await;
-        let lost_until = result.as_ref().err().and_then(TailError::settles_at);
-        let _ = answer.send(result);
-        if tracked {
-            if let Some(at) = lost_until {
-                sleep_until(at).await;
-            }
-            call_side.unsettled.fetch_sub(1, Ordering::AcqRel);
-        }
-    });
-    match tokio::time::timeout(timeout, answered).await {
-        Ok(Ok(result)) => Ok(result?),
-        Ok(Err(_)) => Err(AttemptError::Abandoned),
-        Err(_) => Err(AttemptError::NoAnswer(timeout)),
-    }
-}
-
-/// Reads `len` bytes at `offset` from `side`.
-async fn read_side(
-    sides: &[Arc<SidePath>; 2],
-    side: Side,
-    (epoch, timeout): Asked,
-    offset: u64,
-    len: u32,
-) -> Result<AlignedBuf, (Side, AttemptError)> {
-    let op = BlockOp::Read { offset, len };
-    match attempt(&sides[side.index()], epoch, op, None, timeout).await {
-        Ok(Some(data)) => Ok(data),
-        // A tail answers a read with its data: never so.
-        Ok(None) => Err((
-            side,
-            TailError::WrongLength {
-                got: 0,
-                wanted: len as usize,
-            }
-            .into(),
-        )),
-        Err(why) => Err((side, why)),
-    }
-}
-
-/// Runs a copy or a compare over `range`, a piece at a time. A compare
-/// answers whether the two copies' CRC32C match.
-async fn run_job(
-    sides: &[Arc<SidePath>; 2],
-    job: Job,
-    range: Range<u64>,
-    asked: Asked,
-) -> Result<bool, (Side, AttemptError)> {
-    match job {
-        Job::Copy { source, target, .. } => {
-            let mut pieces = tokio::task::JoinSet::new();
-            for offset in range.clone().step_by(COPY_CHUNK as usize) {
-                // At most COPY_CHUNK: fits a u32.
-                let len = (range.end - offset).min(COPY_CHUNK) as u32;
-                let sides = sides.clone();
-                pieces.spawn(async move {
-                    copy_piece(&sides, source, target, asked, offset, len).await
-                });
-            }
-            // Every piece is awaited, failed or not: a local attempt must
-            // not be dropped half way.
-            let mut outcome = Ok(());
-            while let Some(piece) = pieces.join_next().await {
-                let piece = piece.unwrap_or(Err((target, AttemptError::Abandoned)));
-                outcome = outcome.and(piece);
-            }
-            outcome?;
-            // Durable before the region counts as copied.
-            let (epoch, timeout) = asked;
-            flush_side(&sides[target.index()], epoch, timeout)
-                .await
-                .map_err(|why| (target, why))?;
-            Ok(true)
-        }
-        Job::Compare { .. } => {
-            let mut crcs = [0u32; 2];
-            let mut offset = range.start;
-            while offset < range.end {
-                let len = (range.end - offset).min(COPY_CHUNK) as u32;
-                let (a, b) = tokio::join!(
-                    read_side(sides, Side::A, asked, offset, len),
-                    read_side(sides, Side::B, asked, offset, len)
-                );
-                crcs[0] = crc32c::crc32c_append(crcs[0], &a?);
-                crcs[1] = crc32c::crc32c_append(crcs[1], &b?);
-                offset += u64::from(len);
-            }
-            Ok(crcs[0] == crcs[1])
-        }
-    }
-}
-
-/// Copies `len` bytes at `offset` from `source` to `target`.
-async fn copy_piece(
-    sides: &[Arc<SidePath>; 2],
-    source: Side,
-    target: Side,
-    asked: Asked,
-    offset: u64,
-    len: u32,
-) -> Result<(), (Side, AttemptError)> {
-    let data = read_side(sides, source, asked, offset, len).await?;
-    let op = BlockOp::Write { offset, len };
-    let (epoch, timeout) = asked;
-    attempt(
-        &sides[target.index()],
-        epoch,
-        op,
-        Some(Arc::new(data)),
-        timeout,
-    )
-    .await
-    .map(drop)
-    .map_err(|why| (target, why))
-}
-
-/// Flushes one side.
-async fn flush_side(
-    path: &Arc<SidePath>,
-    epoch: u64,
-    timeout: Duration,
-) -> Result<(), AttemptError> {
-    attempt(path, epoch, BlockOp::Flush, None, timeout)
-        .await
-        .map(drop)
-}
-
-/// Flushes both sides at once: whether both succeeded.
-async fn flush_both(sides: &[Arc<SidePath>; 2], epoch: u64, timeout: Duration) -> bool {
-    let (a, b) = tokio::join!(
-        flush_side(&sides[0], epoch, timeout),
-        flush_side(&sides[1], epoch, timeout)
-    );
-    a.and(b).is_ok()
-}
-
-/// Why [`pull_dirty`] stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("cannot copy a dirty region: {0}")]
-    Copy(AttemptError),
-    #[error("cannot flush the dirty map: {0}")]
-    Map(#[from] std::io::Error),
-}
-
-/// Copies every region `dirty` records from `source` (the new primary's
-/// service of the vdisk, read at `epoch`) to `target` (this node's own
-/// tail), clearing each once it has landed, then flushes the tail and the
-/// map. How a former primary takes back from the new one the regions it
-/// may have written alone before it lost its place: the new primary does
-/// not know them. Returns the bytes copied.
-pub async fn pull_dirty(
-    source: Arc<dyn Tail>,
-    target: Arc<dyn Tail>,
-    epoch: u64,
-    dirty: &mut DirtyMapFile,
-    timeout: Duration,
-) -> Result<u64, PullError> {
-    let geometry = dirty.geometry();
-    let sides = [SidePath::new(target), SidePath::new(source)];
-    let regions: Vec<u64> = dirty.regions().iter().collect();
-    let mut copied = 0;
-    for region in regions {
-        let start = region * geometry.region_size();
-        let range = start..start + geometry.region_len(region);
-        let job = Job::Copy {
-            first: region,
-            count: 1,
-            source: Side::B,
-            target: Side::A,
-        };
-        run_job(&sides, job, range.clone(), (epoch, timeout))
-            .await
-            .map_err(|(_, why)| PullError::Copy(why))?;
-        dirty.clear(region);
-        copied += range.end - range.start;
-    }
-    dirty.flush()?;
-    Ok(copied)
 }

@@ -3,8 +3,8 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::dirty::bitmap_bytes;
 use super::header::{self, Header, Slot, BITMAP_OFFSET, SLOT_LEN, SLOT_OFFSETS};
+use super::regions::bitmap_bytes;
 use super::{
     DirtyGeometry, DirtyMapFileError, DirtyRegions, MapStorage, MarkError, OpenError, RangeError,
 };
@@ -259,7 +259,7 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::sim_disk::{Faults, SimDisk, SimStorage};
+    use crate::mirror::dirty::sim_disk::{Faults, SimDisk, SimStorage};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 

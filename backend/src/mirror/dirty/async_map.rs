@@ -22,7 +22,7 @@ enum MapUpdate {
 /// The marks up to `ticket` (every one sent before it too) are durable, or
 /// the sync that was to make them so failed.
 #[derive(Debug)]
-pub(super) struct MarksDone {
+pub(in crate::mirror) struct MarksDone {
     pub ticket: u64,
     pub result: Result<(), String>,
 }
@@ -37,7 +37,7 @@ pub(super) struct MarksDone {
 /// A write may be acknowledged only once its regions are durable: either
 /// [`mark`](Self::mark) found them so, or the ticket it returned was
 /// answered with success.
-pub(super) struct AsyncDirtyMap {
+pub(in crate::mirror) struct AsyncDirtyMap {
     regions: DirtyRegions,
     updates: mpsc::Sender<MapUpdate>,
     writer: JoinHandle<()>,
