@@ -154,6 +154,9 @@ pub enum Command {
     KeptWatch {
         #[arg(long)]
         after_ms: u64,
+        /// The daemon that kept them, maybe still exiting
+        #[arg(long)]
+        left_by: i32,
         #[arg(required = true)]
         ids: Vec<u32>,
     },

@@ -13,6 +13,7 @@ mod lease;
 mod links;
 mod metrics;
 mod mirror;
+mod moves;
 mod node;
 mod server;
 mod size;
@@ -202,10 +203,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "ublkvd", &mut std::io::stdout());
             Ok(())
         }
-        Command::KeptWatch { after_ms, ids } => {
+        Command::KeptWatch {
+            after_ms,
+            left_by,
+            ids,
+        } => {
             let serving = || control::call(&socket, &Request::List).is_ok();
             let after = std::time::Duration::from_millis(after_ms);
-            let deleted = ublk_frontend::fail_unclaimed(&ids, after, serving)?;
+            let deleted = ublk_frontend::fail_unclaimed(&ids, left_by, after, serving)?;
             for id in deleted {
                 eprintln!(
                     "ublkvd: kept device /dev/ublkb{id} had no daemon for {} s: deleted, its held I/O failed",

@@ -169,6 +169,7 @@ fn watch_kept_devices(kept: &[u32], after: Duration, socket: &Path) {
         .arg("--socket")
         .arg(socket)
         .args(["kept-watch", "--after-ms", &after.as_millis().to_string()])
+        .args(["--left-by", &std::process::id().to_string()])
         .args(kept.iter().map(u32::to_string))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -474,12 +474,15 @@ fn recover_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
 }
 
 /// Waits up to `deadline` for a server to take over each kept device of
-/// `ids` ([`Device::keep`]); then deletes those no live process serves yet,
-/// unless `daemon_serving` says a server is about to, and returns them.
-/// Deleting a device fails the I/O the kernel held for it with EIO: a clean
-/// error instead of a wait without end when no server comes back.
+/// `ids` ([`Device::keep`]) from process `left_by`, the server that kept
+/// them (it may still be exiting when this starts); then deletes those no
+/// other live process serves yet, unless `daemon_serving` says a server is
+/// about to, and returns them. Deleting a device fails the I/O the kernel
+/// held for it with EIO: a clean error instead of a wait without end when
+/// no server comes back.
 pub fn fail_unclaimed(
     ids: &[u32],
+    left_by: i32,
     deadline: Duration,
     daemon_serving: impl Fn() -> bool,
 ) -> Result<Vec<u32>, FrontendError> {
@@ -487,7 +490,7 @@ pub fn fail_unclaimed(
     let until = Instant::now() + deadline;
     let mut waiting = ids.to_vec();
     loop {
-        waiting.retain(|&id| unclaimed(id));
+        waiting.retain(|&id| unclaimed(id, left_by));
         let left = until.saturating_duration_since(Instant::now());
         if waiting.is_empty() || left.is_zero() {
             break;
@@ -511,14 +514,18 @@ pub fn fail_unclaimed(
 }
 
 /// Whether kept device `id` still waits for a server: it exists, and is
-/// not live under a process that exists.
-fn unclaimed(id: u32) -> bool {
+/// not live under a process that exists, other than `left_by` (which kept
+/// it and is on its way out: the device counts as claimed by it only until
+/// it is gone, which a check made before its exit must not take for a
+/// takeover).
+fn unclaimed(id: u32, left_by: i32) -> bool {
     let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
         return false;
     };
     let info = ctrl.dev_info();
+    let server = info.ublksrv_pid;
     // SAFETY: kill(pid, 0) only checks that the process exists.
-    let server_alive = info.ublksrv_pid > 0 && unsafe { libc::kill(info.ublksrv_pid, 0) } == 0;
+    let server_alive = server > 0 && server != left_by && unsafe { libc::kill(server, 0) } == 0;
     !(info.state == sys::UBLK_S_DEV_LIVE as u16 && server_alive)
 }
 
