@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use backend::mirror::Side;
 use backend::LEASE_RUN_OUT;
 use configdb::{
-    node_id, Command, Configuration, MirrorCopy, NodeRecord, Placement, Store, StoreRole,
-    VdiskName, VdiskRecord,
+    node_id, Command, Configuration, NodeRecord, Placement, Store, StoreRole, VdiskName,
+    VdiskRecord,
 };
 use gossip::Gossip;
 use tokio::sync::watch;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::control::{
     AddRequest, MoveRequest, ResyncInfo, SetRequest, StoreInfo, VdiskInfo, VerifyInfo,
 };
+use crate::moves::failover::{Decision, Failover};
 use crate::node::{Node, Suspension};
 
 /// How long a client change waits for this node to run it.
@@ -441,72 +442,44 @@ impl Daemon {
         self.info(&name)
     }
 
-    /// On the store's leader, until `stop`: a cluster vdisk whose primary's
-    /// node has been down for `failover_move` while its secondary's is
-    /// alive moves, the secondary becoming the primary. The store then
-    /// says which tail is in charge, and the old primary's node, back,
-    /// serves as the secondary at the new epoch.
+    /// On the store's leader, until `stop`: carries out the moves the
+    /// failover policy ([`Failover`]) decides. The store then says which
+    /// tail is in charge, and the old primary's node, back, serves as the
+    /// secondary at the new epoch.
     pub async fn follow_membership(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         // Without gossip no member is ever seen down.
         let (Some(after), true) = (self.failover_move, self.gossip.is_some()) else {
             return;
         };
-        // Since when each vdisk (at its epoch) has had its primary down.
-        let mut down_since: BTreeMap<(VdiskName, u64), Instant> = BTreeMap::new();
+        let mut failover = Failover::new(after);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(RECHECK / 2) => {}
                 _ = stop.wait_for(|&s| s) => return,
             }
             if self.store.status().role != StoreRole::Leader {
-                down_since.clear();
+                failover.not_leading();
                 continue;
             }
-            let alive = self.live_members();
             let config = self.store.configuration();
-            let now = Instant::now();
-            let mut stranded = BTreeMap::new();
-            for record in config.vdisks.values().filter(|r| r.moving.is_none()) {
-                let (primary, secondary) = match &record.spec.placement {
-                    Placement::Cluster {
-                        primary,
-                        secondary: Some(secondary),
-                    } => (primary, secondary),
-                    Placement::Mirror {
-                        primary, mirror, ..
-                    } => (primary, mirror),
-                    _ => continue,
-                };
-                if alive.contains(&primary.node) || !alive.contains(&secondary.node) {
-                    continue;
-                }
-                let key = (record.spec.name.clone(), record.epoch);
-                let since = *down_since.get(&key).unwrap_or(&now);
-                stranded.insert(key, since);
-                if now.duration_since(since) < after {
-                    continue;
-                }
-                let to = match &record.spec.placement {
-                    Placement::Mirror { .. } if record.mirror_copy != MirrorCopy::Current => {
-                        // Logged once per epoch: the mirror lacks writes
-                        // only the dead primary has.
-                        if now.duration_since(since) < after + RECHECK {
-                            tracing::error!(vdisk = %record.spec.name, down = %primary.node, copy = %record.mirror_copy, "primary's node down, and the mirror cannot take over: its copy is not current; the vdisk waits for its primary");
+            let decisions =
+                failover.decide(config.vdisks.values(), &self.live_members(), Instant::now());
+            for decision in decisions {
+                match decision {
+                    Decision::Move { name, down, to } => {
+                        tracing::warn!(vdisk = %name, %down, "primary's node down: moving the vdisk to its secondary");
+                        let Some(record) = config.vdisks.get(&name) else {
+                            continue;
+                        };
+                        if let Err(e) = self.reconfigure(record, to).await {
+                            tracing::error!(vdisk = %name, "{e:#}");
                         }
-                        continue;
                     }
-                    Placement::Mirror { .. } => record.spec.placement.switched_over(),
-                    _ => Placement::Cluster {
-                        primary: secondary.clone(),
-                        secondary: Some(primary.clone()),
-                    },
-                };
-                tracing::warn!(vdisk = %record.spec.name, down = %primary.node, "primary's node down: moving the vdisk to its secondary");
-                if let Err(e) = self.reconfigure(record, to).await {
-                    tracing::error!(vdisk = %record.spec.name, "{e:#}");
+                    Decision::Stranded { name, down, copy } => {
+                        tracing::error!(vdisk = %name, %down, %copy, "primary's node down, and the mirror cannot take over: its copy is not current; the vdisk waits for its primary");
+                    }
                 }
             }
-            down_since = stranded;
         }
     }
 
