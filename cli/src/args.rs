@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use configdb::TailRef;
 
-use crate::size::parse_size;
+use crate::client::size::parse_size;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -12,8 +12,8 @@ use backend::mirror::{MirrorConfig, PacerConfig};
 use backend::route::RouteConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::access::{ControlGroups, Group};
-use crate::size::parse_size;
+use crate::client::size::parse_size;
+use crate::daemon::access::{ControlGroups, Group};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ublkvd";
 pub const DEFAULT_SOCKET: &str = "/run/ublkvd/ublkvd.sock";

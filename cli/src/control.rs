@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use configdb::TailRef;
 use serde::{Deserialize, Serialize};
 
-use crate::exit::Unreachable;
+use crate::client::exit::Unreachable;
 
 /// Longest request line the daemon reads; a vdisk spec is far smaller.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -9,10 +9,10 @@
 //! | a request's attempt fails or goes unanswered | resent on the vdisk's next path; the application sees an error only after `io_timeout_ms` without a path, or at once if the tail refuses the request itself (EINVAL, ENOSPC, EROFS, EOPNOTSUPP) | `backend/src/route/router.rs`, `route/vdisk.rs` |
 //! | a link goes silent | declared down after its heartbeats go unanswered; calls move to the peer's other links, a lost call's copy is fenced before it is resent | `backend/src/link/health.rs`, `link/peer.rs` |
 //! | a mirror's side is lost | the primary records it stale in the store, then goes on alone, marking what it misses; resync when it answers again | `backend/src/mirror/replica.rs`, `mirror/resync.rs` |
-//! | a primary's node is down for `failover_move_ms` | the vdisk moves to its secondary (a mirror: only if its copy is current) | here, carried out by `daemon.rs` on the store's leader |
+//! | a primary's node is down for `failover_move_ms` | the vdisk moves to its secondary (a mirror: only if its copy is current) | here, carried out by `daemon/mod.rs` on the store's leader |
 //! | a former primary comes back | it copies from the new primary the regions it wrote alone, then serves as the secondary | `node.rs` (`take_back`) |
-//! | the writer's node is down | another node's first write takes the write role | `configdb/src/model.rs` (`ClaimWriter`), `writer.rs` |
-//! | a node loses the store's majority | its lease runs out: it touches no tail and peers refuse it | `lease.rs`, `backend/src/peer/` |
+//! | the writer's node is down | another node's first write takes the write role | `configdb/src/model.rs` (`ClaimWriter`), `daemon/writer.rs` |
+//! | a node loses the store's majority | its lease runs out: it touches no tail and peers refuse it | `daemon/lease.rs`, `backend/src/peer/` |
 //!
 //! The choices: a move waits `failover_move_ms` (a node restarting, or a
 //! short partition, costs a delay rather than a move and a resync); a
@@ -146,43 +146,13 @@ fn pair(placement: &Placement) -> Option<(&TailRef, &TailRef)> {
 
 #[cfg(test)]
 mod tests {
-    use configdb::{Permissions, VdiskSpec};
-
     use super::*;
+    use crate::fixtures::{self, record, tail};
 
     const AFTER: Duration = Duration::from_secs(10);
 
-    fn tail(text: &str) -> TailRef {
-        TailRef::try_from(text.to_owned()).unwrap()
-    }
-
-    fn record(name: &str, placement: Placement, epoch: u64) -> VdiskRecord {
-        VdiskRecord {
-            spec: VdiskSpec {
-                name: VdiskName::try_from(name.to_owned()).unwrap(),
-                size_bytes: 1 << 30,
-                placement,
-                block_size: 4096,
-                queues: 1,
-                queue_depth: 64,
-                read_only: false,
-                permissions: Permissions::default(),
-                multi_writer: false,
-            },
-            id: 0,
-            epoch,
-            moving: None,
-            mirror_copy: MirrorCopy::Current,
-            writer: None,
-        }
-    }
-
     fn twin(name: &str) -> VdiskRecord {
-        let placement = Placement::Cluster {
-            primary: tail("a:d0"),
-            secondary: Some(tail("b:d0")),
-        };
-        record(name, placement, 1)
+        fixtures::twin(name, 0, 1)
     }
 
     fn mirror(name: &str, copy: MirrorCopy) -> VdiskRecord {
@@ -193,7 +163,7 @@ mod tests {
         };
         VdiskRecord {
             mirror_copy: copy,
-            ..record(name, placement, 1)
+            ..record(name, placement, 0, 1)
         }
     }
 
@@ -249,6 +219,7 @@ mod tests {
                 primary: tail("a:d1"),
                 secondary: None,
             },
+            0,
             1,
         );
         let vdisks = [twin("v"), single];

@@ -186,7 +186,7 @@ fn vdisk_status(v: &VdiskInfo, problems: &mut Vec<String>) -> VdiskStatus {
                 )),
                 _ => {}
             }
-            Some(crate::mirror::describe(resync))
+            Some(crate::client::mirror::describe(resync))
         }
         (None, Some(mirror), Some(copy)) => Some(format!(
             "mirror {mirror}, copy {copy} (its primary shows the resync)"

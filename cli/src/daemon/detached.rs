@@ -41,6 +41,10 @@ impl Detached {
         self.names.contains(name)
     }
 
+    pub fn names(&self) -> &BTreeSet<VdiskName> {
+        &self.names
+    }
+
     /// Adds `name`, durably; unchanged on error.
     pub fn insert(&mut self, name: &VdiskName) -> anyhow::Result<()> {
         let mut names = self.names.clone();

@@ -3,6 +3,15 @@
 //! coordinated here: every live node suspends and drains the vdisk, then
 //! the new mapping is committed at the next epoch, or the move cancelled.
 
+pub mod access;
+pub mod cluster;
+pub mod detached;
+pub mod lease;
+pub mod links;
+pub mod metrics;
+pub mod server;
+pub mod writer;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -19,13 +19,13 @@ use backend::{Lease, OpenCounts};
 use configdb::raft::StoreTls;
 use configdb::{NodeRecord, Store, StoreConfig};
 
-use crate::access::{Access, AccessRules, ControlGroups, Peer};
-use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::control::{MembersInfo, Request, Response, MAX_LINE};
+use crate::daemon::access::{Access, AccessRules, ControlGroups, Peer};
+use crate::daemon::cluster::Cluster;
+use crate::daemon::detached::Detached;
+use crate::daemon::links::DeviceLinks;
 use crate::daemon::{lock, Daemon};
-use crate::detached::Detached;
-use crate::links::DeviceLinks;
 use crate::node::Node;
 
 /// Runs the node daemon in the foreground. With `keep_devices`, SIGTERM
@@ -74,7 +74,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         // Held until the devices have stopped: their last requests may
         // still go to this node's tails.
         let (lease_stop, lease_stopped) = watch::channel(false);
-        let leasing = tokio::spawn(crate::lease::hold(store.clone(), lease, lease_stopped));
+        let leasing = tokio::spawn(crate::daemon::lease::hold(store.clone(), lease, lease_stopped));
         let daemon = Daemon::new(
             Node::new(
                 cluster,
@@ -106,7 +106,7 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
                     "metrics_listen {addr} is not a loopback address: /metrics has no authentication, and tells whoever reaches it this node's vdisks, peers and links"
                 );
             }
-            crate::metrics::serve(addr, daemon.clone())?;
+            crate::daemon::metrics::serve(addr, daemon.clone())?;
         }
         tracing::info!(
             node = %config.node,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::LinkMetrics;
+use crate::daemon::cluster::LinkMetrics;
 use crate::daemon::{lock, Daemon};
 
 type Labels = Vec<(&'static str, String)>;
