@@ -8,31 +8,16 @@
 # stay a majority) and through link cuts: 0 errors.
 #
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
-set -uo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
-# The wire protocol's test driver, here a stranger's tool.
-VDISK_IO=${VDISK_IO_BIN:-$PWD/target/debug/vdisk-io}
-SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
-WORK=$(mktemp -d /tmp/ublkvd-cluster.XXXXXX)
-MNT=/mnt/scratch
 LAB=uvd
-LAB_DIR=$WORK/lab
 LAB_VOTERS="a b c"
 # Routing fails over on its own here; the store's failover move (which makes
 # the secondary the primary after a primary's node is down 10 s) is the
 # store suite's, and would race the restart of a killed primary on a slow
 # machine.
 LAB_STORE_TOML="failover_move_ms = 0"
-# shellcheck source=tests/vm/lab.sh
-. "$here/lab.sh"
-# shellcheck source=tests/vm/runner.sh
-. "$here/runner.sh"
-
-modprobe -a ublk_drv ext4
+# shellcheck source=tests/vm/suite.sh
+. "$(dirname "${BASH_SOURCE[0]}")/suite.sh" cluster
 lab_shared_file "$MNT"
-trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 
 lab_up a b c
 lab_config a false "[tails]

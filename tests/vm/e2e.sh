@@ -4,16 +4,10 @@
 # byte, discard and write-zeroes, restarts, SIGTERM, and every refusal.
 #
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
-set -uo pipefail
-# shellcheck source=tests/vm/runner.sh
-. "$(dirname "${BASH_SOURCE[0]}")/runner.sh"
-
-BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
-SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
-WORK=$(mktemp -d /tmp/ublkvd-e2e.XXXXXX)
+# shellcheck source=tests/vm/suite.sh
+. "$(dirname "${BASH_SOURCE[0]}")/suite.sh" e2e
 SOCK=$WORK/ublkvd.sock
 DATA=$WORK/data
-MNT=/mnt/scratch
 DAEMON_PID=
 # ublk_drv stays out until the first test has seen the daemon without it.
 modprobe -a ext4

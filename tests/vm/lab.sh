@@ -1,10 +1,11 @@
-# A cluster lab in network namespaces, sourced by the VM cluster suite and
-# the cluster benchmarks (the host tests build the same layout in Rust:
-# tests/tests/support/lab.rs). Namespace "$LAB-sw" holds two bridges, one
-# per network; node number i (from 1) of lab_up's list has 10.1.0.i on
-# network 1 and 10.2.0.i on network 2, and its ublkvd daemon listens on
-# port 7100 of both and gossips on port 7000 of network 1, with the lab's
-# first two nodes as seeds.
+# A cluster lab in network namespaces, sourced by the VM cluster suites and
+# the cluster benchmarks. The network is the host tests' own: the
+# netns-lab tool (tests/src/bin/netns-lab.rs, $LAB_TOOL, built by cargo
+# test) makes it as tests/src/netns.rs defines it: namespace "$LAB-sw" holds
+# two bridges, one per network, and each node of lab_up's list a namespace
+# with an address on each. Its ublkvd daemon listens on port 7100 of both
+# and gossips on port 7000 of network 1, with the lab's first two nodes as
+# seeds.
 #
 # Needs: LAB (namespace prefix), LAB_DIR (configs, sockets, logs), BIN;
 # SCRATCH (the scratch disk) for lab_shared_file.
@@ -15,20 +16,15 @@
 # move_timeout_ms, one a line) in it. LAB_GOSSIP_TOML: more [gossip]
 # settings (timing), one a line.
 
+LAB_TOOL=${LAB_TOOL:-$PWD/target/debug/netns-lab}
 LAB_NODES=()
 declare -A LAB_PID=()
+# "node net" -> the node's address on that network, as lab_up made it.
+declare -A LAB_ADDR=()
 
 lab_ns() { echo "$LAB-$1"; }
 
-lab_index() { # node -> its number
-    local i
-    for i in "${!LAB_NODES[@]}"; do
-        [ "${LAB_NODES[$i]}" = "$1" ] && { echo $((i + 1)); return; }
-    done
-    return 1
-}
-
-lab_addr() { echo "10.$2.0.$(lab_index "$1")"; } # node net -> address
+lab_addr() { echo "${LAB_ADDR[$1 $2]}"; } # node net -> address
 
 lab_addrs() { # node -> its peer addresses on LAB_NETS, as a TOML array
     local net list=()
@@ -40,25 +36,12 @@ lab_addrs() { # node -> its peer addresses on LAB_NETS, as a TOML array
 lab_up() { # node...
     LAB_NODES=("$@")
     modprobe -a bridge veth
-    local sw node net
-    sw=$(lab_ns sw)
-    ip netns add "$sw"
-    ip -n "$sw" link set lo up
-    for net in 1 2; do
-        ip -n "$sw" link add "br$net" type bridge
-        ip -n "$sw" link set "br$net" up
-    done
-    for node in "$@"; do
-        ip netns add "$(lab_ns "$node")"
-        ip -n "$(lab_ns "$node")" link set lo up
-        for net in 1 2; do
-            ip link add "$node$net" netns "$(lab_ns "$node")" type veth \
-                peer name "$node${net}s" netns "$sw"
-            ip -n "$(lab_ns "$node")" addr add "$(lab_addr "$node" $net)/24" dev "$node$net"
-            ip -n "$(lab_ns "$node")" link set "$node$net" up
-            ip -n "$sw" link set "$node${net}s" master "br$net" up
-        done
-    done
+    local node a1 a2
+    while read -r node a1 a2; do
+        LAB_ADDR["$node 1"]=$a1
+        LAB_ADDR["$node 2"]=$a2
+    done < <("$LAB_TOOL" up "$LAB" "$@")
+    [ "${#LAB_ADDR[@]}" -eq $((2 * $#)) ] || { echo "netns-lab up failed"; return 1; }
     mkdir -p "$LAB_DIR"
 }
 
@@ -70,13 +53,13 @@ lab_down() {
         # an EXIT trap under set -e, would be the script's exit code).
         grep -h "ERROR\|panicked" "$LAB_DIR/$node/daemon.log" 2>/dev/null | tail -3 | sed "s/^/$node: /" || true
     done
-    for node in "${LAB_NODES[@]}" sw; do ip netns del "$(lab_ns "$node")" 2>/dev/null; done
+    "$LAB_TOOL" down "$LAB" "${LAB_NODES[@]}"
     return 0
 }
 
 # lab_link NODE NET up|down: the switch side of NODE's cable to network NET,
 # so a cut loses packets silently, as a pulled cable does.
-lab_link() { ip -n "$(lab_ns sw)" link set "$1${2}s" "$3"; }
+lab_link() { "$LAB_TOOL" link "$LAB" "$1" "$2" "$3"; }
 
 # lab_scratch_fs DIR: a fresh ext4 on the scratch disk $SCRATCH mounted at
 # DIR, for tail files (O_DIRECT, which 9p and tmpfs do not take).

@@ -22,23 +22,13 @@
 # Usage: mirror-e2e.sh [TEST...] (default: all, in order; later tests build
 # on the earlier ones' state).
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
-set -uo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
-SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
-WORK=$(mktemp -d /tmp/ublkvd-mirror.XXXXXX)
-MNT=/mnt/scratch
 LAB=uvm
-LAB_DIR=$WORK/lab
 LAB_VOTERS="a b c"
 # The store's leader switches a mirror's primary 1 s after its node is down.
 LAB_STORE_TOML="failover_move_ms = 1000"
 MIB=$((1 << 20))
-# shellcheck source=tests/vm/lab.sh
-. "$here/lab.sh"
-# shellcheck source=tests/vm/runner.sh
-. "$here/runner.sh"
+# shellcheck source=tests/vm/suite.sh
+. "$(dirname "${BASH_SOURCE[0]}")/suite.sh" mirror
 
 # A CLI call takes about a second under TCG: one that takes a minute is a
 # daemon that does not answer, and fails the test (with the daemons' logs)
@@ -51,9 +41,7 @@ lab_cli() {
     return "$rc"
 }
 
-modprobe -a ublk_drv ext4
 lab_scratch_fs "$MNT"
-trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 
 # Tails, one file each, on the scratch ext4 (O_DIRECT on 9p hangs). a's m0
 # holds random data before vd exists: only the initial full resync can make

@@ -9,28 +9,15 @@
 #
 # Uses the scratch disk $UBLKVD_SCRATCH (wiped) and $UBLKVD_BIN (the binary).
 # Lines starting with "figure:" are measurements (BENCHMARKS.md).
-set -uo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
-BIN=${UBLKVD_BIN:-$PWD/target/release/ublkvd}
-SCRATCH=${UBLKVD_SCRATCH:-/dev/vda}
-WORK=$(mktemp -d /tmp/ublkvd-store.XXXXXX)
-MNT=/mnt/scratch
 LAB=uvs
-LAB_DIR=$WORK/lab
 LAB_VOTERS="a b c"
 # A stopped daemon stays suspect, not down, for longer than a move waits
 # (5 s): a member declared down is acknowledged for by the coordinator, so
 # only a live member that does not answer can cancel a move.
 LAB_GOSSIP_TOML="suspect_to_down_ms = 8000"
-# shellcheck source=tests/vm/lab.sh
-. "$here/lab.sh"
-# shellcheck source=tests/vm/runner.sh
-. "$here/runner.sh"
-
-modprobe -a ublk_drv ext4
+# shellcheck source=tests/vm/suite.sh
+. "$(dirname "${BASH_SOURCE[0]}")/suite.sh" store
 lab_shared_file "$MNT"
-trap 'lab_down; umount "$MNT" 2>/dev/null' EXIT
 
 lab_up a b c
 for node in a b; do

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ublkvd_tests::netns::{Layout, NETWORKS};
+
 use super::{gossip_section, ublkvd_bin};
 
 /// The port every node's peer server listens on, on both networks.
@@ -17,27 +19,15 @@ pub const GOSSIP_PORT: u16 = 7000;
 pub const STORE_PORT: u16 = 7200;
 
 pub struct Lab {
-    prefix: String,
-    nodes: Vec<String>,
+    layout: Layout,
     pub dir: tempfile::TempDir,
-}
-
-/// Runs a command, panicking with its stderr if it fails.
-pub fn sh(args: &[&str]) {
-    let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Numbers the labs of one test process.
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 
 impl Lab {
-    /// Namespaces `sw` (two bridges) and one per node, node `i` (from 1)
-    /// having 10.1.0.i on network 1 and 10.2.0.i on network 2.
+    /// The lab's network ([`Layout`]) for `nodes`.
     pub fn new(nodes: &[&str]) -> Lab {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
@@ -45,78 +35,44 @@ impl Lab {
             0,
             "the cluster lab needs root for network namespaces"
         );
+        // Unique per lab: tests of one binary run side by side.
+        let prefix = format!(
+            "uvd{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
         let lab = Lab {
-            // Unique per lab: tests of one binary run side by side.
-            prefix: format!(
-                "uvd{}-{}",
-                std::process::id(),
-                NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-            ),
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            layout: Layout::new(&prefix, nodes),
             dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
         };
-        let sw = lab.ns("sw");
-        sh(&["ip", "netns", "add", &sw]);
-        sh(&["ip", "-n", &sw, "link", "set", "lo", "up"]);
-        for net in ["1", "2"] {
-            let bridge = format!("br{net}");
-            sh(&["ip", "-n", &sw, "link", "add", &bridge, "type", "bridge"]);
-            sh(&["ip", "-n", &sw, "link", "set", &bridge, "up"]);
-        }
-        for (i, node) in nodes.iter().enumerate() {
-            let ns = lab.ns(node);
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            for net in ["1", "2"] {
-                let (end, port) = (format!("{node}{net}"), lab.switch_port(node, net));
-                sh(&[
-                    "ip", "link", "add", &end, "netns", &ns, "type", "veth", "peer", "name", &port,
-                    "netns", &sw,
-                ]);
-                let addr = format!("10.{net}.0.{}/24", i + 1);
-                sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &end]);
-                sh(&["ip", "-n", &ns, "link", "set", &end, "up"]);
-                let bridge = format!("br{net}");
-                sh(&["ip", "-n", &sw, "link", "set", &port, "master", &bridge]);
-                sh(&["ip", "-n", &sw, "link", "set", &port, "up"]);
-            }
-        }
+        lab.layout.up().unwrap();
         lab
     }
 
     pub fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.prefix)
+        self.layout.ns(node)
     }
 
-    fn switch_port(&self, node: &str, net: &str) -> String {
-        format!("{node}{net}s")
-    }
-
-    fn index(&self, node: &str) -> usize {
-        self.nodes.iter().position(|n| n == node).unwrap() + 1
+    /// `node`'s address on network `net`.
+    fn addr(&self, node: &str, net: u8) -> std::net::Ipv4Addr {
+        self.layout.addr(node, net).unwrap()
     }
 
     /// `node`'s peer addresses, network 1 first.
     pub fn links(&self, node: &str) -> [String; 2] {
-        let i = self.index(node);
-        [
-            format!("10.1.0.{i}:{PEER_PORT}"),
-            format!("10.2.0.{i}:{PEER_PORT}"),
-        ]
+        NETWORKS.map(|net| format!("{}:{PEER_PORT}", self.addr(node, net)))
     }
 
     /// Cuts (`up == false`) or restores `node`'s cable to network `net`:
     /// the switch side goes down, so packets vanish without a reset, as
     /// with a pulled cable.
     pub fn set_link(&self, node: &str, net: u8, up: bool) {
-        let port = self.switch_port(node, &net.to_string());
-        let state = if up { "up" } else { "down" };
-        sh(&["ip", "-n", &self.ns("sw"), "link", "set", &port, state]);
+        self.layout.set_link(node, net, up).unwrap();
     }
 
     /// `node`'s gossip address.
     pub fn gossip(&self, node: &str) -> String {
-        format!("10.1.0.{}:{GOSSIP_PORT}", self.index(node))
+        format!("{}:{GOSSIP_PORT}", self.addr(node, 1))
     }
 
     /// The `vdisk-io` driver in `node`'s namespace, proving it is `node`
@@ -163,7 +119,13 @@ impl Lab {
         for (name, path) in tails {
             text += &format!("{name} = \"{}\"\n", path.display());
         }
-        let seeds: Vec<String> = self.nodes.iter().take(2).map(|n| self.gossip(n)).collect();
+        let seeds: Vec<String> = self
+            .layout
+            .nodes()
+            .iter()
+            .take(2)
+            .map(|n| self.gossip(n))
+            .collect();
         text += &gossip_section(&dir, &self.gossip(node), &seeds, secret);
         let path = dir.join("ublkvd.toml");
         std::fs::write(&path, text).unwrap();
@@ -172,7 +134,7 @@ impl Lab {
 
     /// `node`'s store address.
     pub fn store(&self, node: &str) -> String {
-        format!("10.1.0.{}:{STORE_PORT}", self.index(node))
+        format!("{}:{STORE_PORT}", self.addr(node, 1))
     }
 
     /// [`Lab::config`] plus a `[store]` section whose voters are `voters`,
@@ -210,11 +172,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for node in self.nodes.iter().chain(std::iter::once(&"sw".to_owned())) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(node)])
-                .status();
-        }
+        self.layout.down();
     }
 }
 
