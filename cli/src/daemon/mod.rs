@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use crate::control::{
     AddRequest, MoveRequest, ResyncInfo, SetRequest, StoreInfo, VdiskInfo, VerifyInfo,
 };
+use crate::moves::coordinator::{must_wait_out_lease, progress, Progress};
 use crate::moves::failover::{Decision, Failover};
 use crate::node::{Node, Suspension};
 
@@ -406,20 +407,7 @@ impl Daemon {
             .await;
         let acked = self.all_acknowledged(&name, move_id).await;
         if let Ok(vouched) = &acked {
-            // A node of the vdisk's tails that did not suspend by itself
-            // (down, cut off, or not seen alive when the move began) may
-            // still write its own tail until its lease from the store runs
-            // out: the new mapping takes effect only after that.
-            let tail_nodes: BTreeSet<&str> = record
-                .spec
-                .placement
-                .cluster_tails()
-                .map(|t| t.node.as_str())
-                .collect();
-            let unheard = tail_nodes
-                .iter()
-                .any(|n| !waiting_for.contains(*n) || vouched.contains(*n));
-            if unheard {
+            if must_wait_out_lease(&record.spec.placement, &waiting_for, vouched) {
                 let until = begun_at + LEASE_RUN_OUT;
                 tracing::info!(vdisk = %name, ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "reconfiguration: waiting out the lease of a tail's node that did not suspend");
                 tokio::time::sleep_until(until.into()).await;
@@ -510,24 +498,22 @@ impl Daemon {
         let mut view = self.gossip.as_ref().map(|g| g.view());
         let mut vouched = BTreeSet::new();
         loop {
-            let missing: Vec<String> = match self
+            let moving = self
                 .store
                 .configuration()
                 .vdisks
                 .get(name)
-                .and_then(|r| r.moving.clone())
-            {
-                Some(m) if m.id == move_id => m.waiting_for.difference(&m.acked).cloned().collect(),
-                _ => return Err(vec!["the store (the move ended elsewhere)".to_owned()]),
-            };
-            if missing.is_empty() {
-                return Ok(vouched);
-            }
+                .and_then(|r| r.moving.clone());
             let alive = self.live_members();
-            for node in missing.iter().filter(|n| !alive.contains(*n)) {
-                if !vouched.insert(node.clone()) {
-                    continue;
+            let (missing, vouch) = match progress(moving.as_ref(), move_id, &alive, &vouched) {
+                Progress::Gone => {
+                    return Err(vec!["the store (the move ended elsewhere)".to_owned()])
                 }
+                Progress::Acknowledged => return Ok(vouched),
+                Progress::Waiting { missing, vouch } => (missing, vouch),
+            };
+            for node in vouch {
+                vouched.insert(node.clone());
                 tracing::warn!(vdisk = %name, node = %node, "reconfiguration: acknowledged for a member declared down");
                 let ack = Command::AckMove {
                     name: name.clone(),
