@@ -8,16 +8,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::counters::path_counters;
 use super::{Action, Gate, PathsCounters, RouteConfig, VdiskCounters};
-use crate::tail::{follow_reachability, BlockOp, Outcome, Reported, Tail, TailError};
+use crate::tail::{
+    follow_reachability, BlockOp, Completion, Outcome, Reported, Submission, Tail, TailError,
+};
 use crate::{AlignedBuf, BlockBackend, IoError, Lease};
-
-type Completion = Result<Option<AlignedBuf>, IoError>;
-
-struct Submission {
-    op: BlockOp,
-    payload: Option<Arc<AlignedBuf>>,
-    done: oneshot::Sender<Completion>,
-}
 
 /// What the routing task is asked, in the order it was asked: a request
 /// submitted after a suspension began is held by it.

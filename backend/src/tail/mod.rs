@@ -26,6 +26,17 @@ pub type Outcome = Result<Option<AlignedBuf>, TailError>;
 /// A future a tail runs a request in, on any thread of the runtime.
 pub type TailFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
+/// What a vdisk's task (routing, mirror) completes a request with.
+pub(crate) type Completion = Result<Option<AlignedBuf>, crate::IoError>;
+
+/// A block request handed to a vdisk's task, with the channel it
+/// completes on.
+pub(crate) struct Submission {
+    pub op: BlockOp,
+    pub payload: Option<Arc<AlignedBuf>>,
+    pub done: tokio::sync::oneshot::Sender<Completion>,
+}
+
 /// A way to a vdisk's data.
 pub trait Tail: Send + Sync {
     /// How logs and counters name the tail: "local" for one of this node,

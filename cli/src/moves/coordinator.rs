@@ -2,7 +2,7 @@
 //! Begin (the store records it, naming the live members that must suspend)
 //! → Ack (each suspends and drains, then acknowledges) → End (committed at
 //! the next epoch once all acknowledged, else cancelled). The coordinator
-//! (`daemon/mod.rs`) writes those to the store; here it learns, from the
+//! (`daemon/mover.rs`) writes those to the store; here it learns, from the
 //! store's record and the live members, where the move stands
 //! ([`progress`]), and whether the new mapping must wait for a lease to run
 //! out before it commits ([`must_wait_out_lease`]).

@@ -9,7 +9,7 @@
 //! | a request's attempt fails or goes unanswered | resent on the vdisk's next path; the application sees an error only after `io_timeout_ms` without a path, or at once if the tail refuses the request itself (EINVAL, ENOSPC, EROFS, EOPNOTSUPP) | `backend/src/route/router.rs`, `route/vdisk.rs` |
 //! | a link goes silent | declared down after its heartbeats go unanswered; calls move to the peer's other links, a lost call's copy is fenced before it is resent | `backend/src/link/health.rs`, `link/peer.rs` |
 //! | a mirror's side is lost | the primary records it stale in the store, then goes on alone, marking what it misses; resync when it answers again | `backend/src/mirror/replica.rs`, `mirror/resync.rs` |
-//! | a primary's node is down for `failover_move_ms` | the vdisk moves to its secondary (a mirror: only if its copy is current) | here, carried out by `daemon/mod.rs` on the store's leader |
+//! | a primary's node is down for `failover_move_ms` | the vdisk moves to its secondary (a mirror: only if its copy is current) | here, carried out by `daemon/mover.rs` on the store's leader |
 //! | a former primary comes back | it copies from the new primary the regions it wrote alone, then serves as the secondary | `node.rs` (`take_back`) |
 //! | the writer's node is down | another node's first write takes the write role | `configdb/src/model.rs` (`ClaimWriter`), `daemon/writer.rs` |
 //! | a node loses the store's majority | its lease runs out: it touches no tail and peers refuse it | `daemon/lease.rs`, `backend/src/peer/` |

@@ -23,7 +23,8 @@ use ublk_frontend::{Device, QueueRing};
 use crate::daemon::cluster::{Cluster, Export};
 use crate::daemon::writer::{Guarded, WriteRole};
 
-use super::{check_fits, device_options, Vdisk, VdiskState};
+use super::add::check_fits;
+use super::{device_options, Vdisk, VdiskState};
 
 /// Gives a device node the vdisk's owner, group and mode.
 pub(super) fn set_permissions(path: &Path, permissions: Permissions) -> anyhow::Result<()> {
