@@ -12,11 +12,14 @@ use crate::AlignedBuf;
 pub struct RemoteTail {
     links: Arc<PeerLinks>,
     vdisk: u64,
+    /// Whether the peer is reachable ([`PeerLinks::watch`]).
+    up: watch::Receiver<bool>,
 }
 
 impl RemoteTail {
     pub fn new(links: Arc<PeerLinks>, vdisk: u64) -> RemoteTail {
-        RemoteTail { links, vdisk }
+        let up = links.watch();
+        RemoteTail { links, vdisk, up }
     }
 }
 
@@ -25,8 +28,8 @@ impl Tail for RemoteTail {
         self.links.name()
     }
 
-    fn reachability(&self) -> Option<watch::Receiver<bool>> {
-        Some(self.links.watch())
+    fn reachability(&self) -> Option<&watch::Receiver<bool>> {
+        Some(&self.up)
     }
 
     fn execute(&self, epoch: u64, op: BlockOp, payload: Option<Arc<AlignedBuf>>) -> TailFuture<'_> {

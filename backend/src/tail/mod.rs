@@ -47,8 +47,9 @@ pub trait Tail: Send + Sync {
 
     /// Whether the tail is reachable, as it changes: `None` for a tail of
     /// this node, which is reached without a network and runs under this
-    /// node's lease.
-    fn reachability(&self) -> Option<watch::Receiver<bool>> {
+    /// node's lease. Asked on every attempt, so it costs no more than a
+    /// look.
+    fn reachability(&self) -> Option<&watch::Receiver<bool>> {
         None
     }
 
@@ -77,11 +78,14 @@ pub fn follow_reachability<E>(
     stop: impl Future<Output = ()> + Send + 'static,
     mut report: impl FnMut(bool) -> Result<(), E> + Send + 'static,
 ) {
-    let Some(mut state) = tail.reachability() else {
+    let Some(mut state) = tail.reachability().cloned() else {
         return;
     };
-    if let Reported::CurrentAndChanges = reported {
-        state.mark_changed();
+    // The state now as a change, or only the changes from now on (as a
+    // fresh subscription sees them).
+    match reported {
+        Reported::CurrentAndChanges => state.mark_changed(),
+        Reported::Changes => state.mark_unchanged(),
     }
     tokio::spawn(async move {
         tokio::pin!(stop);
