@@ -35,6 +35,7 @@ lab_addrs() { # node -> its peer addresses on LAB_NETS, as a TOML array
 
 lab_up() { # node...
     LAB_NODES=("$@")
+    LAB_ADDR=()
     modprobe -a bridge veth
     local node a1 a2
     while read -r node a1 a2; do

@@ -409,9 +409,7 @@ fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, FrontendError> 
     if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
         return Ok(false);
     }
-    // SAFETY: kill(pid, 0) only checks that the process exists.
-    let server_alive = info.ublksrv_pid > 0 && unsafe { libc::kill(info.ublksrv_pid, 0) } == 0;
-    if server_alive && info.ublksrv_pid != std::process::id() as i32 {
+    if served_by_another(info.ublksrv_pid, std::process::id() as i32) {
         return Ok(false);
     }
     let deadline = Instant::now() + QUIESCE_WAIT;
@@ -523,10 +521,14 @@ fn unclaimed(id: u32, left_by: i32) -> bool {
         return false;
     };
     let info = ctrl.dev_info();
-    let server = info.ublksrv_pid;
+    !(info.state == sys::UBLK_S_DEV_LIVE as u16 && served_by_another(info.ublksrv_pid, left_by))
+}
+
+/// Whether `server`, a device's server as the driver recorded it, is a
+/// process that exists and is not `other`.
+fn served_by_another(server: i32, other: i32) -> bool {
     // SAFETY: kill(pid, 0) only checks that the process exists.
-    let server_alive = server > 0 && server != left_by && unsafe { libc::kill(server, 0) } == 0;
-    !(info.state == sys::UBLK_S_DEV_LIVE as u16 && server_alive)
+    server > 0 && server != other && unsafe { libc::kill(server, 0) } == 0
 }
 
 #[cfg(test)]

@@ -75,24 +75,26 @@ pub fn plan(
     me: &Me<'_>,
     acking: &BTreeSet<u64>,
 ) -> Vec<Step> {
+    // Removed: deleted, no longer in the store or this node's, or a new
+    // vdisk under the same name.
+    let gone = |name: &VdiskName, v: &Running<'_>| {
+        v.deleted
+            || config
+                .vdisks
+                .get(name)
+                .is_none_or(|record| !me.has_part(record) || record.id != v.record.id)
+    };
     let mut steps: Vec<Step> = running
         .iter()
-        .filter(|(name, v)| {
-            v.deleted
-                || config
-                    .vdisks
-                    .get(*name)
-                    .is_none_or(|record| !me.has_part(record) || record.id != v.record.id)
-        })
+        .filter(|(name, v)| gone(name, v))
         .map(|(name, _)| Step::Remove(name.clone()))
         .collect();
     for record in config.vdisks.values() {
         let name = &record.spec.name;
-        let removed = steps.contains(&Step::Remove(name.clone()));
         if me.has_part(record) {
             match running.get(name) {
-                Some(_) if removed => steps.push(Step::Start(record.clone())),
                 None => steps.push(Step::Start(record.clone())),
+                Some(v) if gone(name, v) => steps.push(Step::Start(record.clone())),
                 Some(v) if v.failed => {
                     if v.record != record {
                         steps.push(Step::Start(record.clone()));
