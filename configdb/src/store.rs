@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,23 +14,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::model::{Client, Command, Configuration, Request, Response};
-use crate::raft::network::{
-    self, call, read_index, write_reply, FrameError, LeaderReply, RaftRpc, StoreTls, WriteReply,
-};
-use crate::raft::{serve, LogStore, Raft, StateMachine, TcpNetwork};
+use crate::model::{Command, Configuration, Request, Response};
+use crate::raft::network::{call, FrameError, LeaderReply, RaftRpc, StoreTls};
+use crate::raft::server::{self, read_index, write_reply};
+use crate::raft::{serve, Raft, StateMachine, TcpNetwork};
 
-/// The Raft log's file and the state machine's, inside the data dir.
-const LOG_FILE: &str = "store-log.redb";
-const STATE_FILE: &str = "store-state.redb";
+mod files;
+mod join;
+mod session;
+
+use files::open_files;
+use join::{join, join_once, warn_if_voters_differ};
+use session::ClientSession;
 
 /// How long a node waits before asking again to join, or to write when no
 /// leader is known.
 const RETRY: Duration = Duration::from_millis(100);
-
-/// How long a voter starting afresh waits for each other voter to say
-/// whether a store already runs.
-const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a node's store is told at start.
 #[derive(Debug)]
@@ -363,7 +362,7 @@ impl Store {
             )));
         }
         let ids: BTreeSet<u64> = voters.iter().map(|name| node_id(name)).collect();
-        let here = || network::set_voters(&self.raft, ids.clone());
+        let here = || server::set_voters(&self.raft, ids.clone());
         let rpc = RaftRpc::SetVoters(ids.clone());
         match self.ask_leader(&rpc, here, self.write_timeout).await {
             Ok(_) => Ok(()),
@@ -483,187 +482,6 @@ impl Store {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
-        }
-    }
-}
-
-/// This store's side of its client session ([`Request`]): numbers its
-/// writes and tells the store which answers it has.
-struct ClientSession {
-    client: Client,
-    numbers: std::sync::Mutex<Numbers>,
-}
-
-struct Numbers {
-    next: u64,
-    /// Writes not yet answered (or given up on), by number.
-    in_flight: BTreeSet<u64>,
-}
-
-/// A write's number, held until the write is answered or given up.
-struct Numbered<'a> {
-    session: &'a ClientSession,
-    seq: u64,
-    acked_below: u64,
-}
-
-impl ClientSession {
-    fn new(node: &str) -> ClientSession {
-        // A later start of the daemon has a later time: its session
-        // replaces the earlier life's, whose late requests are refused.
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        ClientSession {
-            client: Client {
-                node: node.to_owned(),
-                incarnation,
-            },
-            numbers: std::sync::Mutex::new(Numbers {
-                next: 1,
-                in_flight: BTreeSet::new(),
-            }),
-        }
-    }
-
-    fn begin(&self) -> Numbered<'_> {
-        let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = numbers.next;
-        numbers.next += 1;
-        numbers.in_flight.insert(seq);
-        let acked_below = numbers.in_flight.first().copied().unwrap_or(seq);
-        Numbered {
-            session: self,
-            seq,
-            acked_below,
-        }
-    }
-}
-
-impl Drop for Numbered<'_> {
-    fn drop(&mut self) {
-        let mut numbers = self
-            .session
-            .numbers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        numbers.in_flight.remove(&self.seq);
-    }
-}
-
-fn open_files(dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Start(format!("cannot create {}: {e}", dir.display())))?;
-    let failed = |source| StoreError::Open {
-        dir: dir.display().to_string(),
-        source: Box::new(source),
-    };
-    let log = LogStore::open(&dir.join(LOG_FILE)).map_err(failed)?;
-    let machine = StateMachine::open(&dir.join(STATE_FILE)).map_err(failed)?;
-    Ok((log, machine))
-}
-
-/// Asks the voters once each, in turn, to record this node at `node`;
-/// returns the leader that did. `None` when none leads a store (they all
-/// start afresh) or none answers in time.
-async fn join_once(node: &BasicNode, id: u64, voters: &[String], tls: &StoreTls) -> Option<String> {
-    let rpc = RaftRpc::Join {
-        id,
-        node: node.clone(),
-    };
-    for voter in voters {
-        let mut addr = voter.clone();
-        // At most one hop: a voter names the leader.
-        for _ in 0..2 {
-            let reply = tokio::time::timeout(JOIN_PROBE_TIMEOUT, call(&addr, tls, &rpc)).await;
-            match reply {
-                Ok(Ok(WriteReply::Done(_))) => return Some(addr),
-                Ok(Ok(WriteReply::NotLeader {
-                    leader: Some(leader),
-                })) => addr = leader.addr,
-                _ => break,
-            }
-        }
-    }
-    None
-}
-
-/// Says so when the file's `[store] voters` are not the store's voters: the
-/// file seeds a new store only, and its voters are changed with `ublkvd
-/// store set-voters`.
-fn warn_if_voters_differ(raft: &Raft, named: &BTreeMap<String, SocketAddr>) {
-    if named.is_empty() {
-        return;
-    }
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let named_ids: BTreeSet<u64> = named.keys().map(|name| node_id(name)).collect();
-    if voters != named_ids {
-        let missing: Vec<&str> = named
-            .keys()
-            .filter(|name| !voters.contains(&node_id(name)))
-            .map(String::as_str)
-            .collect();
-        tracing::warn!(
-            voters = voters.len(),
-            not_voting = ?missing,
-            "[store] voters is not the store's voters: the file only seeds a new store; \
-             `ublkvd store` shows the voters, `ublkvd store set-voters` changes them"
-        );
-    }
-}
-
-/// Asks the voters, in turn, to record this node at `node` (a learner if
-/// new), until one leader has; unless the membership already has it there.
-async fn join(
-    raft: Raft,
-    id: u64,
-    node: BasicNode,
-    voters: Vec<String>,
-    tls: StoreTls,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let known = |raft: &Raft| {
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.membership_config.membership().get_node(&id) == Some(&node)
-    };
-    if known(&raft) {
-        return;
-    }
-    let rpc = RaftRpc::Join {
-        id,
-        node: node.clone(),
-    };
-    loop {
-        for voter in &voters {
-            let mut addr = voter.clone();
-            // At most one hop: a voter names the leader.
-            for _ in 0..2 {
-                match call(&addr, &tls, &rpc).await {
-                    Ok(WriteReply::Done(_)) => {
-                        tracing::info!(leader = %addr, "joined the configuration store as a learner");
-                        return;
-                    }
-                    Ok(WriteReply::NotLeader {
-                        leader: Some(leader),
-                    }) => addr = leader.addr,
-                    Ok(WriteReply::NotLeader { leader: None }) => break,
-                    Ok(WriteReply::Failed(why)) => {
-                        tracing::debug!(voter = %addr, "joining the store: {why}");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(voter = %addr, "joining the store: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(RETRY * 10) => {}
-            _ = stopped.wait_for(|&s| s) => return,
         }
     }
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use identity::{client::TlsStream, rustls::ClientConfig, ServerName, TlsConnector};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::frames::{buffer_call, read_replies, ReadEnd};
 use super::{Health, HealthConfig, Transition};
-use crate::wire::{Frame, Header, Nack, Op, Status, HEADER_LEN, SILENCE};
+use crate::wire::{Frame, Nack, Op, Status, HEADER_LEN, SILENCE};
 use crate::AlignedBuf;
 
 /// How often a session checks its heartbeats: finer than the heartbeat
@@ -35,7 +36,7 @@ const BATCH: usize = 64;
 
 /// Socket buffering each way: several 4 KiB requests per system call;
 /// larger transfers bypass it.
-const IO_BUFFER: usize = 128 << 10;
+pub(super) const IO_BUFFER: usize = 128 << 10;
 
 /// A peer's answer to one call.
 #[derive(Debug)]
@@ -76,17 +77,17 @@ pub struct LinkCounters {
     heard_at_ms: AtomicU64,
 }
 
-struct Call {
-    vdisk: u64,
-    epoch: u64,
-    op: Op,
-    payload: Option<Arc<AlignedBuf>>,
-    reply: oneshot::Sender<Result<Reply, LinkError>>,
+pub(super) struct Call {
+    pub(super) vdisk: u64,
+    pub(super) epoch: u64,
+    pub(super) op: Op,
+    pub(super) payload: Option<Arc<AlignedBuf>>,
+    pub(super) reply: oneshot::Sender<Result<Reply, LinkError>>,
 }
 
 /// The two halves of a link's TLS session.
-type SessionReader = ReadHalf<TlsStream<TcpStream>>;
-type SessionWriter = WriteHalf<TlsStream<TcpStream>>;
+pub(super) type SessionReader = ReadHalf<TlsStream<TcpStream>>;
+pub(super) type SessionWriter = WriteHalf<TlsStream<TcpStream>>;
 
 /// One connection to one address of a peer, kept up by a task of its own:
 /// it connects, authenticates both ends (TLS 1.3, the peer's certificate
@@ -428,81 +429,7 @@ async fn session(
 }
 
 /// What waits for a reply: a caller, or a heartbeat sent at `sent`.
-enum Waiter {
+pub(super) enum Waiter {
     Call(oneshot::Sender<Result<Reply, LinkError>>),
     Heartbeat { sent: Instant },
-}
-
-/// Puts one call in the send buffer as request `id`; returns the bytes
-/// buffered. It is pending from now on, so that a failed send fails it
-/// with the rest.
-async fn buffer_call(
-    writer: &mut BufWriter<SessionWriter>,
-    id: u64,
-    call: Call,
-    pending: &mut HashMap<u64, Waiter>,
-) -> io::Result<u64> {
-    let payload = call.payload.as_deref().map_or(&[][..], |p| &p[..]);
-    let frame = Frame::Request {
-        id,
-        vdisk: call.vdisk,
-        epoch: call.epoch,
-        op: call.op,
-    };
-    let head = match frame.encode(payload) {
-        Ok(head) => head,
-        Err(e) => {
-            tracing::error!("cannot encode {frame:?}: {e}");
-            let _ = call.reply.send(Err(LinkError::Down));
-            return Ok(0);
-        }
-    };
-    pending.insert(id, Waiter::Call(call.reply));
-    writer.write_all(&head).await?;
-    writer.write_all(payload).await?;
-    Ok((head.len() + payload.len()) as u64)
-}
-
-/// Why reading replies ended.
-enum ReadEnd {
-    /// The peer closed or reset the connection.
-    Closed(io::Error),
-    /// It sent something that is not a reply: this side ends it.
-    Malformed(String),
-}
-
-/// Reads replies until the connection fails; a malformed one ends it.
-async fn read_replies(reader: SessionReader, replies: mpsc::Sender<Result<(u64, Reply), ReadEnd>>) {
-    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
-    loop {
-        let result = read_reply(&mut reader).await;
-        let failed = result.is_err();
-        if replies.send(result).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
-async fn read_reply(reader: &mut BufReader<SessionReader>) -> Result<(u64, Reply), ReadEnd> {
-    let malformed = |e: &dyn std::fmt::Display| ReadEnd::Malformed(format!("malformed reply: {e}"));
-    let mut head = [0u8; HEADER_LEN];
-    reader
-        .read_exact(&mut head)
-        .await
-        .map_err(ReadEnd::Closed)?;
-    let header = Header::decode(&head).map_err(|e| malformed(&e))?;
-    let mut data = AlignedBuf::new(header.payload_len as usize)
-        .map_err(|e| ReadEnd::Malformed(e.to_string()))?;
-    reader
-        .read_exact(&mut data)
-        .await
-        .map_err(ReadEnd::Closed)?;
-    header.verify_payload(&data).map_err(|e| malformed(&e))?;
-    let Frame::Reply { id, status } = header.frame else {
-        return Err(ReadEnd::Malformed(
-            "the peer sent a request on a link".to_owned(),
-        ));
-    };
-    let data = (header.payload_len > 0).then_some(data);
-    Ok((id, Reply { status, data }))
 }

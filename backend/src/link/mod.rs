@@ -3,6 +3,7 @@
 //! a peer is reachable while any of its links is up.
 
 mod connection;
+mod frames;
 mod health;
 mod peer;
 mod remote;

@@ -108,6 +108,32 @@ impl<R: Ring> LocalTail<R> {
         u32::try_from(result).map_err(|_| IoError::Os(io::Error::from_raw_os_error(-result)))
     }
 
+    /// Moves `len` bytes at `offset` with the entries `entry(done, len,
+    /// at)` makes for the part not moved yet (`done` bytes in, `len` of
+    /// them at file offset `at`): a short transfer goes on where it
+    /// stopped, and one that moves nothing is an error.
+    ///
+    /// # Safety
+    /// As [`LocalTail::submit`], for every entry `entry` makes.
+    async unsafe fn transfer(
+        &self,
+        offset: u64,
+        len: usize,
+        entry: impl Fn(usize, u32, u64) -> io_uring::squeue::Entry,
+    ) -> Result<(), IoError> {
+        let mut done = 0;
+        while done < len {
+            let part = u32::try_from(len - done).unwrap_or(u32::MAX);
+            let at = offset + done as u64;
+            // SAFETY: the caller's.
+            match unsafe { self.submit(entry(done, part, at)) }.await? {
+                0 => return Err(IoError::ShortTransfer { offset: at }),
+                n => done += n as usize,
+            }
+        }
+        Ok(())
+    }
+
     async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> Result<(), IoError> {
         let entry = opcode::Fallocate::new(self.fd(), len)
             .offset(offset)
@@ -120,39 +146,26 @@ impl<R: Ring> LocalTail<R> {
 
 impl<R: Ring> BlockBackend for LocalTail<R> {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = &mut buf[done..];
-            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            let at = offset + done as u64;
-            let entry = opcode::Read::new(self.fd(), rest.as_mut_ptr(), len)
+        // An address, not a pointer, so that the future stays Send.
+        let base = buf.as_mut_ptr() as usize;
+        let entry = |done: usize, len, at| {
+            opcode::Read::new(self.fd(), (base + done) as *mut u8, len)
                 .offset(at)
-                .build();
-            // SAFETY: `buf` is borrowed mutably until this future completes.
-            match unsafe { self.submit(entry) }.await? {
-                0 => return Err(IoError::ShortTransfer { offset: at }),
-                n => done += n as usize,
-            }
-        }
-        Ok(())
+                .build()
+        };
+        // SAFETY: `buf` is borrowed mutably until this future completes.
+        unsafe { self.transfer(offset, buf.len(), entry) }.await
     }
 
     async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = &buf[done..];
-            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            let at = offset + done as u64;
-            let entry = opcode::Write::new(self.fd(), rest.as_ptr(), len)
+        let base = buf.as_ptr() as usize;
+        let entry = |done: usize, len, at| {
+            opcode::Write::new(self.fd(), (base + done) as *const u8, len)
                 .offset(at)
-                .build();
-            // SAFETY: `buf` is borrowed until this future completes.
-            match unsafe { self.submit(entry) }.await? {
-                0 => return Err(IoError::ShortTransfer { offset: at }),
-                n => done += n as usize,
-            }
-        }
-        Ok(())
+                .build()
+        };
+        // SAFETY: `buf` is borrowed until this future completes.
+        unsafe { self.transfer(offset, buf.len(), entry) }.await
     }
 
     async fn flush(&self) -> Result<(), IoError> {

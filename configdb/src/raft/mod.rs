@@ -8,10 +8,12 @@
 
 mod log_store;
 pub mod network;
+pub mod server;
 mod state_machine;
 mod types;
 
 pub use log_store::{LogReader, LogStore};
-pub use network::{serve, RaftRpc, StoreTls, TcpConnection, TcpNetwork, MAX_FRAME};
+pub use network::{RaftRpc, StoreTls, TcpConnection, TcpNetwork, MAX_FRAME};
+pub use server::serve;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{Raft, TypeConfig};
