@@ -92,12 +92,15 @@ if wants nbd; then
 fi
 
 # ------------------------------------------------- 1b. TLS vs plaintext
-# The same remote tail served by this build (TLS 1.3 on every link) and by
-# UBLKVD_PLAIN_BIN, the build of the last commit before TLS; each round
-# starts one lab per build in turn (alternating which goes first) and runs
-# every job in it.
+# The same remote tail served by this build with its links' TLS records
+# sealed by the kernel (kTLS), by this build with them in rustls
+# (kernel_tls = false), and by UBLKVD_PLAIN_BIN, the build of the last
+# commit before TLS; each round starts one lab per build in turn (rotating
+# which goes first) and runs every job in it.
 if wants tls; then
     PLAIN=${UBLKVD_PLAIN_BIN:?the tls rows need UBLKVD_PLAIN_BIN: see bench/tls.sh}
+    # As tests/vm/suite.sh: the kernel loads no crypto module on demand.
+    modprobe -a tls gcm aesni_intel
     dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
     JOBS=(
         "4k randread QD32|--rw=randread --bs=4k --iodepth=32|IOPS"
@@ -107,11 +110,16 @@ if wants tls; then
     )
     declare -A runs=()
     tls_bin=$BIN
+    builds=(ktls rustls plain)
     for round in $(seq "$ROUNDS"); do
-        order="tls plain"
-        [ $((round % 2)) = 1 ] || order="plain tls"
-        for build in $order; do
-            if [ "$build" = tls ]; then BIN=$tls_bin; else BIN=$PLAIN; fi
+        for i in 0 1 2; do
+            build=${builds[$(((round + i) % 3))]}
+            LAB_TOP_TOML=""
+            case $build in
+            ktls) BIN=$tls_bin ;;
+            rustls) BIN=$tls_bin LAB_TOP_TOML="kernel_tls = false" ;;
+            plain) BIN=$PLAIN ;;
+            esac
             LAB=tlsb LAB_NETS=1 LAB_DIR=$WORK/tlsb-$build-$round
             start_pair >"$WORK/dev"
             ublk=$(cat "$WORK/dev")
@@ -125,22 +133,24 @@ if wants tls; then
             for node in s c; do
                 cpu=$(awk -v c="$cpu" '{ print c + ($14 + $15) / 100 }' "/proc/${LAB_PID[$node]:-self}/stat" 2>/dev/null || echo "$cpu")
             done
-            echo "  round $round $build: daemons' CPU ${cpu} s" >&2
+            echo "  round $round $build: daemons' CPU ${cpu} s; $(grep -ho 'sealed by [a-z]*' "$LAB_DIR"/c/daemon.log | head -1)" >&2
             lab_down
             LAB_PID=()
         done
     done
     BIN=$tls_bin
-    echo "## Remote tail over one veth: TLS 1.3 (this build) vs plaintext (UBLKVD_PLAIN_BIN)"
+    LAB_TOP_TOML=""
+    echo "## Remote tail over one veth: TLS 1.3 sealed by the kernel (kTLS) and by rustls vs plaintext (UBLKVD_PLAIN_BIN)"
     echo
-    echo "| job | TLS | plaintext | TLS / plaintext |"
-    echo "|---|---|---|---|"
+    echo "| job | kTLS | rustls | plaintext | kTLS / plaintext | rustls / plaintext |"
+    echo "|---|---|---|---|---|---|"
     for job in "${JOBS[@]}"; do
         IFS='|' read -r name args unit <<<"$job"
-        t=$(printf '%s\n' ${runs[tls/$name]} | median)
+        k=$(printf '%s\n' ${runs[ktls/$name]} | median)
+        r=$(printf '%s\n' ${runs[rustls/$name]} | median)
         p=$(printf '%s\n' ${runs[plain/$name]} | median)
-        echo "| $name | $t $unit | $p $unit | $(ratio "$t" "$p")x |"
-        echo "  runs: tls ${runs[tls/$name]}/ plain ${runs[plain/$name]}" >&2
+        echo "| $name | $k $unit | $r $unit | $p $unit | $(ratio "$k" "$p")x | $(ratio "$r" "$p")x |"
+        echo "  runs: ktls ${runs[ktls/$name]}/ rustls ${runs[rustls/$name]}/ plain ${runs[plain/$name]}" >&2
     done
     echo
 fi

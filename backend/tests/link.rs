@@ -142,6 +142,50 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
     });
 }
 
+/// A session is replaced (a new handshake, new keys) once it carried its
+/// records, long before rustls would send a key update that a session
+/// sealed by the kernel cannot take; the calls made meanwhile all complete,
+/// whole, and none is lost.
+#[test]
+fn a_session_that_carried_its_records_is_renewed_without_losing_a_call() {
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, _served) = peer.serve(vec![listener]);
+        let health = HealthConfig {
+            records_per_session: 100,
+            ..HealthConfig::default()
+        };
+        let link = Link::spawn(addr, health, support::client_tls("client", "server"));
+        wait_until(&link, true).await;
+        // Down while it dials the next session: a call waits it out, as a
+        // caller with no other link would.
+        let call = |op, payload: Option<Arc<AlignedBuf>>| {
+            let link = &link;
+            async move {
+                loop {
+                    match link.call(VDISK, 1, op, payload.clone()).await {
+                        Err(LinkError::Down) => wait_until(link, true).await,
+                        reply => break reply.unwrap(),
+                    }
+                }
+            }
+        };
+        for i in 0..200u64 {
+            let offset = (i % 64) * 4096;
+            let written = Some(Arc::new(block(i as u8)));
+            let reply = call(Op::Write { offset, len: 4096 }, written).await;
+            assert_eq!(reply.status, Status::Ok);
+            let reply = call(Op::Read { offset, len: 4096 }, None).await;
+            assert_eq!(&reply.data.unwrap()[..], &block(i as u8)[..]);
+        }
+        // 400 calls at 3 records each, at most, and 100 a session.
+        let renewals = link.counters().renewals.load(Ordering::Relaxed);
+        assert!(renewals >= 3, "{renewals} renewals");
+    });
+}
+
 #[test]
 fn a_link_goes_down_with_its_server_and_returns_when_the_server_does() {
     runtime().block_on(async {
@@ -251,6 +295,7 @@ fn a_link_to_a_peer_that_no_longer_admits_this_node_goes_down_and_returns_once_a
         let health = HealthConfig {
             interval: Duration::from_millis(20),
             allowed_misses: 3,
+            ..HealthConfig::default()
         };
         let link = Link::spawn(addr, health, support::client_tls("client", "server"));
         wait_until(&link, true).await;

@@ -52,6 +52,10 @@ pub struct ConfigFile {
     /// Where Prometheus scrapes `/metrics` (e.g. "127.0.0.1:9477"). Default:
     /// no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether the links' TLS records are sealed by the kernel (kTLS) where
+    /// it can (its `tls` module is loaded). Default true; false keeps them
+    /// in rustls.
+    pub kernel_tls: Option<bool>,
     /// Cluster membership. Without it the node is alone: it serves its own
     /// vdisks and knows no other node.
     pub gossip: Option<GossipFile>,
@@ -325,6 +329,7 @@ pub struct NodeConfig {
     pub gossip: Option<GossipSettings>,
     pub store: StoreSettings,
     pub metrics_listen: Option<SocketAddr>,
+    pub kernel_tls: bool,
     pub health: HealthConfig,
     pub route: RouteConfig,
     pub mirror: MirrorConfig,
@@ -389,6 +394,7 @@ impl NodeConfig {
             tails: file.tails.unwrap_or_default(),
             gossip: file.gossip.map(GossipFile::resolve).transpose()?,
             metrics_listen: file.metrics_listen,
+            kernel_tls: file.kernel_tls.unwrap_or(true),
             health: HealthConfig {
                 interval: file
                     .heartbeat_interval_ms
@@ -396,6 +402,7 @@ impl NodeConfig {
                 allowed_misses: file
                     .heartbeat_misses
                     .unwrap_or(health_default.allowed_misses),
+                ..health_default
             },
             route,
             mirror,

@@ -5,11 +5,13 @@
 //! an address.
 
 mod ca;
+mod session;
 mod tls;
 
 pub use ca::{CertificateAuthority, IssuedPem, DEFAULT_NODE_DAYS};
 pub use rustls;
 pub use rustls::pki_types::ServerName;
+pub use session::{accept, connect, kernel_tls, use_kernel_tls, SecureStream, SessionError};
 pub use tls::{node_name, peer_name, NodeIdentity, Source};
 pub use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 

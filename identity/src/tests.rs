@@ -10,7 +10,8 @@ use super::*;
 const SECRET: &[u8] = b"a cluster secret of some length";
 
 /// Accepts one connection with `server` and answers with the client's
-/// authenticated name; returns what the client read, or the error either
+/// authenticated name, through the sessions links use ([`accept`],
+/// [`connect`]); returns what the client read, or the error either
 /// side saw.
 async fn handshake(
     server: &NodeIdentity,
@@ -21,8 +22,8 @@ async fn handshake(
     let acceptor = TlsAcceptor::from(server.server_config().unwrap());
     let accepting = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
-        let name = peer_name(tls.get_ref().1).map_err(|e| e.to_string())?;
+        let (mut tls, name) = accept(&acceptor, stream).await.map_err(|e| e.to_string())?;
+        assert_eq!(tls.in_kernel(), kernel_tls().await);
         tls.write_all(name.as_bytes()).await.unwrap();
         tls.shutdown().await.unwrap();
         Ok::<_, String>(name)
@@ -49,8 +50,7 @@ async fn handshake(
     let connector = TlsConnector::from(config);
     let name = ServerName::try_from(server.name().to_owned()).unwrap();
     let client_side = async {
-        let mut tls = connector
-            .connect(name, stream)
+        let mut tls = connect(&connector, name, stream)
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = String::new();
@@ -155,4 +155,17 @@ fn node_names_are_checked_before_issuing() {
     assert!(ca.issue("", 1).is_err());
     assert!(ca.issue(&"x".repeat(65), 1).is_err());
     assert!(ca.issue("node-1.rack_2", 1).is_ok());
+}
+
+/// Both ends prefer AES-128-GCM, and let a session's secrets go to the
+/// kernel.
+#[test]
+fn sessions_prefer_aes_128_gcm_and_may_go_to_the_kernel() {
+    let a = NodeIdentity::from_secret("a", SECRET).unwrap();
+    let server = a.server_config().unwrap();
+    let client = a.client_config("b").unwrap();
+    for provider in [server.crypto_provider(), client.crypto_provider()] {
+        assert_eq!(provider.cipher_suites[0], crate::tls::PREFERRED_SUITE);
+    }
+    assert!(server.enable_secret_extraction && client.enable_secret_extraction);
 }

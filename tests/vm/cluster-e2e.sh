@@ -22,7 +22,9 @@ lab_shared_file "$MNT"
 lab_up a b c
 lab_config a false "[tails]
 disk0 = \"$MNT/shared.img\""
-lab_config b false "[tails]
+# b keeps its links' TLS in rustls while a and c hand theirs to the kernel:
+# the two ways meet on the wire (c to b, and the failover to b).
+LAB_TOP_TOML="kernel_tls = false" lab_config b false "[tails]
 disk0 = \"$MNT/shared.img\""
 lab_config c true 'metrics_listen = "127.0.0.1:9477"'
 for node in a b c; do lab_start "$node" || exit 1; done
@@ -84,6 +86,27 @@ test_c_finds_its_peers_and_their_tails_by_gossip() {
     [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "a") | .tails[0]')" = disk0 ]
     [ "$(lab_cli c members --json | jq -r '.members[] | select(.name == "b") | .links | length')" = 2 ]
     [ "$(lab_cli c members --json | jq '.config_number')" -ge 2 ]
+}
+
+# The guest kernel has kTLS (suite.sh loads tls.ko): every link's session
+# of a and c goes to the kernel after its handshake, on the dialling node
+# and on the serving one, and what c writes through it lands whole. b,
+# told to keep its sessions in rustls, has none in the kernel, and its
+# links with c (kTLS on c's side) are up.
+test_links_seal_their_records_in_the_kernel() {
+    local node stat
+    grep -q "sealed by rustls" "$LAB_DIR/b/daemon.log"
+    [ "$(ip netns exec "$(lab_ns b)" awk '$1 == "TlsCurrTxSw" { print $2 }' /proc/net/tls_stat)" = 0 ]
+    lab_wait_reachable c vd b
+    for node in a c; do
+        grep -q "sealed by the kernel (kTLS)" "$LAB_DIR/$node/daemon.log"
+        stat=$(ip netns exec "$(lab_ns "$node")" cat /proc/net/tls_stat)
+        echo "$stat" | awk '$1 == "TlsCurrTxSw" && $2 >= 1 { t = 1 } $1 == "TlsCurrRxSw" && $2 >= 1 { r = 1 } END { exit !(t && r) }' ||
+            { echo "$node has no kTLS session:"; echo "$stat"; return 1; }
+    done
+    head -c 4M /dev/urandom >"$WORK/ktls"
+    dd if="$WORK/ktls" of="$DEV" bs=1M seek=300 oflag=direct status=none
+    dd if="$DEV" bs=1M skip=300 count=4 iflag=direct status=none | cmp - "$WORK/ktls"
 }
 
 # nobody CMD...: CMD as an unprivileged user with no group of note.
@@ -228,6 +251,7 @@ test_ext4_on_the_vdisk_keeps_its_files_across_a_failover() {
 TESTS=(
     test_the_vdisk_is_exported_by_a_and_b_and_reachable_from_c
     test_c_finds_its_peers_and_their_tails_by_gossip
+    test_links_seal_their_records_in_the_kernel
     test_strangers_on_a_member_host_get_no_byte_while_fio_verifies
     test_fio_verify_runs_through_a_kill_of_the_primary
     test_metrics_count_the_io_and_the_failover

@@ -15,6 +15,7 @@
 # on port 7200 of network 1), with LAB_STORE_TOML (settings such as
 # move_timeout_ms, one a line) in it. LAB_GOSSIP_TOML: more [gossip]
 # settings (timing), one a line.
+# LAB_TOP_TOML: more top-level settings, one a line.
 
 LAB_TOOL=${LAB_TOOL:-$PWD/target/debug/netns-lab}
 LAB_NODES=()
@@ -99,6 +100,7 @@ lab_config() {
         # The lab's nodes share one kernel and its /dev: each keeps its
         # device links apart.
         echo "device_links = \"$dir/dev\""
+        [ -z "${LAB_TOP_TOML:-}" ] || printf '%s\n' "$LAB_TOP_TOML"
         printf '%s\n' "$extra"
         echo "[gossip]"
         echo "bind = \"$(lab_gossip "$node")\""

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use identity::{client::TlsStream, rustls::ClientConfig, ServerName, TlsConnector};
+use identity::{rustls::ClientConfig, SecureStream, ServerName, TlsConnector};
 use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,6 +67,9 @@ pub enum LinkError {
 pub struct LinkCounters {
     pub ups: AtomicU64,
     pub downs: AtomicU64,
+    /// Sessions replaced once they carried their records
+    /// ([`HealthConfig::records_per_session`]).
+    pub renewals: AtomicU64,
     /// Frame bytes (headers and data) sent and received.
     pub sent_bytes: AtomicU64,
     pub received_bytes: AtomicU64,
@@ -86,8 +89,8 @@ pub(super) struct Call {
 }
 
 /// The two halves of a link's TLS session.
-pub(super) type SessionReader = ReadHalf<TlsStream<TcpStream>>;
-pub(super) type SessionWriter = WriteHalf<TlsStream<TcpStream>>;
+pub(super) type SessionReader = ReadHalf<SecureStream>;
+pub(super) type SessionWriter = WriteHalf<SecureStream>;
 
 /// One connection to one address of a peer, kept up by a task of its own:
 /// it connects, authenticates both ends (TLS 1.3, the peer's certificate
@@ -222,7 +225,7 @@ async fn run(
             Ok(Err(ConnectError::Handshake(e))) => {
                 // Not the peer it should be, or not of this cluster: worth
                 // an admin's look, once per attempt.
-                tracing::warn!(%addr, "link refused: TLS handshake failed: {e}");
+                tracing::warn!(%addr, "link refused: {e}");
                 if refuse_calls_for(&mut inbox, config.interval).await.is_err() {
                     return;
                 }
@@ -244,10 +247,18 @@ async fn run(
             spawned,
         )
         .await;
-        if health.disconnected() == Some(Transition::Down) {
+        let went_down = health.disconnected() == Some(Transition::Down);
+        if went_down {
             counters.downs.fetch_add(1, Ordering::Relaxed);
             let _ = up.send(false);
-            tracing::warn!(%addr, "link down: {reason}");
+        }
+        match reason {
+            SessionEnd::Lost(why) if went_down => tracing::warn!(%addr, "link down: {why}"),
+            SessionEnd::Lost(_) => {}
+            SessionEnd::Spent => {
+                counters.renewals.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%addr, "link renews its TLS session: {} records carried", config.records_per_session);
+            }
         }
         if inbox.is_closed() {
             return;
@@ -259,16 +270,14 @@ async fn run(
 enum ConnectError {
     /// Nobody answered at the address.
     Refused(io::Error),
-    /// Somebody answered, but the TLS handshake failed: a certificate of
-    /// another cluster or of another node, or none at all.
-    Handshake(io::Error),
+    /// Somebody answered, but the TLS handshake failed (a certificate of
+    /// another cluster or of another node, or none at all), or the kernel
+    /// did not take the session.
+    Handshake(identity::SessionError),
 }
 
 /// Connects to `addr` and authenticates both ends.
-async fn connect(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Result<SecureStream, ConnectError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(ConnectError::Refused)?;
@@ -278,8 +287,7 @@ async fn connect(
     let _ = stream.set_zero_linger();
     // The name is not what is checked (the client configuration holds the
     // peer's name), but a handshake needs one.
-    connector
-        .connect(ServerName::from(addr.ip()), stream)
+    identity::connect(connector, ServerName::from(addr.ip()), stream)
         .await
         .map_err(ConnectError::Handshake)
 }
@@ -305,16 +313,51 @@ async fn refuse_calls_for(
     }
 }
 
+/// Why a session ended.
+enum SessionEnd {
+    /// It failed, or the peer or the link ended it; why.
+    Lost(String),
+    /// It carried its [`HealthConfig::records_per_session`] and answered
+    /// every call: the link dials a new one at once.
+    Spent,
+}
+
+/// An upper bound of the TLS records one way of a session has carried,
+/// from the frames and bytes that went that way: either end writes a
+/// frame in at most three writes (what was buffered before it, its
+/// header, its data), and each write makes a record per 16 KiB or part.
+#[derive(Default)]
+struct RecordBound {
+    frames: u64,
+    bytes: u64,
+}
+
+impl RecordBound {
+    fn carried(&mut self, bytes: u64) {
+        self.frames += 1;
+        self.bytes += bytes;
+    }
+
+    fn records(&self) -> u64 {
+        3 * self.frames + (self.bytes >> 14)
+    }
+}
+
 /// One connection's life; returns why it ended.
 async fn session(
-    stream: TlsStream<TcpStream>,
+    stream: SecureStream,
     addr: SocketAddr,
     health: &mut Health,
     inbox: &mut mpsc::Receiver<Call>,
     up: &watch::Sender<bool>,
     counters: &LinkCounters,
     spawned: Instant,
-) -> String {
+) -> SessionEnd {
+    let kernel_tls = stream.in_kernel();
+    let (mut sent, mut received) = (RecordBound::default(), RecordBound::default());
+    // Spent: no more calls go out on this session, and it ends once the
+    // calls out are answered.
+    let mut spent = false;
     let (reader, writer) = tokio::io::split(stream);
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     let (replies_tx, mut replies) = mpsc::channel(1024);
@@ -334,14 +377,14 @@ async fn session(
             // ticker, which cannot starve calls: it fires once a tick.
             biased;
             reply = replies.recv() => {
-                let Some(reply) = reply else { break "connection closed by the peer".to_owned() };
+                let Some(reply) = reply else { break SessionEnd::Lost("connection closed by the peer".to_owned()) };
                 let (id, reply) = match reply {
                     Ok(reply) => reply,
                     Err(ReadEnd::Closed(e)) => {
                         peer_closed = true;
-                        break format!("connection closed by the peer: {e}");
+                        break SessionEnd::Lost(format!("connection closed by the peer: {e}"));
                     }
-                    Err(ReadEnd::Malformed(why)) => break why,
+                    Err(ReadEnd::Malformed(why)) => break SessionEnd::Lost(why),
                 };
                 let now = Instant::now();
                 // A peer that refuses us as a non-member serves us nothing:
@@ -353,24 +396,29 @@ async fn session(
                     if health.heard(now) == Some(Transition::Up) {
                         counters.ups.fetch_add(1, Ordering::Relaxed);
                         let _ = up.send(true);
-                        tracing::info!(%addr, "link up");
+                        tracing::info!(%addr, kernel_tls, "link up");
                     }
                 }
                 let bytes = HEADER_LEN + reply.data.as_ref().map_or(0, |d| d.len());
                 counters.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                received.carried(bytes as u64);
                 match pending.remove(&id) {
                     Some(Waiter::Call(caller)) => { let _ = caller.send(Ok(reply)); }
                     Some(Waiter::Heartbeat { sent }) => {
                         let rtt = now.duration_since(sent).as_micros() as u64;
                         counters.heartbeat_rtt_us.store(rtt, Ordering::Relaxed);
                     }
-                    None => break format!("reply to unknown request {id}"),
+                    None => break SessionEnd::Lost(format!("reply to unknown request {id}")),
+                }
+                spent |= received.records() >= health.config().records_per_session;
+                if spent && !pending.values().any(|w| matches!(w, Waiter::Call(_))) {
+                    break SessionEnd::Spent;
                 }
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
                 if health.is_silent(now) {
-                    break "heartbeats unanswered".to_owned();
+                    break SessionEnd::Lost("heartbeats unanswered".to_owned());
                 }
                 if health.probe_due(now) {
                     next_id += 1;
@@ -378,35 +426,38 @@ async fn session(
                     if let Ok(head) = frame.encode(&[]) {
                         pending.insert(next_id, Waiter::Heartbeat { sent: now });
                         counters.sent_bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
+                        sent.carried(head.len() as u64);
                         if let Err(e) = writer.write_all(&head).await.and(writer.flush().await) {
-                            break format!("heartbeat send failed: {e}");
+                            break SessionEnd::Lost(format!("heartbeat send failed: {e}"));
                         }
                     }
                 }
             }
-            call = inbox.recv() => {
-                let Some(call) = call else { break "link closed".to_owned() };
+            call = inbox.recv(), if !spent => {
+                let Some(call) = call else { break SessionEnd::Lost("link closed".to_owned()) };
                 // Whatever else is queued goes out in the same flush: at a
                 // queue depth of 32, one segment carries many requests.
                 let mut next = Some(call);
-                let mut sent = Ok(());
+                let mut buffered = Ok(());
                 for _ in 0..BATCH {
                     let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
                     next_id += 1;
                     match buffer_call(&mut writer, next_id, call, &mut pending).await {
                         Ok(bytes) => {
                             counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            sent.carried(bytes);
                         }
                         Err(e) => {
-                            sent = Err(e);
+                            buffered = Err(e);
                             break;
                         }
                     }
                 }
-                if let Err(e) = sent.and(writer.flush().await) {
-                    break format!("send failed: {e}");
+                if let Err(e) = buffered.and(writer.flush().await) {
+                    break SessionEnd::Lost(format!("send failed: {e}"));
                 }
                 health.sent(Instant::now());
+                spent |= sent.records() >= health.config().records_per_session;
             }
         }
     };

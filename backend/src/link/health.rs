@@ -9,6 +9,14 @@ pub struct HealthConfig {
     /// Default 3: a cut link is noticed within ~240 ms, so that a request
     /// caught on it stalls less than 300 ms.
     pub allowed_misses: u32,
+    /// TLS records a session may carry either way before the link
+    /// replaces it with a new one (a new handshake, new keys). Default
+    /// 2^21: an eighth of the 2^24 AES-GCM records after which rustls sends
+    /// a key update, which a session sealed by the kernel cannot take
+    /// ([`identity::SecureStream`]). The link counts an upper bound of the
+    /// records, which may undercount only under a backlog of partial
+    /// writes; the margin covers that.
+    pub records_per_session: u64,
 }
 
 impl Default for HealthConfig {
@@ -16,6 +24,7 @@ impl Default for HealthConfig {
         HealthConfig {
             interval: Duration::from_millis(80),
             allowed_misses: 3,
+            records_per_session: 1 << 21,
         }
     }
 }
@@ -54,6 +63,10 @@ impl Health {
 
     pub fn is_up(&self) -> bool {
         self.up
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.config
     }
 
     /// The connection is established; the link is up once the peer answers.
@@ -127,6 +140,7 @@ mod tests {
         let config = HealthConfig {
             interval: 100 * MS,
             allowed_misses: 3,
+            ..HealthConfig::default()
         };
         (Health::new(config, t), t)
     }

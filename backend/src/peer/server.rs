@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::rustls::ServerConfig;
-use identity::{server::TlsStream, TlsAcceptor};
+use identity::{SecureStream, SessionError, TlsAcceptor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -77,8 +77,8 @@ const EPOCH_CATCH_UP: Duration = Duration::from_secs(1);
 type Outgoing = ([u8; HEADER_LEN], Option<AlignedBuf>, OwnedSemaphorePermit);
 
 /// The two halves of a peer's TLS session.
-type SessionReader = ReadHalf<TlsStream<TcpStream>>;
-type SessionWriter = WriteHalf<TlsStream<TcpStream>>;
+type SessionReader = ReadHalf<SecureStream>;
+type SessionWriter = WriteHalf<SecureStream>;
 
 /// An authenticated peer: the node its certificate names, and where its
 /// connection comes from (for logs only).
@@ -172,10 +172,15 @@ async fn authenticate_and_serve(
     limits: Limits,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::warn!(%addr, "peer connection refused: TLS handshake failed: {e}");
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, identity::accept(&acceptor, stream));
+    let (stream, name) = match accepted.await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e @ (SessionError::Handshake(_) | SessionError::Peer(_)))) => {
+            tracing::warn!(%addr, "peer connection refused: {e}");
+            return;
+        }
+        Ok(Err(e @ SessionError::Kernel(_))) => {
+            tracing::debug!(%addr, "peer connection lost: {e}");
             return;
         }
         Err(_) => {
@@ -184,14 +189,7 @@ async fn authenticate_and_serve(
         }
     };
     drop(handshaking);
-    let name = match identity::peer_name(stream.get_ref().1) {
-        Ok(name) => name,
-        Err(e) => {
-            tracing::warn!(%addr, "peer connection refused: {e}");
-            return;
-        }
-    };
-    tracing::debug!(%addr, peer = %name, "peer connection authenticated");
+    tracing::debug!(%addr, peer = %name, kernel_tls = stream.in_kernel(), "peer connection authenticated");
     let peer = Peer {
         name: name.into(),
         addr,
@@ -209,7 +207,7 @@ async fn authenticate_and_serve(
 }
 
 async fn serve_connection(
-    stream: TlsStream<TcpStream>,
+    stream: SecureStream,
     peer: Peer,
     exports: Arc<Exports>,
     mut stopped: watch::Receiver<bool>,

@@ -114,6 +114,7 @@ impl TestSide {
         let health = HealthConfig {
             interval: Duration::from_millis(50),
             allowed_misses: 10,
+            ..HealthConfig::default()
         };
         let peer = PeerLinks::new(name, health, support::client_tls("primary", "side"));
         peer.set_membership(Some(&[self.dial]));

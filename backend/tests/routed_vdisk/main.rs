@@ -119,6 +119,7 @@ fn health() -> HealthConfig {
     HealthConfig {
         interval: Duration::from_millis(20),
         allowed_misses: 3,
+        ..HealthConfig::default()
     }
 }
 

@@ -213,6 +213,12 @@ impl Collector for NodeCollector {
         )?;
         family(
             e,
+            "ublkvd_link_renewals",
+            "Times the link replaced its TLS session (a new handshake, new keys) after it carried its records; each is also a down and an up",
+            counters(&|l| l.renewals),
+        )?;
+        family(
+            e,
             "ublkvd_link_sent_bytes",
             "Frame bytes sent on the link",
             counters(&|l| l.sent_bytes),

@@ -57,6 +57,13 @@ pub fn serve(config: &NodeConfig, keep_devices: bool) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let identity = config.identity()?;
+        identity::use_kernel_tls(config.kernel_tls);
+        if identity.is_some() {
+            match identity::kernel_tls().await {
+                true => tracing::info!("links' TLS records are sealed by the kernel (kTLS)"),
+                false => tracing::info!("links' TLS records are sealed by rustls (no kernel TLS here, or kernel_tls = false)"),
+            }
+        }
         let store = open_store(config, identity.as_ref()).await?;
         // Not held until the store's majority confirms it: nothing touches
         // a tail before.
