@@ -17,5 +17,5 @@ tests/vm/run.sh --disk-size 2G --timeout 3000 -- env \
     UBLKVD_BIN="$PWD/target/release/ublkvd" UBLKVD_PLAIN_BIN="$PWD/$plain/target/release/ublkvd" \
     BENCH_RUNTIME="${BENCH_RUNTIME:-10}" BENCH_ROUNDS="${BENCH_ROUNDS:-3}" \
     BENCH_SIZE_MB="${BENCH_SIZE_MB:-512}" BENCH_TRIALS="${BENCH_TRIALS:-10}" \
-    BENCH_ONLY="${BENCH_ONLY:-tls}" \
+    BENCH_ONLY="${BENCH_ONLY:-tls}" BENCH_TLS_BUILDS="${BENCH_TLS_BUILDS:-ktls rustls plain}" \
     bench/vm-cluster-bench.sh

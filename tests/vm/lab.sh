@@ -16,6 +16,7 @@
 # move_timeout_ms, one a line) in it. LAB_GOSSIP_TOML: more [gossip]
 # settings (timing), one a line.
 # LAB_TOP_TOML: more top-level settings, one a line.
+# LAB_DEVICE_LINKS=false: no device_links line.
 
 LAB_TOOL=${LAB_TOOL:-$PWD/target/debug/netns-lab}
 LAB_NODES=()
@@ -98,8 +99,9 @@ lab_config() {
         echo "listen = $(lab_addrs "$node")"
         echo "devices = $devices"
         # The lab's nodes share one kernel and its /dev: each keeps its
-        # device links apart.
-        echo "device_links = \"$dir/dev\""
+        # device links apart (unless LAB_DEVICE_LINKS=false, for a build
+        # older than them).
+        [ "${LAB_DEVICE_LINKS:-true}" = false ] || echo "device_links = \"$dir/dev\""
         [ -z "${LAB_TOP_TOML:-}" ] || printf '%s\n' "$LAB_TOP_TOML"
         printf '%s\n' "$extra"
         echo "[gossip]"

@@ -10,21 +10,25 @@ cache=${UBLKVD_VM_CACHE:-$HOME/.cache/ublkvd-vm}
 
 usage() {
     cat >&2 <<'EOF'
-usage: tests/vm/run.sh [--disk-size SIZE] [--timeout SECS] [--mem MB] -- COMMAND [ARGS...]
+usage: tests/vm/run.sh [--kernel 6.12|7] [--disk-size SIZE] [--timeout SECS] [--mem MB] -- COMMAND [ARGS...]
        tests/vm/run.sh [OPTIONS] -- 'SHELL COMMAND STRING'
 Runs COMMAND as root in the test VM, in the current directory, with
-UBLKVD_SCRATCH=/dev/vda (a fresh sparse disk of SIZE, default 2G).
+UBLKVD_SCRATCH=/dev/vda (a fresh sparse disk of SIZE, default 2G). The
+guest boots the bookworm-backports kernel installed here (6.12, the
+default) or trixie-backports' current one (7), fetched by kernel.sh.
 Exits with COMMAND's exit code; 124 on timeout (default 600 s),
 125 if the guest died without reporting one.
 EOF
     exit 2
 }
 
+kernel=${UBLKVD_VM_KERNEL:-6.12}
 disk_size=2G
 timeout=600
 mem=4096
 while [ $# -gt 0 ]; do
     case $1 in
+        --kernel) kernel=${2:?--kernel needs a value}; shift 2 ;;
         --disk-size) disk_size=${2:?--disk-size needs a value}; shift 2 ;;
         --timeout) timeout=${2:?--timeout needs a value}; shift 2 ;;
         --mem) mem=${2:?--mem needs a value}; shift 2 ;;
@@ -37,18 +41,28 @@ done
 
 "$here/install-deps.sh" >/dev/null
 
-# Newest installed kernel whose modules include ublk (the backports one).
-kver=$(for img in /boot/vmlinuz-*; do
-    v=${img#/boot/vmlinuz-}
-    if compgen -G "/lib/modules/$v/kernel/drivers/block/ublk_drv.ko*" >/dev/null; then
-        echo "$v"
-    fi
-done | sort -V | tail -n 1)
-if [ -z "$kver" ]; then
-    echo "run.sh: no kernel in /boot has ublk_drv in /lib/modules" >&2
-    exit 1
-fi
-moddir=/lib/modules/$kver
+case $kernel in
+    6.12)
+        # Newest installed kernel whose modules include ublk (the backports one).
+        kver=$(for img in /boot/vmlinuz-*; do
+            v=${img#/boot/vmlinuz-}
+            if compgen -G "/lib/modules/$v/kernel/drivers/block/ublk_drv.ko*" >/dev/null; then
+                echo "$v"
+            fi
+        done | sort -V | tail -n 1)
+        if [ -z "$kver" ]; then
+            echo "run.sh: no kernel in /boot has ublk_drv in /lib/modules" >&2
+            exit 1
+        fi
+        vmlinuz=/boot/vmlinuz-$kver
+        moddir=/lib/modules/$kver
+        ;;
+    7)
+        # In the cache, not in /lib/modules: init mounts it there in the guest.
+        eval "$(UBLKVD_VM_CACHE=$cache "$here/kernel.sh" trixie-backports)"
+        ;;
+    *) usage ;;
+esac
 
 # Only what it takes to mount the 9p root and see the scratch disk; the
 # command modprobes everything else from the host's /lib/modules.
@@ -66,6 +80,12 @@ if [ ! -f "$initramfs" ]; then
         [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
     done
     install -m 755 "$here/init" "$stage/init"
+    # The kernel loads modules on demand (a crypto algorithm, a TCP ULP)
+    # with /sbin/modprobe in init's root, this initramfs: it runs the
+    # host's, chrooted into the guest's root.
+    mkdir -p "$stage/sbin"
+    printf '#!/bin/sh\nexec chroot /newroot /sbin/modprobe "$@"\n' >"$stage/sbin/modprobe"
+    chmod 755 "$stage/sbin/modprobe"
     # modules.dep lists each module's full dependency closure, in the
     # reverse of load order; busybox insmod wants plain .ko files.
     loaded=" "
@@ -91,7 +111,7 @@ if [ ! -f "$initramfs" ]; then
     # Built under a unique name and renamed, as concurrent runs may race here.
     (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) >"$stage.cpio.gz"
     mv "$stage.cpio.gz" "$initramfs"
-    find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "${initramfs##*/}" -delete
+    find "$cache" -maxdepth 1 -name "initramfs-$kver-*.cpio.gz" ! -name "${initramfs##*/}" -delete
     rm -rf "$stage"
     trap - EXIT
 fi
@@ -117,7 +137,9 @@ trap 'rm -rf "$run"' EXIT
 # The guest's init re-exposes the working directory if one of its tmpfs
 # mounts (/tmp, /run, ...) would hide it: a CI clone may well live in /tmp.
 printf '%s\n' "$PWD" >"$run/ublkvd-vm-cwd"
-(cd "$run" && printf '%s\n' ublkvd-vm-cmd ublkvd-vm-cwd | cpio -o -H newc --quiet) | cat - "$initramfs" >"$run/initrd"
+# Where the guest finds the kernel's modules, if not in /lib/modules.
+printf '%s\n' "$moddir" >"$run/ublkvd-vm-moddir"
+(cd "$run" && printf '%s\n' ublkvd-vm-cmd ublkvd-vm-cwd ublkvd-vm-moddir | cpio -o -H newc --quiet) | cat - "$initramfs" >"$run/initrd"
 # Sparse, on the cache dir's filesystem: cache=none needs O_DIRECT there,
 # which a host tmpfs /tmp may lack.
 truncate -s "$disk_size" "$run/scratch.img"
@@ -138,7 +160,7 @@ set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu max -smp 2 -m "$mem" \
     -nographic -no-reboot -nic none \
-    -kernel "/boot/vmlinuz-$kver" -initrd "$run/initrd" \
+    -kernel "$vmlinuz" -initrd "$run/initrd" \
     -append "console=ttyS0 quiet loglevel=1 panic=-1" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -drive "file=$run/scratch.img,if=virtio,format=raw,cache=none" \
