@@ -9,8 +9,8 @@
 //! A kTLS session cannot take a key update (kernels before 6.13 cannot
 //! rekey at all, and the `ktls` crate takes none), and rustls sends one
 //! once it has sealed 2^24 AES-GCM records: so no session may come near
-//! that. The dialling end replaces a session long before (the link's
-//! `RECORDS_PER_SESSION`), whichever way each end seals.
+//! that. The dialling end replaces a session long before (backend's
+//! `HealthConfig::records_per_session`), whichever way each end seals.
 
 use std::io;
 use std::pin::Pin;
