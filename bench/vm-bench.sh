@@ -27,47 +27,96 @@ modprobe -a ublk_drv loop
 # the region first so that every target reads real data.
 dd if=/dev/urandom of="$SCRATCH" bs=1M count="$SIZE_MB" oflag=direct status=none
 
-"$BIN" serve --data-dir "$WORK/data" --socket "$SOCK" 2>"$WORK/daemon.log" &
-daemon=$!
-for _ in $(seq 100); do "$BIN" --socket "$SOCK" list >/dev/null 2>&1 && break; sleep 0.05; done
-ublk=$("$BIN" --socket "$SOCK" add bench --size "${SIZE_MB}M" --tail "$SCRATCH" --queues "$QUEUES")
+# The daemon runs in one of two modes, switched by restarting it (the vdisk
+# comes back with the new daemon): zero copy where the kernel has it (the
+# default), and the driver's copy (zero_copy = false).
+printf 'zero_copy = false\n' >"$WORK/copy.toml"
+daemon= mode=
+ublkvd_mode() { # MODE: zero-copy or copy
+    [ "$mode" != "$1" ] || return 0
+    if [ -n "$daemon" ]; then kill -TERM "$daemon"; wait "$daemon"; fi
+    local config=()
+    [ "$1" = copy ] && config=(--config "$WORK/copy.toml")
+    "$BIN" serve --data-dir "$WORK/data" --socket "$SOCK" "${config[@]}" 2>>"$WORK/daemon.log" &
+    daemon=$! mode=$1
+    for _ in $(seq 200); do "$BIN" --socket "$SOCK" list >/dev/null 2>&1 && break; sleep 0.05; done
+}
+device_of() { "$BIN" --socket "$SOCK" list --json | jq -r --arg n "$1" '.[] | select(.name == $n) | .device'; }
+
+ublkvd_mode copy
+"$BIN" --socket "$SOCK" add bench --size "${SIZE_MB}M" --tail "$SCRATCH" --queues "$QUEUES" >/dev/null
+ublkvd_mode zero-copy
+zero_copy=$("$BIN" --socket "$SOCK" list --json | jq -r '.[] | select(.name == "bench") | .zero_copy')
 loop=$(losetup --find --show --direct-io=on --sizelimit $((SIZE_MB << 20)) "$SCRATCH")
 [ "$(cat /sys/block/"$(basename "$loop")"/loop/dio)" = 1 ]
-targets=("$ublk" "$loop" "$SCRATCH")
+# Without zero copy in this kernel both modes are the same: measure one.
+if [ "$zero_copy" = true ]; then targets=(zero-copy copy loop raw); else targets=(copy loop raw); fi
+echo "kernel $(uname -r); ublkvd zero copy: $zero_copy"
 
 # name|fio arguments|unit: IOPS rows compare IOPS, MiB/s rows bandwidth
 JOBS=(
+    "4k randread QD1|--rw=randread --bs=4k --iodepth=1|IOPS"
+    "4k randwrite QD1|--rw=randwrite --bs=4k --iodepth=1|IOPS"
     "4k randread QD32|--rw=randread --bs=4k --iodepth=32|IOPS"
     "4k randwrite QD32|--rw=randwrite --bs=4k --iodepth=32|IOPS"
     "1M seq read QD8|--rw=read --bs=1M --iodepth=8|MiB/s"
     "1M seq write QD8|--rw=write --bs=1M --iodepth=8|MiB/s"
 )
 
-echo "| job | ublkvd | loop (direct-io) | raw disk | ublkvd / loop |"
-echo "|---|---|---|---|---|"
+# use TARGET: sets dev to the block device of a target, restarting the
+# daemon in the target's mode for a ublkvd one.
+use() {
+    case $1 in
+        zero-copy | copy)
+            ublkvd_mode "$1"
+            for _ in $(seq 200); do
+                dev=$(device_of bench)
+                [ -b "$dev" ] && return 0
+                sleep 0.05
+            done
+            echo "no device for bench in mode $1" >&2; return 1 ;;
+        loop) dev=$loop ;;
+        raw) dev=$SCRATCH ;;
+    esac
+}
+
+header="| job |" rule="|---|"
+for t in "${targets[@]}"; do header+=" $t |"; rule+="---|"; done
+for t in "${targets[@]:0:${#targets[@]}-2}"; do header+=" $t / loop |"; rule+="---|"; done
+echo
+echo "Each cell: median rate, and in brackets the guest CPU per I/O (µs; per MiB for MiB/s rows)."
+echo
+echo "$header"
+echo "$rule"
 for job in "${JOBS[@]}"; do
     IFS='|' read -r name args unit <<<"$job"
     [[ $name == *"$ONLY"* ]] || continue
-    declare -A results=()
+    declare -A runs=() cpus=() med=()
+    n=${#targets[@]}
     for round in $(seq 0 $((ROUNDS - 1))); do
-        for i in 0 1 2; do
-            target=${targets[$(((i + round) % 3))]}
+        for i in $(seq 0 $((n - 1))); do
+            t=${targets[$(((i + round) % n))]}
+            use "$t"
             # shellcheck disable=SC2086 # args are words on purpose
-            results[$target]+="$(run_fio "$unit" "$target" $args) "
+            read -r v c < <(fio_cpu "$unit" "$dev" $args)
+            runs[$t]+="$v " cpus[$t]+="$c "
         done
     done
-    u=$(printf '%s\n' ${results[$ublk]} | median)
-    l=$(printf '%s\n' ${results[$loop]} | median)
-    r=$(printf '%s\n' ${results[$SCRATCH]} | median)
-    echo "| $name | $u $unit | $l $unit | $r $unit | $(ratio "$u" "$l")x |"
-    echo "  runs: ublkvd ${results[$ublk]}/ loop ${results[$loop]}/ raw ${results[$SCRATCH]}" >&2
-    unset results
+    row="| $name |"
+    for t in "${targets[@]}"; do
+        med[$t]=$(printf '%s\n' ${runs[$t]} | median)
+        row+=" ${med[$t]} $unit ($(printf '%s\n' ${cpus[$t]} | median)) |"
+        echo "  runs: $t ${runs[$t]}/ cpu ${cpus[$t]}" >&2
+    done
+    for t in "${targets[@]:0:${#targets[@]}-2}"; do row+=" $(ratio "${med[$t]}" "${med[loop]}")x |"; done
+    echo "$row"
+    unset runs cpus med
 done
 
-# ublk on this kernel (6.12, no zero copy) copies every byte between the
-# request's pages and the server's buffer in the guest; loop and the raw
-# disk let qemu DMA straight into them. The guest's copy bandwidth bounds
-# ublkvd's large-block rows: measure it in the same run.
+# Without zero copy, ublk copies every byte between the request's pages and
+# the server's buffer in the guest; loop and the raw disk let qemu DMA
+# straight into them. The guest's copy bandwidth bounds the copy mode's
+# large-block rows: measure it in the same run.
 head -c 1G /dev/urandom >/dev/shm/copy-probe
 copy=$(dd if=/dev/shm/copy-probe of=/dev/null bs=1M 2>&1 | awk '/copied/ { print $(NF-1), $NF }')
 rm /dev/shm/copy-probe

@@ -191,22 +191,6 @@ resync_span() {
 # left: a's report of mv as "STATE, N MiB left".
 left() { resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"'; }
 
-# cpu_jiffies: the guest's busy and total CPU time so far, all CPUs
-# (/proc/stat, in jiffies; iowait counts as idle).
-cpu_jiffies() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
-# fio_cpu UNIT DEV ARGS...: run_fio, and the guest CPU it took per I/O
-# (µs, all processes: fio, the daemons, the kernel), as "RESULT CPU_US":
-# CPUs busy on average over the run (ramp included: steady, it costs what
-# the measured part does) over the rate. For MiB/s, the CPU is per MiB.
-fio_cpu() {
-    local b0 t0 b1 t1 result
-    read -r b0 t0 < <(cpu_jiffies)
-    result=$(run_fio "$@")
-    read -r b1 t1 < <(cpu_jiffies)
-    echo "$result $(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$(nproc)" -v r="$result" \
-        'BEGIN { printf "%.0f", b / t * n * 1e6 / r }')"
-}
-
 # p99 [read|write]: fio's completion-latency p99 of the last run_fio, ms.
 p99() {
     jq -r --arg d "$1" '.jobs[0][$d].clat_ns.percentile["99.000000"] / 1e6 | . * 100 | round / 100' "$WORK/fio.json"

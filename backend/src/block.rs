@@ -14,8 +14,14 @@ use crate::IoError;
 pub trait BlockBackend {
     /// Fills `buf` from `offset`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), IoError>>;
-    /// Writes all of `buf` at `offset`.
-    fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<(), IoError>>;
+    /// Writes all of `buf` at `offset`; with `fua` (force unit access), it
+    /// is on stable storage when this returns.
+    fn write(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoError>>;
     /// Returns once every completed write is on stable storage.
     fn flush(&self) -> impl Future<Output = Result<(), IoError>>;
     /// Forgets the range; later reads of it return zeroes.
@@ -24,14 +30,61 @@ pub trait BlockBackend {
     fn write_zeroes(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), IoError>>;
 }
 
+/// A backend that moves a request's data straight between its tail and a
+/// buffer in the registered-buffer table of the io_uring it submits on
+/// (`READ_FIXED`/`WRITE_FIXED`), so that the data never passes through this
+/// process's memory: how a block device's pages, registered in that table
+/// by the kernel (ublk's automatic buffer registration), reach a tail on
+/// this node with no copy.
+pub trait RegisteredIo: BlockBackend {
+    /// Fills the first `len` bytes of `buf` from `offset`.
+    fn read_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+    ) -> impl Future<Output = Result<(), IoError>>;
+    /// Writes the first `len` bytes of `buf` at `offset`; `fua` as for
+    /// [`BlockBackend::write`].
+    fn write_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoError>>;
+}
+
+/// A buffer in the registered-buffer table of the ring a backend submits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisteredBuf {
+    pub index: u16,
+    /// The address at which the table places the buffer's first byte: 0
+    /// for pages the kernel registered (a ublk request's), the user address
+    /// for memory a process registered.
+    pub base: u64,
+}
+
+impl RegisteredBuf {
+    /// A ublk request's pages, registered by the kernel at `index`.
+    pub fn kernel(index: u16) -> RegisteredBuf {
+        RegisteredBuf { index, base: 0 }
+    }
+}
+
 /// A shared backend serves as well: the frontend owns one handle, and
 /// whoever reconfigures it (suspend, resume) holds another.
 impl<B: BlockBackend> BlockBackend for std::sync::Arc<B> {
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), IoError>> {
         (**self).read(offset, buf)
     }
-    fn write(&self, offset: u64, buf: &[u8]) -> impl Future<Output = Result<(), IoError>> {
-        (**self).write(offset, buf)
+    fn write(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoError>> {
+        (**self).write(offset, buf, fua)
     }
     fn flush(&self) -> impl Future<Output = Result<(), IoError>> {
         (**self).flush()

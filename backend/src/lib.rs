@@ -22,7 +22,7 @@ pub mod route;
 pub mod tail;
 pub mod wire;
 
-pub use block::BlockBackend;
+pub use block::{BlockBackend, RegisteredBuf, RegisteredIo};
 pub use buf::AlignedBuf;
 pub use counts::{Counted, OpenCounts};
 pub use engine::{Engine, EngineRing};

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::{BlockBackend, IoError};
+use crate::{BlockBackend, IoError, RegisteredBuf, RegisteredIo};
 
 /// One vdisk's I/O metrics. Clones share the same values.
 #[derive(Clone, Debug)]
@@ -100,13 +100,13 @@ impl<B: BlockBackend> BlockBackend for Metered<B> {
         .await
     }
 
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let m = &self.metrics;
         let len = buf.len() as u64;
         self.measure(
             &m.writes,
             Some((&m.written_bytes, len)),
-            self.inner.write(offset, buf),
+            self.inner.write(offset, buf, fua),
         )
         .await
     }
@@ -131,6 +131,33 @@ impl<B: BlockBackend> BlockBackend for Metered<B> {
     }
 }
 
+impl<B: RegisteredIo> RegisteredIo for Metered<B> {
+    async fn read_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+    ) -> Result<(), IoError> {
+        let m = &self.metrics;
+        let request = self.inner.read_registered(offset, len, buf);
+        let bytes = Some((&m.read_bytes, u64::from(len)));
+        self.measure(&m.reads, bytes, request).await
+    }
+
+    async fn write_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+        fua: bool,
+    ) -> Result<(), IoError> {
+        let m = &self.metrics;
+        let request = self.inner.write_registered(offset, len, buf, fua);
+        let bytes = Some((&m.written_bytes, u64::from(len)));
+        self.measure(&m.writes, bytes, request).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +172,7 @@ mod tests {
             }
             Ok(())
         }
-        async fn write(&self, _offset: u64, _buf: &[u8]) -> Result<(), IoError> {
+        async fn write(&self, _offset: u64, _buf: &[u8], _fua: bool) -> Result<(), IoError> {
             Ok(())
         }
         async fn flush(&self) -> Result<(), IoError> {
@@ -165,7 +192,7 @@ mod tests {
         let disk = Metered::new(Fake, metrics.clone());
         let mut buf = vec![0u8; 4096];
         smol::block_on(async {
-            disk.write(0, &buf).await.unwrap();
+            disk.write(0, &buf, false).await.unwrap();
             disk.read(0, &mut buf).await.unwrap();
             assert!(disk.read(2 << 20, &mut buf).await.is_err());
             disk.flush().await.unwrap();

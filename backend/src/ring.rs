@@ -30,6 +30,17 @@ impl BlockingRing {
         })
     }
 
+    /// Registers `buffers` as the ring's fixed buffers, the i-th at index
+    /// i, for registered-buffer I/O ([`crate::RegisteredIo`]) outside a
+    /// ublk queue, where the kernel registers the request's pages itself.
+    ///
+    /// # Safety
+    /// Each buffer must stay valid for as long as the ring lives.
+    pub unsafe fn register_buffers(&self, buffers: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: the caller's.
+        unsafe { self.ring.borrow().submitter().register_buffers(buffers) }
+    }
+
     fn submit_and_wait(&self, entry: &squeue::Entry) -> io::Result<i32> {
         let mut ring = self.ring.borrow_mut();
         // SAFETY: upheld by the caller of `Ring::submit`; the ring is empty

@@ -112,6 +112,7 @@ fn a_link_comes_up_and_carries_writes_and_reads() {
                 Op::Write {
                     offset: 8192,
                     len: 4096,
+                    fua: false,
                 },
                 Some(Arc::new(block(0x3c))),
             )
@@ -175,7 +176,15 @@ fn a_session_that_carried_its_records_is_renewed_without_losing_a_call() {
         for i in 0..200u64 {
             let offset = (i % 64) * 4096;
             let written = Some(Arc::new(block(i as u8)));
-            let reply = call(Op::Write { offset, len: 4096 }, written).await;
+            let reply = call(
+                Op::Write {
+                    offset,
+                    len: 4096,
+                    fua: false,
+                },
+                written,
+            )
+            .await;
             assert_eq!(reply.status, Status::Ok);
             let reply = call(Op::Read { offset, len: 4096 }, None).await;
             assert_eq!(&reply.data.unwrap()[..], &block(i as u8)[..]);
@@ -342,6 +351,7 @@ fn a_call_lost_with_a_cut_link_is_fenced_and_completed_on_the_other_link() {
             let op = Op::Write {
                 offset: 0,
                 len: 4096,
+                fua: false,
             };
             let data = Some(Arc::new(block(7)));
             caller.call(VDISK, 2, op, data).await
@@ -394,6 +404,7 @@ fn a_call_lost_because_the_peer_went_away_settles_at_once() {
             let op = Op::Write {
                 offset: 0,
                 len: 4096,
+                fua: false,
             };
             caller.call(VDISK, 2, op, Some(Arc::new(block(1)))).await
         });

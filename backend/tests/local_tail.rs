@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use backend::{AlignedBuf, BlockBackend, BlockingRing, LocalTail, TailOpenError};
+use backend::{
+    AlignedBuf, BlockBackend, BlockingRing, LocalTail, RegisteredBuf, RegisteredIo, TailOpenError,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -57,7 +59,7 @@ fn written_bytes_land_at_the_same_offset_in_the_file_and_read_back() {
     let path = tail_file(dir.path(), 4 * MIB);
     let tail = open(&path);
     let data = pattern(128 * 1024, 7);
-    smol::block_on(tail.write(MIB + 4096, &data)).unwrap();
+    smol::block_on(tail.write(MIB + 4096, &data, false)).unwrap();
 
     assert_eq!(file_bytes(&path, MIB + 4096, data.len()), &data[..]);
     let mut back = AlignedBuf::new(data.len()).unwrap();
@@ -69,7 +71,7 @@ fn written_bytes_land_at_the_same_offset_in_the_file_and_read_back() {
 fn flush_succeeds_after_writes() {
     let dir = scratch_dir();
     let tail = open(&tail_file(dir.path(), MIB));
-    smol::block_on(tail.write(0, &pattern(4096, 1))).unwrap();
+    smol::block_on(tail.write(0, &pattern(4096, 1), false)).unwrap();
     smol::block_on(tail.flush()).unwrap();
 }
 
@@ -78,7 +80,7 @@ fn discard_punches_a_hole_that_reads_as_zeroes() {
     let dir = scratch_dir();
     let path = tail_file(dir.path(), 4 * MIB);
     let tail = open(&path);
-    smol::block_on(tail.write(0, &pattern(2 * MIB as usize, 3))).unwrap();
+    smol::block_on(tail.write(0, &pattern(2 * MIB as usize, 3), false)).unwrap();
     let allocated_before = blocks_allocated(&path);
 
     smol::block_on(tail.discard(MIB, MIB)).unwrap();
@@ -94,7 +96,7 @@ fn write_zeroes_zeroes_only_its_range() {
     let path = tail_file(dir.path(), 4 * MIB);
     let tail = open(&path);
     let data = pattern(3 * 4096, 9);
-    smol::block_on(tail.write(0, &data)).unwrap();
+    smol::block_on(tail.write(0, &data, false)).unwrap();
 
     smol::block_on(tail.write_zeroes(4096, 4096)).unwrap();
 
@@ -119,7 +121,7 @@ fn misaligned_write_is_refused_with_einval() {
     let dir = scratch_dir();
     let tail = open(&tail_file(dir.path(), MIB));
     let data = pattern(8192, 1);
-    let err = smol::block_on(tail.write(0, &data[1..4097])).unwrap_err();
+    let err = smol::block_on(tail.write(0, &data[1..4097], false)).unwrap_err();
     assert_eq!(err.errno(), -libc::EINVAL);
 }
 
@@ -128,7 +130,7 @@ fn read_only_tail_refuses_writes() {
     let dir = scratch_dir();
     let path = tail_file(dir.path(), MIB);
     let tail = LocalTail::open(&path, 4096, true, BlockingRing::new().unwrap()).unwrap();
-    let err = smol::block_on(tail.write(0, &pattern(4096, 1))).unwrap_err();
+    let err = smol::block_on(tail.write(0, &pattern(4096, 1), false)).unwrap_err();
     assert_eq!(err.errno(), -libc::EBADF);
 }
 
@@ -183,4 +185,44 @@ fn blocks_allocated(path: &Path) -> u64 {
     let mut f = File::options().append(true).open(path).unwrap();
     f.flush().unwrap();
     std::fs::metadata(path).unwrap().blocks()
+}
+
+/// Registered-buffer I/O, as a ublk device with zero copy does it: the data
+/// goes between the file and a buffer in the ring's table, by index.
+#[test]
+fn registered_buffers_are_read_and_written_by_index() {
+    let dir = scratch_dir();
+    let path = tail_file(dir.path(), 4 * MIB);
+    let ring = BlockingRing::new().unwrap();
+    let mut table = [pattern(64 * 1024, 3), AlignedBuf::new(64 * 1024).unwrap()];
+    let iovecs: Vec<libc::iovec> = table
+        .iter_mut()
+        .map(|buf| libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        })
+        .collect();
+    // SAFETY: `table` outlives the ring and the tail, declared after it.
+    unsafe { ring.register_buffers(&iovecs) }.unwrap();
+    let tail = LocalTail::open(&path, 4096, false, ring).unwrap();
+    let at = |index: u16| RegisteredBuf {
+        index,
+        base: table[usize::from(index)].as_ptr() as u64,
+    };
+
+    smol::block_on(tail.write_registered(MIB, 64 * 1024, at(0), true)).unwrap();
+    assert_eq!(
+        file_bytes(&path, MIB, 64 * 1024),
+        &pattern(64 * 1024, 3)[..]
+    );
+    smol::block_on(tail.read_registered(MIB + 4096, 32 * 1024, at(1))).unwrap();
+    drop(tail);
+    assert_eq!(
+        &table[1][..32 * 1024],
+        &pattern(64 * 1024, 3)[4096..36 * 1024]
+    );
+    assert!(
+        table[1][32 * 1024..].iter().all(|&b| b == 0),
+        "only len bytes are read"
+    );
 }

@@ -56,6 +56,11 @@ pub struct ConfigFile {
     /// it can (its `tls` module is loaded). Default true; false keeps them
     /// in rustls.
     pub kernel_tls: Option<bool>,
+    /// Whether the devices of vdisks on this node's own tails use ublk zero
+    /// copy where the kernel has it (Linux 6.16: the request's pages go
+    /// between the kernel and the tail with no copy). Default true; false
+    /// keeps the driver's copy (for comparing the two).
+    pub zero_copy: Option<bool>,
     /// Cluster membership. Without it the node is alone: it serves its own
     /// vdisks and knows no other node.
     pub gossip: Option<GossipFile>,
@@ -330,6 +335,7 @@ pub struct NodeConfig {
     pub store: StoreSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub kernel_tls: bool,
+    pub zero_copy: bool,
     pub health: HealthConfig,
     pub route: RouteConfig,
     pub mirror: MirrorConfig,
@@ -395,6 +401,7 @@ impl NodeConfig {
             gossip: file.gossip.map(GossipFile::resolve).transpose()?,
             metrics_listen: file.metrics_listen,
             kernel_tls: file.kernel_tls.unwrap_or(true),
+            zero_copy: file.zero_copy.unwrap_or(true),
             health: HealthConfig {
                 interval: file
                     .heartbeat_interval_ms

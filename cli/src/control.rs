@@ -207,6 +207,10 @@ pub struct VdiskInfo {
     pub size_bytes: u64,
     /// `/dev/ublkbN` while the device runs on this node.
     pub device: Option<PathBuf>,
+    /// Whether that device's data goes between the kernel's pages and the
+    /// tail with no copy (ublk zero copy: a local tail, Linux 6.16 on).
+    #[serde(default)]
+    pub zero_copy: bool,
     /// The node of a single-node vdisk.
     pub node: Option<String>,
     /// The local tail of a single-node vdisk.

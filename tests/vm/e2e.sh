@@ -58,6 +58,19 @@ device_of() { ublkvd list --json | jq -r --arg n "$1" '.[] | select(.name == $n)
 
 ublk_devices_in_kernel() { ls /sys/class/ublk-char 2>/dev/null | wc -l; }
 
+# expect_zero_copy NAME: the vdisk's device has zero copy exactly when this
+# kernel's ublk driver registers request pages itself (6.16 on).
+expect_zero_copy() {
+    local want=false release major minor
+    release=$(uname -r) major=${release%%.*}
+    minor=${release#*.} minor=${minor%%.*}
+    if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 16 ]; }; then want=true; fi
+    local got
+    got=$(ublkvd list --json | jq -r --arg n "$1" '.[] | select(.name == $n) | .zero_copy')
+    [ "$got" = "$want" ] || { echo "zero_copy of $1 is $got on $release, want $want"; return 1; }
+    echo "zero copy of $1 on $release: $got"
+}
+
 # ---------------------------------------------------------------- the tests
 
 test_add_without_ublk_drv_names_the_module() {
@@ -76,6 +89,7 @@ test_fio_verify_on_a_block_device_tail() {
     dev=$(ublkvd add raw --size 256M --tail "$SCRATCH")
     [ -b "$dev" ]
     [ "$(blockdev --getsize64 "$dev")" = $((256 << 20)) ]
+    expect_zero_copy raw
     fio --name=write-verify --filename="$dev" --rw=randwrite --bsrange=4k-64k \
         --ioengine=io_uring --direct=1 --iodepth=32 --size=100% \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse >/dev/null
@@ -151,6 +165,23 @@ test_flush_reaches_the_device_as_a_cache_flush() {
     after=$(awk '{print $16}' "$sys/stat")
     echo "flushes completed: $before -> $after"
     [ "$after" -gt "$before" ]
+}
+
+# An O_DSYNC write to a block device goes down as a FUA write, and then
+# as the flush of the fsync it implies. Without FUA the block layer would
+# follow each write with a flush of its own: two flushes a write.
+test_a_dsync_write_is_one_fua_write_not_a_write_and_a_flush() {
+    local dev sys before after
+    dev=$(device_of blk)
+    sys=/sys/block/$(basename "$dev")
+    [ "$(cat "$sys/queue/fua")" = 1 ] || { echo "$dev does not advertise FUA"; return 1; }
+    head -c $((32 * 4096)) /dev/urandom >"$WORK/dsync.bin"
+    before=$(awk '{print $16}' "$sys/stat")
+    dd if="$WORK/dsync.bin" of="$dev" bs=4k count=32 oflag=direct,dsync status=none
+    after=$(awk '{print $16}' "$sys/stat")
+    echo "32 O_DSYNC writes, flushes completed: $before -> $after"
+    [ $((after - before)) -le 34 ] || return 1
+    cmp -n $((32 * 4096)) "$WORK/dsync.bin" "$MNT/blk.img"
 }
 
 test_discard_punches_a_hole_in_the_file_tail() {
@@ -331,6 +362,7 @@ restart_under_fio() {
     start_daemon --keep-devices || return 1
     [ "$(device_of fs)" = "$dev" ]
     grep -q "taken over with its held I/O" "$WORK/daemon.log" || { echo "no takeover logged"; return 1; }
+    expect_zero_copy fs
     wait "$fio_pid" || { echo "fio failed:"; cat "$WORK/restart.json"; return 1; }
     [ "$(jq '.jobs[0].error' "$WORK/restart.json")" = 0 ]
     stall=$(jq '.jobs[0].write.clat_ns.max / 1000000 | floor' "$WORK/restart.json")
@@ -408,6 +440,7 @@ TESTS=(
     test_ext4_files_survive_del_and_add_on_the_same_tail
     test_del_refuses_a_mounted_device
     test_flush_reaches_the_device_as_a_cache_flush
+    test_a_dsync_write_is_one_fua_write_not_a_write_and_a_flush
     test_discard_punches_a_hole_in_the_file_tail
     test_write_zeroes_zeroes_exactly_its_range
     test_bad_inputs_are_refused_in_one_line_and_leave_nothing

@@ -1,9 +1,9 @@
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use backend::BlockBackend;
+use backend::{BlockBackend, RegisteredIo};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkFlags};
@@ -13,7 +13,7 @@ mod recovery;
 pub use recovery::fail_unclaimed;
 use recovery::{recover_device, recoverable};
 
-use crate::queue::serve_queue;
+use crate::queue::{serve_queue, Copied, DataPath, ZeroCopy};
 use crate::FrontendError;
 
 const CONTROL_PATH: &str = "/dev/ublk-control";
@@ -89,7 +89,10 @@ impl DeviceOptions {
 
     fn params(&self, max_io_buf_bytes: u32) -> sys::ublk_params {
         let bs_shift = self.logical_block_size.trailing_zeros() as u8;
-        let mut attrs = sys::UBLK_ATTR_VOLATILE_CACHE;
+        // A volatile cache that the tails flush on request, and FUA writes
+        // the tails write through it: a filesystem's commit record is one
+        // write, not a write and a flush.
+        let mut attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
         let mut types = sys::UBLK_PARAM_TYPE_BASIC;
         if self.read_only {
             attrs |= sys::UBLK_ATTR_READ_ONLY;
@@ -131,6 +134,9 @@ pub struct Device {
     id: u32,
     /// Taken over from a previous server rather than created.
     recovered: bool,
+    /// Requests' data goes between the kernel's pages and the tail with
+    /// no copy ([`Device::start_zero_copy`]).
+    zero_copy: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -144,6 +150,34 @@ impl Device {
     where
         B: BlockBackend + Send + Sync + 'static,
     {
+        Self::launch::<B, Copied>(options, backend, false)
+    }
+
+    /// Starts the device as [`Device::start`] does, with zero copy where
+    /// the kernel offers it (ublk's automatic buffer registration, Linux
+    /// 6.16): each request's pages are registered in the queue's io_uring
+    /// and the backend moves the data between them and its tail there. On
+    /// an older kernel the driver copies, as for any backend.
+    pub fn start_zero_copy<B>(options: &DeviceOptions, backend: B) -> Result<Self, FrontendError>
+    where
+        B: RegisteredIo + Send + Sync + 'static,
+    {
+        if driver_registers_buffers() {
+            Self::launch::<B, ZeroCopy>(options, backend, true)
+        } else {
+            Self::launch::<B, Copied>(options, backend, false)
+        }
+    }
+
+    fn launch<B, P>(
+        options: &DeviceOptions,
+        backend: B,
+        zero_copy: bool,
+    ) -> Result<Self, FrontendError>
+    where
+        B: BlockBackend + Send + Sync + 'static,
+        P: DataPath<B>,
+    {
         options.validate()?;
         if !Path::new(CONTROL_PATH).exists() {
             return Err(FrontendError::DriverMissing {
@@ -155,7 +189,7 @@ impl Device {
         let backend = Arc::new(backend);
         let thread = std::thread::Builder::new()
             .name("ublk-device".into())
-            .spawn(move || run_device(&options_for_thread, backend, started_tx))
+            .spawn(move || run_device::<B, P>(&options_for_thread, backend, zero_copy, started_tx))
             .map_err(FrontendError::Spawn)?;
         let (ctrl, id, recovered) = match started_rx.recv() {
             Ok(Ok(started)) => started,
@@ -172,6 +206,7 @@ impl Device {
             ctrl,
             id,
             recovered,
+            zero_copy,
             thread: Some(thread),
         };
         device.wait_for_node()?;
@@ -186,6 +221,12 @@ impl Device {
     /// Whether this device was taken over from a previous server.
     pub fn recovered(&self) -> bool {
         self.recovered
+    }
+
+    /// Whether the requests' data goes between the kernel's pages and the
+    /// tail with no copy.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
     }
 
     /// Leaves the device in the kernel for the next server: when this
@@ -291,11 +332,19 @@ type Started = Result<(Arc<UblkCtrl>, u32, bool), FrontendError>;
 
 /// The device thread: recovers or adds the device, serves it until it is
 /// stopped, and reports the outcome of the start through `started`.
-fn run_device<B>(options: &DeviceOptions, backend: Arc<B>, started: mpsc::SyncSender<Started>)
-where
+fn run_device<B, P>(
+    options: &DeviceOptions,
+    backend: Arc<B>,
+    zero_copy: bool,
+    started: mpsc::SyncSender<Started>,
+) where
     B: BlockBackend + Send + Sync + 'static,
+    P: DataPath<B>,
 {
-    let recovering = match options.device_id.map(|id| recoverable(id, options)) {
+    let recovering = match options
+        .device_id
+        .map(|id| recoverable(id, options, zero_copy))
+    {
         Some(Ok(recovering)) => recovering,
         Some(Err(e)) => {
             let _ = started.send(Err(e));
@@ -306,7 +355,7 @@ where
     let ctrl = if recovering {
         recover_device(options)
     } else {
-        add_device(options)
+        add_device(options, zero_copy)
     };
     let ctrl = match ctrl {
         Ok(ctrl) => Arc::new(ctrl),
@@ -322,7 +371,7 @@ where
         dev.tgt.params = options.params(dev.dev_info.max_io_buf_bytes);
         Ok(())
     };
-    let serve = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &*backend);
+    let serve = move |qid: u16, dev: &UblkDev| serve_queue::<B, P>(qid, dev, &*backend);
     let on_started = move |ctrl: &UblkCtrl| {
         let _ = started_ok.send(Ok((handle, ctrl.dev_info().dev_id, recovering)));
     };
@@ -341,7 +390,8 @@ where
 /// several nodes share, as in the test VM, or a foreign one). The check
 /// and the add run under an exclusive lock on the control device, which
 /// every ublkvd of this kernel takes, so that two never race for a number.
-fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
+fn add_device(options: &DeviceOptions, zero_copy: bool) -> Result<UblkCtrl, FrontendError> {
+    let flags = RECOVERY_FLAGS | device_flags(zero_copy);
     let build = |id: Option<u32>| {
         UblkCtrlBuilder::default()
             .name("ublkvd")
@@ -349,7 +399,7 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
             .nr_queues(options.queues)
             .depth(options.queue_depth)
             .io_buf_bytes(options.io_buf_bytes)
-            .ctrl_flags(RECOVERY_FLAGS)
+            .ctrl_flags(flags)
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
     };
@@ -362,6 +412,28 @@ fn add_device(options: &DeviceOptions) -> Result<UblkCtrl, FrontendError> {
     build(free).map_err(|error| FrontendError::Driver {
         action: "add a device",
         error,
+    })
+}
+
+/// The driver flags of a device with or without zero copy, beyond those
+/// every device has.
+fn device_flags(zero_copy: bool) -> u64 {
+    if zero_copy {
+        u64::from(sys::UBLK_F_AUTO_BUF_REG)
+    } else {
+        0
+    }
+}
+
+/// Whether this kernel's ublk driver registers each request's pages in the
+/// queue's io_uring itself (`UBLK_F_AUTO_BUF_REG`), which zero copy needs.
+/// Asked once: a driver's features do not change while it is loaded.
+fn driver_registers_buffers() -> bool {
+    static REGISTERS: OnceLock<bool> = OnceLock::new();
+    *REGISTERS.get_or_init(|| {
+        init_control_ring().is_ok()
+            && UblkCtrl::get_features()
+                .is_some_and(|features| features & u64::from(sys::UBLK_F_AUTO_BUF_REG) != 0)
     })
 }
 

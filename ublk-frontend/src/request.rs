@@ -3,11 +3,26 @@ use libublk::sys;
 /// One block request as the backend sees it: byte offsets and lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockRequest {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, len: u32 },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    /// `fua`: on stable storage when completed (the kernel sends no flush
+    /// after it).
+    Write {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
     Flush,
-    Discard { offset: u64, len: u64 },
-    WriteZeroes { offset: u64, len: u64 },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl BlockRequest {
@@ -26,6 +41,7 @@ impl BlockRequest {
             sys::UBLK_IO_OP_WRITE => Ok(BlockRequest::Write {
                 offset,
                 len: len()?,
+                fua: op_flags & sys::UBLK_IO_F_FUA != 0,
             }),
             sys::UBLK_IO_OP_FLUSH => Ok(BlockRequest::Flush),
             sys::UBLK_IO_OP_DISCARD => Ok(BlockRequest::Discard { offset, len: bytes }),
@@ -52,19 +68,29 @@ mod tests {
             BlockRequest::decode(sys::UBLK_IO_OP_WRITE, 1, 1),
             Ok(BlockRequest::Write {
                 offset: 512,
-                len: 512
+                len: 512,
+                fua: false
             })
         );
     }
 
     #[test]
-    fn operation_flags_above_the_opcode_byte_are_ignored() {
-        let fua = 1 << 8;
+    fn a_write_keeps_its_fua_flag_and_other_flags_are_ignored() {
         assert_eq!(
-            BlockRequest::decode(sys::UBLK_IO_OP_WRITE | fua, 0, 8),
+            BlockRequest::decode(sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_F_FUA, 0, 8),
             Ok(BlockRequest::Write {
                 offset: 0,
-                len: 4096
+                len: 4096,
+                fua: true
+            })
+        );
+        let failfast = sys::UBLK_IO_F_FAILFAST_DEV | sys::UBLK_IO_F_META;
+        assert_eq!(
+            BlockRequest::decode(sys::UBLK_IO_OP_WRITE | failfast, 0, 8),
+            Ok(BlockRequest::Write {
+                offset: 0,
+                len: 4096,
+                fua: false
             })
         );
     }

@@ -215,7 +215,13 @@ async fn copy_piece(
     len: u32,
 ) -> Result<(), (Side, AttemptError)> {
     let data = read_side(sides, source, asked, offset, len).await?;
-    let op = BlockOp::Write { offset, len };
+    // A resync copy need not be stable when answered: the dirty map
+    // keeps the region until a flush of the target has made it so.
+    let op = BlockOp::Write {
+        offset,
+        len,
+        fua: false,
+    };
     let (epoch, timeout) = asked;
     attempt(
         &sides[target.index()],

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 
 use super::{BlockOp, Tail, TailError, TailFuture, TailOpenError};
-use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, Ring};
+use crate::{AlignedBuf, BlockBackend, EngineRing, IoError, RegisteredBuf, RegisteredIo, Ring};
 
 /// What a tail offers, read when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,11 +157,12 @@ impl<R: Ring> BlockBackend for LocalTail<R> {
         unsafe { self.transfer(offset, buf.len(), entry) }.await
     }
 
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let base = buf.as_ptr() as usize;
         let entry = |done: usize, len, at| {
             opcode::Write::new(self.fd(), (base + done) as *const u8, len)
                 .offset(at)
+                .rw_flags(write_flags(fua))
                 .build()
         };
         // SAFETY: `buf` is borrowed until this future completes.
@@ -196,6 +197,52 @@ impl<R: Ring> BlockBackend for LocalTail<R> {
     }
 }
 
+impl<R: Ring> RegisteredIo for LocalTail<R> {
+    async fn read_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+    ) -> Result<(), IoError> {
+        let entry = |done: usize, len, at| {
+            opcode::ReadFixed::new(
+                self.fd(),
+                (buf.base + done as u64) as *mut u8,
+                len,
+                buf.index,
+            )
+            .offset(at)
+            .build()
+        };
+        // SAFETY: the registered buffer is the caller's to fill until this
+        // future completes (a ublk request's pages stay registered until
+        // its result is committed, which waits for this).
+        unsafe { self.transfer(offset, len as usize, entry) }.await
+    }
+
+    async fn write_registered(
+        &self,
+        offset: u64,
+        len: u32,
+        buf: RegisteredBuf,
+        fua: bool,
+    ) -> Result<(), IoError> {
+        let entry = |done: usize, len, at| {
+            opcode::WriteFixed::new(
+                self.fd(),
+                (buf.base + done as u64) as *const u8,
+                len,
+                buf.index,
+            )
+            .offset(at)
+            .rw_flags(write_flags(fua))
+            .build()
+        };
+        // SAFETY: as in `read_registered`.
+        unsafe { self.transfer(offset, len as usize, entry) }.await
+    }
+}
+
 /// The one place where a request becomes I/O on a tail of this node, for
 /// peers' requests and this node's own alike.
 impl Tail for LocalTail<EngineRing> {
@@ -223,7 +270,9 @@ impl Tail for LocalTail<EngineRing> {
                     })?;
                     self.read(offset, &mut read).await.map(|()| Some(read))
                 }
-                BlockOp::Write { offset, .. } => self.write(offset, data).await.map(|()| None),
+                BlockOp::Write { offset, fua, .. } => {
+                    self.write(offset, data, fua).await.map(|()| None)
+                }
                 BlockOp::Flush => self.flush().await.map(|()| None),
                 BlockOp::Discard { offset, len } => {
                     self.discard(offset, u64::from(len)).await.map(|()| None)
@@ -235,6 +284,17 @@ impl Tail for LocalTail<EngineRing> {
             };
             done.map_err(|e| TailError::io(&e))
         })
+    }
+}
+
+/// The flags of a write: a FUA write is a `RWF_DSYNC` one, on stable
+/// storage (data, and the metadata to find it) when it completes, as if
+/// the file were open with `O_DSYNC`, for this write alone.
+fn write_flags(fua: bool) -> i32 {
+    if fua {
+        libc::RWF_DSYNC
+    } else {
+        0
     }
 }
 

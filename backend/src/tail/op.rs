@@ -10,6 +10,9 @@ pub enum BlockOp {
     Write {
         offset: u64,
         len: u32,
+        /// On stable storage when answered (force unit access): the tail
+        /// writes it through any volatile cache, and no flush need follow.
+        fua: bool,
     },
     Flush,
     Discard {
@@ -43,7 +46,7 @@ impl BlockOp {
     pub fn range(self) -> Option<(u64, u32)> {
         match self {
             BlockOp::Read { offset, len }
-            | BlockOp::Write { offset, len }
+            | BlockOp::Write { offset, len, .. }
             | BlockOp::Discard { offset, len }
             | BlockOp::WriteZeroes { offset, len } => Some((offset, len)),
             BlockOp::Flush => None,

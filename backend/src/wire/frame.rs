@@ -18,10 +18,12 @@ pub enum Op {
         offset: u64,
         len: u32,
     },
-    /// The payload holds the `len` bytes to write.
+    /// The payload holds the `len` bytes to write; with `fua`, answered
+    /// once they are on stable storage.
     Write {
         offset: u64,
         len: u32,
+        fua: bool,
     },
     Flush,
     Discard {
@@ -146,7 +148,16 @@ impl Frame {
             } => {
                 let (code, offset, length) = match op {
                     Op::Read { offset, len } => (1, offset, len),
-                    Op::Write { offset, len } => (2, offset, len),
+                    Op::Write {
+                        offset,
+                        len,
+                        fua: false,
+                    } => (2, offset, len),
+                    Op::Write {
+                        offset,
+                        len,
+                        fua: true,
+                    } => (8, offset, len),
                     Op::Flush => (3, 0, 0),
                     Op::Discard { offset, len } => (4, offset, len),
                     Op::WriteZeroes { offset, len } => (5, offset, len),
@@ -273,7 +284,7 @@ impl Header {
                         return inconsistent("read request with payload");
                     }
                 }
-                Op::Write { offset, len } => {
+                Op::Write { offset, len, .. } => {
                     check_range(offset, len)?;
                     if self.payload_len != len {
                         return inconsistent("write payload differs from its length");
@@ -320,7 +331,16 @@ impl Frame {
             KIND_REQUEST => {
                 let op = match raw.code {
                     1 => Op::Read { offset, len },
-                    2 => Op::Write { offset, len },
+                    2 => Op::Write {
+                        offset,
+                        len,
+                        fua: false,
+                    },
+                    8 => Op::Write {
+                        offset,
+                        len,
+                        fua: true,
+                    },
                     3 => Op::Flush,
                     4 => Op::Discard { offset, len },
                     5 => Op::WriteZeroes { offset, len },

@@ -9,7 +9,7 @@ impl From<BlockOp> for Op {
     fn from(op: BlockOp) -> Op {
         match op {
             BlockOp::Read { offset, len } => Op::Read { offset, len },
-            BlockOp::Write { offset, len } => Op::Write { offset, len },
+            BlockOp::Write { offset, len, fua } => Op::Write { offset, len, fua },
             BlockOp::Flush => Op::Flush,
             BlockOp::Discard { offset, len } => Op::Discard { offset, len },
             BlockOp::WriteZeroes { offset, len } => Op::WriteZeroes { offset, len },
@@ -22,7 +22,7 @@ impl Op {
     pub fn block(self) -> Option<BlockOp> {
         match self {
             Op::Read { offset, len } => Some(BlockOp::Read { offset, len }),
-            Op::Write { offset, len } => Some(BlockOp::Write { offset, len }),
+            Op::Write { offset, len, fua } => Some(BlockOp::Write { offset, len, fua }),
             Op::Flush => Some(BlockOp::Flush),
             Op::Discard { offset, len } => Some(BlockOp::Discard { offset, len }),
             Op::WriteZeroes { offset, len } => Some(BlockOp::WriteZeroes { offset, len }),
@@ -93,6 +93,12 @@ mod tests {
             BlockOp::Write {
                 offset: 0,
                 len: 4096,
+                fua: false,
+            },
+            BlockOp::Write {
+                offset: 4096,
+                len: 4096,
+                fua: true,
             },
             BlockOp::Flush,
             BlockOp::Discard {

@@ -213,6 +213,7 @@ impl Mirror {
         let op = BlockOp::Write {
             offset,
             len: data.len() as u32,
+            fua: false,
         };
         let payload = Some(Arc::new(payload));
         self.vdisk.execute(EPOCH, op, payload).await.map(drop)

@@ -3,7 +3,11 @@
 use super::*;
 
 fn write_block(offset: u64) -> Op {
-    Op::Write { offset, len: 4096 }
+    Op::Write {
+        offset,
+        len: 4096,
+        fua: false,
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ fn pipelined_writes_and_reads_round_trip_and_land_in_the_tail() {
         let op = Op::Write {
             offset: id * u64::from(CHUNK),
             len: CHUNK,
+            fua: false,
         };
         client.send(id, VDISK, EPOCH, op, &pattern(CHUNK as usize, id));
     }
@@ -67,7 +68,8 @@ fn flush_discard_and_write_zeroes_are_served() {
                 EPOCH,
                 Op::Write {
                     offset: 0,
-                    len: 8192
+                    len: 8192,
+                    fua: false,
                 },
                 &data
             )
@@ -163,7 +165,8 @@ fn refusals_name_their_reason_and_keep_the_connection() {
                 EPOCH,
                 Op::Write {
                     offset: 1,
-                    len: 512
+                    len: 512,
+                    fua: false,
                 },
                 &[7; 512]
             )
@@ -201,6 +204,7 @@ fn corrupted_payload_closes_the_connection_and_writes_nothing() {
         op: Op::Write {
             offset: 0,
             len: 4096,
+            fua: false,
         },
     }
     .encode(&data)

@@ -148,7 +148,7 @@ fn block(seed: u8) -> Vec<u8> {
 
 async fn write_and_check(vdisk: &RoutedVdisk, index: u64, seed: u8) {
     let offset = index * BLOCK as u64;
-    vdisk.write(offset, &block(seed)).await.unwrap();
+    vdisk.write(offset, &block(seed), false).await.unwrap();
     let mut back = vec![0; BLOCK];
     vdisk.read(offset, &mut back).await.unwrap();
     assert_eq!(back, block(seed), "block {index}");
@@ -210,7 +210,7 @@ fn spawn_write(
     seed: u8,
 ) -> tokio::task::JoinHandle<Result<(), IoError>> {
     let vdisk = vdisk.clone();
-    tokio::spawn(async move { vdisk.write(index * BLOCK as u64, &block(seed)).await })
+    tokio::spawn(async move { vdisk.write(index * BLOCK as u64, &block(seed), false).await })
 }
 
 /// Lets the spawned writes run up to their submission.

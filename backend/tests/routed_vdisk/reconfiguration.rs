@@ -124,7 +124,7 @@ fn a_request_held_for_the_io_timeout_fails_as_unreachable() {
         write_and_check(&vdisk, 0, 1).await;
         vdisk.suspend().await;
         let started = tokio::time::Instant::now();
-        let result = vdisk.write(BLOCK as u64, &block(2)).await;
+        let result = vdisk.write(BLOCK as u64, &block(2), false).await;
         assert!(
             matches!(result, Err(IoError::Unreachable { .. })),
             "{result:?}"
@@ -145,7 +145,7 @@ fn a_request_parked_on_a_stale_epoch_fails_if_the_new_mapping_never_comes() {
             ..RouteConfig::default()
         };
         let vdisk = routed(vec![peer("a", &server)], config);
-        let result = vdisk.write(0, &block(2)).await;
+        let result = vdisk.write(0, &block(2), false).await;
         assert!(
             matches!(result, Err(IoError::Unreachable { .. })),
             "{result:?}"
@@ -201,13 +201,13 @@ fn a_resent_write_completes_only_once_its_first_attempt_can_no_longer_land() {
         let completed_early = first.is_finished();
         if completed_early {
             // What the application may do once the write completed.
-            other.write(0, &block(2)).await.unwrap();
+            other.write(0, &block(2), false).await.unwrap();
         }
         // The primary's store catches up: the held attempt runs.
         lagging.exports.set_epoch(VDISK, 2);
         first.await.unwrap().unwrap();
         if !completed_early {
-            other.write(0, &block(2)).await.unwrap();
+            other.write(0, &block(2), false).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(

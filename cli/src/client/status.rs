@@ -276,6 +276,7 @@ mod tests {
             epoch: 1,
             size_bytes: 1 << 30,
             device: Some("/dev/ublkb0".into()),
+            zero_copy: false,
             node: None,
             tail: None,
             primary: Some("a:disk0".parse().unwrap()),

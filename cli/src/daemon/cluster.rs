@@ -33,6 +33,9 @@ pub struct Cluster {
     pub route: RouteConfig,
     /// Whether vdisks get a `/dev/ublkbN` on this node.
     pub devices: bool,
+    /// Whether devices on local tails use ublk zero copy where the kernel
+    /// has it.
+    pub zero_copy: bool,
     pub mirror: MirrorConfig,
     /// Where the dirty maps of the mirrors this node is primary of live.
     pub maps_dir: PathBuf,
@@ -95,6 +98,7 @@ impl Cluster {
             runtime: Handle::current(),
             route: config.route,
             devices: config.devices,
+            zero_copy: config.zero_copy,
             mirror: config.mirror,
             maps_dir: config.data_dir.join("mirror"),
             tails: config.tails.clone(),

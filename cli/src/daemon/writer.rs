@@ -138,9 +138,9 @@ impl<B: BlockBackend> BlockBackend for Guarded<B> {
         self.inner.read(offset, buf).await
     }
 
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         self.role.ensure().await?;
-        self.inner.write(offset, buf).await
+        self.inner.write(offset, buf, fua).await
     }
 
     async fn flush(&self) -> Result<(), IoError> {

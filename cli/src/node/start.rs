@@ -71,7 +71,16 @@ fn start_served(
     if let Placement::Local { tail, .. } = &spec.placement {
         let io = IoMetrics::default();
         let local = LocalTail::open(tail, spec.block_size, spec.read_only, QueueRing)?;
-        let device = start_device(spec, record.id, Metered::new(local, io.clone()))?;
+        let metered = Metered::new(local, io.clone());
+        let options = device_options(spec, Some(record.id))?;
+        // The tail's I/O runs on the queue's ring, where the kernel can
+        // register the request's pages: zero copy.
+        let device = if cluster.zero_copy {
+            Device::start_zero_copy(&options, metered)?
+        } else {
+            Device::start(&options, metered)?
+        };
+        set_permissions(&device.path(), spec.permissions)?;
         return Ok(VdiskState::Served {
             device: Some(device),
             io,

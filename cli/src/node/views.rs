@@ -62,7 +62,7 @@ impl Node {
                 let paths = routed
                     .as_deref()
                     .map_or_else(Vec::new, |r| path_info(r.counters(), &self.cluster));
-                (device.as_ref().map(Device::path), state.to_owned(), paths)
+                (device.as_ref(), state.to_owned(), paths)
             }
             Some((_, VdiskState::Failed(why))) => (None, format!("failed: {why}"), Vec::new()),
             None if self.detached.contains(&record.spec.name) => {
@@ -98,7 +98,8 @@ impl Node {
             id: record.id,
             epoch: record.epoch,
             size_bytes: spec.size_bytes,
-            device,
+            device: device.map(Device::path),
+            zero_copy: device.is_some_and(Device::zero_copy),
             node,
             tail,
             primary,

@@ -227,7 +227,7 @@ async fn one_request(vdisk: &RoutedVdisk, state: &RefCell<State>, block: u64, wr
     let generation = state.borrow().generation[block as usize];
     if write {
         let next = generation + 1;
-        let result = vdisk.write(offset, &pattern(block, next)).await;
+        let result = vdisk.write(offset, &pattern(block, next), false).await;
         let mut s = state.borrow_mut();
         s.max_latency_ms = s.max_latency_ms.max(started.elapsed().as_millis() as u64);
         match result {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::{sys, UblkFlags};
 
-use super::{init_control_ring, DeviceOptions};
+use super::{device_flags, init_control_ring, DeviceOptions};
 use crate::FrontendError;
 
 /// How long a device left by a dead server may take to settle (the kernel
@@ -20,8 +20,13 @@ const QUIESCE_WAIT: Duration = Duration::from_secs(10);
 /// left by a dead server with another geometry: it is not this vdisk's (on
 /// a kernel several test nodes share, it is another node's, whose daemon
 /// is restarting), and deleting it would fail I/O someone may still wait
-/// for; an admin deletes it once nobody does.
-pub(super) fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, FrontendError> {
+/// for; an admin deletes it once nobody does. A device whose data path is
+/// not the one this server serves (`zero_copy`) is left alone likewise.
+pub(super) fn recoverable(
+    id: u32,
+    options: &DeviceOptions,
+    zero_copy: bool,
+) -> Result<bool, FrontendError> {
     init_control_ring()?;
     let Ok(ctrl) = UblkCtrl::new_simple(id as i32) else {
         return Ok(false);
@@ -52,13 +57,15 @@ pub(super) fn recoverable(id: u32, options: &DeviceOptions) -> Result<bool, Fron
         Err(_) => 0,
     };
     let info = ctrl.dev_info();
+    let zero_copy_flags = device_flags(true);
     if info.nr_hw_queues != options.queues
         || info.queue_depth != options.queue_depth
         || size != options.size_bytes
+        || info.flags & zero_copy_flags != device_flags(zero_copy)
     {
         tracing::warn!(
             id,
-            "ublk device left by a previous server has another geometry: left alone, another number is taken"
+            "ublk device left by a previous server has another geometry or data path: left alone, another number is taken"
         );
         return Ok(false);
     }

@@ -146,13 +146,13 @@ impl BlockBackend for RoutedVdisk {
         Ok(())
     }
 
-    async fn write(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
         let len = wire_len(buf.len() as u64)?;
         // The data is copied out of the caller's buffer once, and kept until
         // the request completes, so that any path can be sent it again.
         let mut data = AlignedBuf::new(buf.len())?;
         data.copy_from_slice(buf);
-        let op = BlockOp::Write { offset, len };
+        let op = BlockOp::Write { offset, len, fua };
         self.submit(op, Some(Arc::new(data))).await.map(drop)
     }
 

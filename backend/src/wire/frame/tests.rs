@@ -23,6 +23,15 @@ fn every_kind_of_frame() -> Vec<(Frame, Vec<u8>)> {
             request(Op::Write {
                 offset: 0,
                 len: 4096,
+                fua: false,
+            }),
+            data.clone(),
+        ),
+        (
+            request(Op::Write {
+                offset: 8192,
+                len: 4096,
+                fua: true,
             }),
             data.clone(),
         ),
@@ -136,6 +145,7 @@ fn corrupted_or_truncated_payload_is_refused() {
     let frame = request(Op::Write {
         offset: 0,
         len: 4096,
+        fua: false,
     });
     let mut payload = vec![1; 4096];
     let header = Header::decode(&frame.encode(&payload).unwrap()).unwrap();
@@ -173,7 +183,7 @@ fn wrong_magic_and_version_are_named() {
 #[test]
 fn unknown_kinds_codes_and_reserved_bits_are_refused() {
     let good = request(Op::Flush).encode(&[]).unwrap();
-    for (index, value) in [(5, 9), (6, 77), (7, 1)] {
+    for (index, value) in [(5, 9), (6, 9), (6, 77), (7, 1)] {
         let mut bytes = good;
         bytes[index] = value;
         reseal(&mut bytes);
@@ -219,7 +229,8 @@ fn lengths_are_bounded_and_consistent() {
     .is_err());
     assert!(request(Op::Write {
         offset: 0,
-        len: 4096
+        len: 4096,
+        fua: false,
     })
     .encode(&[0; 512])
     .is_err());
@@ -231,7 +242,8 @@ fn lengths_are_bounded_and_consistent() {
     assert!(nack.encode(&[0; 512]).is_err());
     assert!(request(Op::Write {
         offset: 0,
-        len: MAX_PAYLOAD + 4096
+        len: MAX_PAYLOAD + 4096,
+        fua: false,
     })
     .encode(&vec![0; (MAX_PAYLOAD + 4096) as usize])
     .is_err());

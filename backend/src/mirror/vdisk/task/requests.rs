@@ -16,7 +16,7 @@ use crate::{AlignedBuf, IoError};
 fn request_of(op: BlockOp) -> Request {
     match op {
         BlockOp::Read { .. } => Request::Read,
-        BlockOp::Write { offset, len }
+        BlockOp::Write { offset, len, .. }
         | BlockOp::Discard { offset, len }
         | BlockOp::WriteZeroes { offset, len } => Request::Write {
             offset,
