@@ -9,6 +9,7 @@
 
 mod block;
 mod buf;
+pub mod cache;
 mod counts;
 mod engine;
 mod error;
@@ -21,6 +22,8 @@ mod ring;
 pub mod route;
 pub mod tail;
 pub mod wire;
+#[cfg(test)]
+mod xorshift;
 
 pub use block::{BlockBackend, RegisteredBuf, RegisteredIo};
 pub use buf::AlignedBuf;

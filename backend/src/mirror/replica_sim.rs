@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::dirty::sim_disk::XorShift;
 use super::replica::{Action, Recorded, Replica, ReplicaConfig, Request, Side, SideState};
+use crate::xorshift::XorShift;
 
 /// Writes go to one of this many blocks; the block stands for its range.
 const BLOCKS: u64 = 32;

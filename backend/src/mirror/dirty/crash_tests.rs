@@ -16,8 +16,9 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use super::sim_disk::{Faults, SimDisk, SimStorage, XorShift};
+use super::sim_disk::{Faults, SimDisk, SimStorage};
 use super::{DirtyGeometry, DirtyMapFile};
+use crate::xorshift::XorShift;
 
 const R: u64 = 64 * 1024;
 

@@ -6,6 +6,7 @@ use std::io;
 use std::rc::Rc;
 
 use super::MapStorage;
+use crate::xorshift::XorShift;
 
 /// The unit a crash keeps or loses whole. Devices promise 512 bytes at
 /// best, and not all keep even that promise on power loss; tearing every
@@ -13,35 +14,6 @@ use super::MapStorage;
 /// 16-byte pieces, a header rewritten in place passes: its generation and
 /// checksum change within one piece.)
 const TEAR: u64 = 1;
-
-/// Seeded xorshift64: deterministic and dependency-free.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> Self {
-        // Zero is xorshift's fixed point.
-        XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `0..n`; `n` > 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::mirror::dirty::sim_disk::XorShift;
+use crate::xorshift::XorShift;
 
 const REGION: u64 = 64 << 10;
 const IN_SYNC: [SideState; 2] = [SideState::InSync; 2];

@@ -1,0 +1,135 @@
+//! The coherence core of cached vdisks (seed 002): nodes keep copies of a
+//! vdisk's extents under leases granted by the vdisk's root, which keeps
+//! the directory of who holds what and recalls every copy before a write
+//! lands. Sans-I/O, as the mirror's `Replica`: a [`Directory`] (the root)
+//! and [`Holder`]s (the caching nodes) are fed events with their own
+//! clock's time and answer with actions; a shell moves the messages and
+//! the data. `sim.rs` runs many of them over a lossy, reordering network
+//! with partitions, restarts and drifting clocks.
+//!
+//! The rules (docs/cache.md has the protocol in full):
+//! - **Write-through, at the root.** A write goes to the root, which
+//!   recalls every copy of its extent (the writer's too), applies it to
+//!   the tail once no other node can read the old data, and only then
+//!   acknowledges it. Reads of an extent with a write under way wait
+//!   behind it. So a copy is always the root's current version.
+//! - **Leases.** A holder's copies are valid while its lease is: renewed by
+//!   heartbeats, counted by the holder from when it *sent* the renewal,
+//!   for a shorter time than the root counts from when it received it (the
+//!   margin covers clock drift). A holder that cannot renew drops its
+//!   copies before the root may take them for gone, so a recall that is
+//!   never answered ends with the lease, not with a wait for ever.
+//! - **Stale messages do no harm.** Every message down is stamped with
+//!   the root's per-holder sequence number and the lease generation: a
+//!   grant overtaken by a recall, or sent under a lease that has since
+//!   expired, is used for the read that asked but not cached.
+
+mod directory;
+mod holder;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+pub use directory::{Directory, DirectoryAction, Writer};
+pub use holder::{Holder, HolderAction};
+
+/// A caching node, as the root numbers them.
+pub type HolderId = u32;
+/// An extent of the vdisk: the unit of caching and of coherence.
+pub type Extent = u64;
+/// The root's count of the writes applied to an extent.
+pub type Version = u64;
+/// A node's own clock, in milliseconds. The cores never read a clock:
+/// every call says what time it is on the node it runs on.
+pub type Millis = u64;
+
+/// How long leases last, and how far apart clocks may drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// A lease's length on the root's clock, from the renewal's arrival.
+    pub ttl_ms: u64,
+    /// The largest difference between two nodes' clock rates, in parts per
+    /// million, that the margin covers.
+    pub drift_ppm: u64,
+    /// How often an unanswered request or recall is sent again, and how
+    /// often a holder renews (a quarter of the lease).
+    pub resend_ms: u64,
+}
+
+impl LeaseConfig {
+    /// A lease's length on the holder's clock, from the renewal's sending:
+    /// short enough that it ends, in real time, before the root's count
+    /// of the same renewal does when the holder's clock runs slow and the
+    /// root's fast (twice the drift), with a millisecond each way for
+    /// clocks read in whole milliseconds.
+    pub fn holder_ttl_ms(&self) -> u64 {
+        let drift = (self.ttl_ms * 2 * self.drift_ppm).div_ceil(1_000_000);
+        self.ttl_ms.saturating_sub(drift + 2)
+    }
+
+    fn renew_every_ms(&self) -> u64 {
+        self.ttl_ms / 4
+    }
+}
+
+/// A message from a holder to the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Up {
+    /// Keeps (or starts) the holder's lease; `renewal` is the holder's own
+    /// number for it.
+    Renew { renewal: u64 },
+    /// Asks for an extent's data, to read it (and cache it).
+    Get { id: u64, extent: Extent },
+    /// A write of an extent; its data travels beside it. `oldest` is the
+    /// holder's oldest write not yet acknowledged: the root forgets the
+    /// ones before it.
+    Write {
+        id: u64,
+        extent: Extent,
+        oldest: u64,
+    },
+    /// The holder has dropped its copy of `extent` for the recall stamped
+    /// `seq` (or a later one).
+    Recalled { extent: Extent, seq: u64 },
+}
+
+/// A message from the root to a holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// The lease stands, counted from when `renewal` was sent; `generation`
+    /// names the lease: a new one after the root let the last one expire.
+    Renewed { renewal: u64, generation: u64 },
+    /// The data of `extent` at `version`, for read `id`. `holder`: the root
+    /// counts the asker among the extent's holders and will recall it, so
+    /// it may cache the copy.
+    Granted {
+        id: u64,
+        extent: Extent,
+        version: Version,
+        holder: bool,
+    },
+    /// Drop your copy of `extent` and say so.
+    Recall { extent: Extent },
+    /// Write `id` is applied as `version`; `holder` as for `Granted`, the
+    /// writer's data being the extent's.
+    Written {
+        id: u64,
+        extent: Extent,
+        version: Version,
+        holder: bool,
+    },
+}
+
+/// A message down with what makes a stale one recognisable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamped {
+    /// The vdisk's epoch at the root: a holder ignores a root of an older
+    /// one (a deposed root's late messages).
+    pub epoch: u64,
+    /// Counts the root's messages to this holder, from 1.
+    pub seq: u64,
+    /// The holder's lease generation when the root sent it.
+    pub generation: u64,
+    pub msg: Down,
+}
