@@ -6,12 +6,12 @@
 # BENCH_LINK_RATE (tbf rate per link, 100mbit), BENCH_ONLY (nbd, links or
 # stall: run only that part), BENCH_JOB (run only the NBD rows whose name
 # contains it, e.g. "4k"), BENCH_STALL_RW (randread or randwrite: the stall
-# trials' requests).
+# trials' requests), BENCH_KERNEL (the guest kernel: 6.12 or 7).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --locked -p ublkvd
-tests/vm/run.sh --disk-size 2G --timeout 3000 -- env \
+tests/vm/run.sh --kernel "${BENCH_KERNEL:-6.12}" --disk-size 2G --timeout 3000 -- env \
     UBLKVD_BIN="$PWD/target/release/ublkvd" \
     BENCH_RUNTIME="${BENCH_RUNTIME:-10}" BENCH_ROUNDS="${BENCH_ROUNDS:-3}" \
     BENCH_SIZE_MB="${BENCH_SIZE_MB:-512}" BENCH_TRIALS="${BENCH_TRIALS:-10}" \

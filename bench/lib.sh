@@ -30,6 +30,15 @@ fio_cpu() {
         'BEGIN { printf "%.0f", b / t * n * 1e6 / r }')"
 }
 
+# p99 [read|write]: fio's completion-latency p99 of the last run_fio, ms.
+p99() {
+    jq -r --arg d "$1" '.jobs[0][$d].clat_ns.percentile["99.000000"] / 1e6 | . * 100 | round / 100' "$WORK/fio.json"
+}
+# p50 [read|write]: its median, ms.
+p50() {
+    jq -r --arg d "$1" '.jobs[0][$d].clat_ns.percentile["50.000000"] / 1e6 | . * 100 | round / 100' "$WORK/fio.json"
+}
+
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

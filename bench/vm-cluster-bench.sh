@@ -24,7 +24,7 @@ WORK=$(mktemp -d /tmp/cluster-bench.XXXXXX)
 . "$here/lib.sh"
 
 modprobe -a ublk_drv nbd ext4 sch_tbf
-trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down; umount /mnt/bench 2>/dev/null || true' EXIT
+trap 'nbd-client -d /dev/nbd0 >/dev/null 2>&1; pkill qemu-nbd; lab_down || true; umount /mnt/bench 2>/dev/null || true' EXIT
 
 wants() { [[ -z $ONLY || $1 == *"$ONLY"* ]]; }
 
@@ -56,9 +56,14 @@ if wants nbd; then
     nbd=/dev/nbd0
     echo "## Remote tail over one veth: ublkvd vs kernel NBD client (qemu-nbd server)"
     echo
+    echo "Each cell: median rate, and the guest CPU per I/O (µs; per MiB for MiB/s rows); QD1 rows add the"
+    echo "median p50 / p99 completion latency (ms)."
+    echo
     echo "| job | ublkvd | NBD | ublkvd / NBD |"
     echo "|---|---|---|---|"
     JOBS=(
+        "4k randread QD1|--rw=randread --bs=4k --iodepth=1|IOPS"
+        "4k randwrite QD1|--rw=randwrite --bs=4k --iodepth=1|IOPS"
         "4k randread QD32|--rw=randread --bs=4k --iodepth=32|IOPS"
         "4k randwrite QD32|--rw=randwrite --bs=4k --iodepth=32|IOPS"
         "1M seq read QD8|--rw=read --bs=1M --iodepth=8|MiB/s"
@@ -67,21 +72,29 @@ if wants nbd; then
     for job in "${JOBS[@]}"; do
         IFS='|' read -r name args unit <<<"$job"
         [[ $name == *"${BENCH_JOB:-}"* ]] || continue
-        u_runs="" n_runs=""
+        declare -A runs=() cpus=() p50s=() p99s=() med=()
+        dir=read
+        [[ $args == *write* ]] && dir=write
         for round in $(seq "$ROUNDS"); do
             # Alternate which goes first, against drift in the host's cache.
-            if [ $((round % 2)) = 1 ]; then
+            order=(ublk nbd)
+            [ $((round % 2)) = 1 ] || order=(nbd ublk)
+            for t in "${order[@]}"; do
                 # shellcheck disable=SC2086 # args are words on purpose
-                u_runs+="$(run_fio "$unit" "$ublk" $args) "; n_runs+="$(run_fio "$unit" "$nbd" $args) "
-            else
-                # shellcheck disable=SC2086
-                n_runs+="$(run_fio "$unit" "$nbd" $args) "; u_runs+="$(run_fio "$unit" "$ublk" $args) "
-            fi
+                read -r v c < <(fio_cpu "$unit" "${!t}" $args)
+                runs[$t]+="$v " cpus[$t]+="$c " p50s[$t]+="$(p50 $dir) " p99s[$t]+="$(p99 $dir) "
+            done
         done
-        u=$(printf '%s\n' $u_runs | median)
-        n=$(printf '%s\n' $n_runs | median)
-        echo "| $name | $u $unit | $n $unit | $(ratio "$u" "$n")x |"
-        echo "  runs: ublkvd $u_runs/ nbd $n_runs" >&2
+        row="| $name |"
+        for t in ublk nbd; do
+            med[$t]=$(printf '%s\n' ${runs[$t]} | median)
+            row+=" ${med[$t]} $unit ($(printf '%s\n' ${cpus[$t]} | median) µs"
+            [[ $name == *QD1 ]] && row+="; $(printf '%s\n' ${p50s[$t]} | median) / $(printf '%s\n' ${p99s[$t]} | median) ms"
+            row+=") |"
+        done
+        echo "$row $(ratio "${med[ublk]}" "${med[nbd]}")x |"
+        echo "  runs: ublkvd ${runs[ublk]}/ nbd ${runs[nbd]}/ cpu ublkvd ${cpus[ublk]}/ nbd ${cpus[nbd]}" >&2
+        unset runs cpus p50s p99s med
     done
     echo
     # nbd-client -d answers 1 even when it disconnected the device.

@@ -191,10 +191,6 @@ resync_span() {
 # left: a's report of mv as "STATE, N MiB left".
 left() { resync_json mv | jq -r '"\(.state), \(.dirty_bytes / 1048576 | floor) MiB left"'; }
 
-# p99 [read|write]: fio's completion-latency p99 of the last run_fio, ms.
-p99() {
-    jq -r --arg d "$1" '.jobs[0][$d].clat_ns.percentile["99.000000"] / 1e6 | . * 100 | round / 100' "$WORK/fio.json"
-}
 
 # The reference vdisks: a single remote tail on b, a local tail on a.
 cli c add rt --size "${SIZE_MB}M" --primary b:t >/dev/null
