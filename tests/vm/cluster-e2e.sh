@@ -138,9 +138,23 @@ test_strangers_on_a_member_host_get_no_byte_while_fio_verifies() {
     echo "another cluster's secret, 32 bytes" >"$tools/secret"
     chown 65534 "$tools/secret"
     chmod 600 "$tools/secret"
-    report=$(sleep 6 | ip netns exec "$(lab_ns c)" setpriv --reuid 65534 --regid 65534 --clear-groups \
+    # The tool runs until its stdin closes: held open here until one of its
+    # reports shows a refused request (up to 60 s: a loaded guest may take
+    # seconds to start it), so that a slow start cannot end it unheard.
+    mkfifo "$tools/stdin"
+    ip netns exec "$(lab_ns c)" setpriv --reuid 65534 --regid 65534 --clear-groups \
         "$tools/vdisk-io" --vdisk vd --blocks 64 --name c --secret-file "$tools/secret" \
-        --io-timeout-ms 1500 --peer "a=$(lab_addr a 1):7100,$(lab_addr a 2):7100" 2>/dev/null | tail -1)
+        --io-timeout-ms 1500 --report-ms 500 --peer "a=$(lab_addr a 1):7100,$(lab_addr a 2):7100" \
+        <"$tools/stdin" >"$tools/reports" 2>/dev/null &
+    local tool=$! hold
+    exec {hold}>"$tools/stdin"
+    for _ in $(seq 600); do
+        [ "$(tail -1 "$tools/reports" 2>/dev/null | jq '.errors' 2>/dev/null || echo 0)" -ge 1 ] 2>/dev/null && break
+        sleep 0.1
+    done
+    exec {hold}>&-
+    wait "$tool" || true
+    report=$(tail -1 "$tools/reports")
     echo "the stranger's tool: $report"
     # It tried, and nothing it sent was taken.
     [ "$(jq '.errors' <<<"$report")" -ge 1 ]
