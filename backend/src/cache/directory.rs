@@ -206,23 +206,14 @@ impl Directory {
                 self.send(holder, answer, &mut actions);
             }
         }
-        let gets = self
-            .extents
-            .get_mut(&extent)
-            .map(|e| std::mem::take(&mut e.gets))
-            .unwrap_or_default();
-        if self
-            .extents
-            .get(&extent)
-            .is_some_and(|e| e.writes.is_empty())
-        {
-            for (holder, id) in gets {
-                self.grant(now, holder, id, extent, &mut actions);
-            }
-        } else if let Some(entry) = self.extents.get_mut(&extent) {
-            // Another write is next: the reads wait for it too, and get
-            // data no older than the last write acknowledged before them.
-            entry.gets = gets;
+        // With another write next, the reads wait for it too, and get data
+        // no older than the last write acknowledged before them.
+        let gets = match self.extents.get_mut(&extent) {
+            Some(entry) if entry.writes.is_empty() => std::mem::take(&mut entry.gets),
+            _ => Vec::new(),
+        };
+        for (holder, id) in gets {
+            self.grant(now, holder, id, extent, &mut actions);
         }
         self.start_write(now, extent, &mut actions);
         actions
