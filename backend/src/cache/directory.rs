@@ -1,8 +1,9 @@
 //! The root's side: leases, the directory of copies, and the writes that
 //! wait for their recalls.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
+use super::grants::{Grants, Outbox};
 use super::{Down, Extent, HolderId, LeaseConfig, Millis, Stamped, Up, Version};
 
 /// What the shell does for the directory.
@@ -35,34 +36,15 @@ pub enum Writer {
 /// The root of one cached vdisk.
 pub struct Directory {
     config: LeaseConfig,
-    epoch: u64,
-    holders: BTreeMap<HolderId, Lease>,
+    grants: Grants,
     extents: BTreeMap<Extent, Entry>,
-}
-
-/// What the root knows of one holder.
-#[derive(Debug, Default)]
-struct Lease {
-    /// Ends at this time on the root's clock.
-    until: Millis,
-    generation: u64,
-    /// The last sequence number stamped on a message to it.
-    seq: u64,
-    /// Writes applied, by id, kept until the holder says it has their
-    /// answers: a resent write is answered again, never applied twice.
-    applied: BTreeMap<u64, Version>,
 }
 
 #[derive(Debug, Default)]
 struct Entry {
     version: Version,
-    /// Holders that may hold a copy (a superset of those that do).
-    copies: BTreeSet<HolderId>,
     /// Writes in arrival order; the first is under way.
     writes: VecDeque<Writer>,
-    /// Holders asked to drop their copy for the first write, with the
-    /// sequence number of the first recall and when it was last sent.
-    recalling: BTreeMap<HolderId, (u64, Millis)>,
     /// The first write is being applied to the tail.
     applying: bool,
     /// Reads that arrived while a write was under way.
@@ -73,8 +55,7 @@ impl Directory {
     pub fn new(epoch: u64, config: LeaseConfig) -> Directory {
         Directory {
             config,
-            epoch,
-            holders: BTreeMap::new(),
+            grants: Grants::new(epoch, config),
             extents: BTreeMap::new(),
         }
     }
@@ -87,45 +68,28 @@ impl Directory {
     /// Whether the root counts `holder` among `extent`'s copies with a
     /// lease it has not yet let expire.
     pub fn may_hold(&self, holder: HolderId, extent: Extent) -> bool {
-        self.extents
-            .get(&extent)
-            .is_some_and(|e| e.copies.contains(&holder))
+        self.grants.may_hold(holder, extent)
     }
 
     /// A message from `from` arrived at `now`.
     pub fn receive(&mut self, now: Millis, from: HolderId, msg: Up) -> Vec<DirectoryAction> {
+        let mut out = Outbox::new();
         let mut actions = Vec::new();
         match msg {
             Up::Renew { renewal } => {
-                let lease = self.holders.entry(from).or_default();
-                if now >= lease.until {
-                    // The last lease (if any) expired, and with it every
-                    // copy the root counted: this is a new one.
-                    lease.generation += 1;
-                }
-                lease.until = now + self.config.ttl_ms;
-                let generation = lease.generation;
-                self.send(
-                    from,
-                    Down::Renewed {
-                        renewal,
-                        generation,
-                    },
-                    &mut actions,
-                );
+                let ttl = self.config.ttl_ms;
+                self.grants.renew(now, from, renewal, ttl, &mut out);
             }
             Up::Get { id, extent } => {
                 let entry = self.extents.entry(extent).or_default();
                 if entry.writes.is_empty() {
-                    self.grant(now, from, id, extent, &mut actions);
-                } else {
+                    self.grant(now, from, id, extent, &mut out);
+                } else if !entry.gets.contains(&(from, id)) {
                     entry.gets.push((from, id));
                 }
             }
             Up::Write { id, extent, oldest } => {
-                let lease = self.holders.entry(from).or_default();
-                lease.applied.retain(|&done, _| done >= oldest);
-                if let Some(&version) = lease.applied.get(&id) {
+                if let Some(version) = self.grants.answered(from, id, oldest) {
                     // The write's version, not the extent's now: not a
                     // copy to keep.
                     let answer = Down::Written {
@@ -134,50 +98,41 @@ impl Directory {
                         version,
                         holder: false,
                     };
-                    self.send(from, answer, &mut actions);
-                    return actions;
-                }
-                let writer = Writer::Holder { holder: from, id };
-                let entry = self.extents.entry(extent).or_default();
-                if !entry.writes.contains(&writer) {
-                    entry.writes.push_back(writer);
-                    self.start_write(now, extent, &mut actions);
+                    self.grants.send(from, answer, &mut out);
+                } else {
+                    let writer = Writer::Holder { holder: from, id };
+                    let entry = self.extents.entry(extent).or_default();
+                    if !entry.writes.contains(&writer) {
+                        entry.writes.push_back(writer);
+                        self.start_write(now, extent, &mut out, &mut actions);
+                    }
                 }
             }
             Up::Recalled { extent, seq } => {
-                let Some(entry) = self.extents.get_mut(&extent) else {
-                    return actions;
-                };
-                if entry
-                    .recalling
-                    .get(&from)
-                    .is_some_and(|&(first, _)| seq >= first)
-                {
-                    entry.recalling.remove(&from);
-                    entry.copies.remove(&from);
-                    self.start_write(now, extent, &mut actions);
+                if self.grants.recalled(from, extent, seq) {
+                    self.start_write(now, extent, &mut out, &mut actions);
                 }
             }
         }
-        actions
+        with_sends(out, actions)
     }
 
     /// The root node's own write of `extent`: it waits for the recalls as
     /// a holder's does.
     pub fn write_local(&mut self, now: Millis, id: u64, extent: Extent) -> Vec<DirectoryAction> {
-        let mut actions = Vec::new();
+        let (mut out, mut actions) = (Outbox::new(), Vec::new());
         self.extents
             .entry(extent)
             .or_default()
             .writes
             .push_back(Writer::Local { id });
-        self.start_write(now, extent, &mut actions);
-        actions
+        self.start_write(now, extent, &mut out, &mut actions);
+        with_sends(out, actions)
     }
 
     /// The shell has written the first write of `extent` to the tail.
     pub fn applied(&mut self, now: Millis, extent: Extent) -> Vec<DirectoryAction> {
-        let mut actions = Vec::new();
+        let (mut out, mut actions) = (Outbox::new(), Vec::new());
         let Some(entry) = self.extents.get_mut(&extent) else {
             return actions;
         };
@@ -190,145 +145,91 @@ impl Directory {
         entry.applying = false;
         entry.version += 1;
         let version = entry.version;
+        // With another write next, the reads wait for it too, and get data
+        // no older than the last write acknowledged before them.
+        let gets = match entry.writes.is_empty() {
+            true => std::mem::take(&mut entry.gets),
+            false => Vec::new(),
+        };
         match writer {
             Writer::Local { id } => actions.push(DirectoryAction::LocalWritten { id, version }),
             Writer::Holder { holder, id } => {
-                let cached = self.count_copy(now, holder, extent);
-                if let Some(lease) = self.holders.get_mut(&holder) {
-                    lease.applied.insert(id, version);
-                }
+                let cached = self.grants.count_copy(now, holder, extent);
+                self.grants.remember(holder, id, version);
                 let answer = Down::Written {
                     id,
                     extent,
                     version,
                     holder: cached,
                 };
-                self.send(holder, answer, &mut actions);
+                self.grants.send(holder, answer, &mut out);
             }
         }
-        // With another write next, the reads wait for it too, and get data
-        // no older than the last write acknowledged before them.
-        let gets = match self.extents.get_mut(&extent) {
-            Some(entry) if entry.writes.is_empty() => std::mem::take(&mut entry.gets),
-            _ => Vec::new(),
-        };
         for (holder, id) in gets {
-            self.grant(now, holder, id, extent, &mut actions);
+            self.grant(now, holder, id, extent, &mut out);
         }
-        self.start_write(now, extent, &mut actions);
-        actions
+        self.start_write(now, extent, &mut out, &mut actions);
+        with_sends(out, actions)
     }
 
-    /// Time passes: leases that ran out take their copies with them (the
-    /// holders dropped them earlier, by their own count), and unanswered
-    /// recalls are sent again.
+    /// Time passes: leases that ran out take their copies with them, and
+    /// unanswered recalls are sent again; a write whose last recall was
+    /// answered by an expiry goes on.
     pub fn tick(&mut self, now: Millis) -> Vec<DirectoryAction> {
-        let mut actions = Vec::new();
-        let expired: BTreeSet<HolderId> = self
-            .holders
+        let (mut out, mut actions) = (Outbox::new(), Vec::new());
+        self.grants.tick(now, &mut out);
+        let writing: Vec<Extent> = self
+            .extents
             .iter()
-            .filter(|(_, lease)| now >= lease.until)
-            .map(|(&holder, _)| holder)
+            .filter(|(_, e)| !e.writes.is_empty())
+            .map(|(&extent, _)| extent)
             .collect();
-        let extents: Vec<Extent> = self.extents.keys().copied().collect();
-        for extent in extents {
-            let mut resend = Vec::new();
-            if let Some(entry) = self.extents.get_mut(&extent) {
-                entry.copies.retain(|h| !expired.contains(h));
-                entry.recalling.retain(|h, _| !expired.contains(h));
-                for (&holder, (_, sent)) in entry.recalling.iter_mut() {
-                    if now >= *sent + self.config.resend_ms {
-                        *sent = now;
-                        resend.push(holder);
-                    }
-                }
-            }
-            for holder in resend {
-                self.send(holder, Down::Recall { extent }, &mut actions);
-            }
-            self.start_write(now, extent, &mut actions);
+        for extent in writing {
+            self.start_write(now, extent, &mut out, &mut actions);
         }
-        actions
+        with_sends(out, actions)
     }
 
     /// Sends `extent` to `holder` for read `id`, counting the copy if the
     /// holder's lease stands.
-    fn grant(
-        &mut self,
-        now: Millis,
-        holder: HolderId,
-        id: u64,
-        extent: Extent,
-        actions: &mut Vec<DirectoryAction>,
-    ) {
-        let cached = self.count_copy(now, holder, extent);
-        let version = self.version(extent);
+    fn grant(&mut self, now: Millis, holder: HolderId, id: u64, extent: Extent, out: &mut Outbox) {
+        let cached = self.grants.count_copy(now, holder, extent);
         let answer = Down::Granted {
             id,
             extent,
-            version,
+            version: self.version(extent),
             holder: cached,
         };
-        self.send(holder, answer, actions);
-    }
-
-    /// Counts `holder` among `extent`'s copies if its lease stands.
-    fn count_copy(&mut self, now: Millis, holder: HolderId, extent: Extent) -> bool {
-        let leased = self.holders.get(&holder).is_some_and(|l| now < l.until);
-        if leased {
-            self.extents
-                .entry(extent)
-                .or_default()
-                .copies
-                .insert(holder);
-        }
-        leased
+        self.grants.send(holder, answer, out);
     }
 
     /// Moves the first write of `extent` on: recalls every copy, or, once
     /// none is left, has it applied.
-    fn start_write(&mut self, now: Millis, extent: Extent, actions: &mut Vec<DirectoryAction>) {
+    fn start_write(
+        &mut self,
+        now: Millis,
+        extent: Extent,
+        out: &mut Outbox,
+        actions: &mut Vec<DirectoryAction>,
+    ) {
         let Some(entry) = self.extents.get_mut(&extent) else {
             return;
         };
         let Some(&writer) = entry.writes.front() else {
             return;
         };
-        if entry.applying {
+        if entry.applying || !self.grants.recall(now, extent, out) {
             return;
         }
-        let unasked: Vec<HolderId> = entry
-            .copies
-            .iter()
-            .filter(|h| !entry.recalling.contains_key(h))
-            .copied()
-            .collect();
-        if entry.copies.is_empty() {
-            entry.applying = true;
-            actions.push(DirectoryAction::Apply { extent, writer });
-            return;
-        }
-        for holder in unasked {
-            let seq = self.send(holder, Down::Recall { extent }, actions);
-            if let Some(entry) = self.extents.get_mut(&extent) {
-                entry.recalling.insert(holder, (seq, now));
-            }
-        }
+        entry.applying = true;
+        actions.push(DirectoryAction::Apply { extent, writer });
     }
+}
 
-    /// Stamps and sends `msg`; returns its sequence number.
-    fn send(&mut self, to: HolderId, msg: Down, actions: &mut Vec<DirectoryAction>) -> u64 {
-        let lease = self.holders.entry(to).or_default();
-        lease.seq += 1;
-        actions.push(DirectoryAction::Send {
-            to,
-            msg: Stamped {
-                epoch: self.epoch,
-                seq: lease.seq,
-                generation: lease.generation,
-                msg,
-            },
-        });
-        lease.seq
-    }
+/// The messages first, in the order they were stamped, then the rest.
+fn with_sends(out: Outbox, actions: Vec<DirectoryAction>) -> Vec<DirectoryAction> {
+    out.into_iter()
+        .map(|(to, msg)| DirectoryAction::Send { to, msg })
+        .chain(actions)
+        .collect()
 }

@@ -1,5 +1,5 @@
-//! A caching node's side: its lease, its copies, and its requests to the
-//! root.
+//! A caching node's side toward its parent: its lease, its copies, and its
+//! requests. A [`Relay`](super::Relay) wraps one.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ pub enum HolderAction {
     },
 }
 
-/// One node's cache of one vdisk, as the coherence protocol sees it.
+/// One node's cache of one vdisk, as its parent sees it.
 pub struct Holder {
     config: LeaseConfig,
     /// The newest epoch heard from a root.
@@ -73,9 +73,21 @@ impl Holder {
             .and_then(|_| self.copies.get(&extent).copied())
     }
 
-    /// Whether requests wait for the root.
+    /// Whether requests wait for the parent.
     pub fn waiting(&self) -> bool {
         !self.reads.is_empty() || !self.writes.is_empty()
+    }
+
+    /// How long the lease has left, if it stands.
+    pub fn lease_left(&self, now: Millis) -> Option<Millis> {
+        self.lease
+            .filter(|l| now < l.valid_until)
+            .map(|l| l.valid_until - now)
+    }
+
+    /// The newest epoch heard from a root.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Reads `extent`: from the copy if it is valid, else from the root.
@@ -115,11 +127,12 @@ impl Holder {
             Down::Renewed {
                 renewal,
                 generation,
+                ttl_ms,
             } => {
                 let Some(sent) = self.renewals.remove(&renewal) else {
                     return Vec::new();
                 };
-                self.renewed(now, sent, generation);
+                self.renewed(now, sent + self.config.holder_ttl_ms(ttl_ms), generation);
                 Vec::new()
             }
             Down::Recall { extent } => {
@@ -175,14 +188,34 @@ impl Holder {
             self.next_renewal += 1;
             self.last_renewal = Some(now);
             // An answer to a renewal older than a lease would give none.
-            let ttl = self.config.holder_ttl_ms();
+            let ttl = self.config.holder_ttl_ms(self.config.ttl_ms);
             self.renewals.retain(|_, sent| *sent + ttl > now);
             self.renewals.insert(renewal, now);
             actions.push(HolderAction::Send(Up::Renew { renewal }));
         }
-        let resend = self.config.resend_ms;
+        actions.extend(self.resend(now, self.config.resend_ms));
+        actions
+    }
+
+    /// Moves to another parent: nothing the old one granted counts, and
+    /// requests under way go to the new one now.
+    pub fn reattach(&mut self, now: Millis) -> Vec<HolderAction> {
+        self.lease = None;
+        self.copies.clear();
+        // Sequence numbers and renewals are the old parent's.
+        self.recalled.clear();
+        self.renewals.clear();
+        self.last_renewal = None;
+        let mut actions = self.resend(now, 0);
+        actions.extend(self.tick(now));
+        actions
+    }
+
+    /// Sends again the requests last sent `after` or longer ago.
+    fn resend(&mut self, now: Millis, after: Millis) -> Vec<HolderAction> {
+        let mut actions = Vec::new();
         for (&id, (extent, sent)) in self.reads.iter_mut() {
-            if now >= *sent + resend {
+            if now >= *sent + after {
                 *sent = now;
                 actions.push(HolderAction::Send(Up::Get {
                     id,
@@ -190,16 +223,16 @@ impl Holder {
                 }));
             }
         }
-        let resends: Vec<(u64, Extent)> = self
+        let writes: Vec<(u64, Extent)> = self
             .writes
             .iter_mut()
-            .filter(|(_, (_, sent))| now >= *sent + resend)
+            .filter(|(_, (_, sent))| now >= *sent + after)
             .map(|(&id, (extent, sent))| {
                 *sent = now;
                 (id, *extent)
             })
             .collect();
-        for (id, extent) in resends {
+        for (id, extent) in writes {
             actions.push(HolderAction::Send(self.write_message(id, extent)));
         }
         actions
@@ -219,9 +252,8 @@ impl Holder {
         }
     }
 
-    /// The root answered a renewal sent at `sent`.
-    fn renewed(&mut self, now: Millis, sent: Millis, generation: u64) {
-        let valid_until = sent + self.config.holder_ttl_ms();
+    /// The parent renewed the lease until `valid_until`.
+    fn renewed(&mut self, now: Millis, valid_until: Millis, generation: u64) {
         if valid_until <= now {
             return;
         }

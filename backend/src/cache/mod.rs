@@ -1,11 +1,14 @@
 //! The coherence core of cached vdisks (seed 002): nodes keep copies of a
 //! vdisk's extents under leases granted by the vdisk's root, which keeps
 //! the directory of who holds what and recalls every copy before a write
-//! lands. Sans-I/O, as the mirror's `Replica`: a [`Directory`] (the root)
-//! and [`Holder`]s (the caching nodes) are fed events with their own
+//! lands. The caching nodes form a tree under the root: each is a
+//! [`Relay`], a holder of copies toward its parent and a granter of copies
+//! from its own to its children. Sans-I/O, as the mirror's `Replica`: a
+//! [`Directory`] (the root) and relays are fed events with their own
 //! clock's time and answer with actions; a shell moves the messages and
-//! the data. `sim.rs` runs many of them over a lossy, reordering network
-//! with partitions, restarts and drifting clocks.
+//! the data. `sim.rs` runs many of them, flat and as a tree, over a
+//! lossy, reordering network with partitions, restarts, moves to another
+//! parent and drifting clocks.
 //!
 //! The rules (docs/cache.md has the protocol in full):
 //! - **Write-through, at the root.** A write goes to the root, which
@@ -19,22 +22,27 @@
 //!   margin covers clock drift). A holder that cannot renew drops its
 //!   copies before the root may take them for gone, so a recall that is
 //!   never answered ends with the lease, not with a wait for ever.
+//! - **Nesting.** A relay's children hold copies only of what it holds,
+//!   under leases that end before its own; a recall from above goes down
+//!   before it is answered (`relay.rs`).
 //! - **Stale messages do no harm.** Every message down is stamped with
 //!   the root's per-holder sequence number and the lease generation: a
 //!   grant overtaken by a recall, or sent under a lease that has since
 //!   expired, is used for the read that asked but not cached.
 
 mod directory;
+mod grants;
 mod holder;
+mod relay;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
 
 pub use directory::{Directory, DirectoryAction, Writer};
-pub use holder::{Holder, HolderAction};
+pub use relay::{Relay, RelayAction};
 
-/// A caching node, as the root numbers them.
+/// A caching node, as its parent numbers its children.
 pub type HolderId = u32;
 /// An extent of the vdisk: the unit of caching and of coherence.
 pub type Extent = u64;
@@ -58,14 +66,15 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// A lease's length on the holder's clock, from the renewal's sending:
-    /// short enough that it ends, in real time, before the root's count
-    /// of the same renewal does when the holder's clock runs slow and the
-    /// root's fast (twice the drift), with a millisecond each way for
+    /// The length, on the holder's clock from the renewal's sending, of a
+    /// lease its parent counts for `granted_ms` from the renewal's
+    /// arrival: short enough that it ends, in real time, before the
+    /// parent's count does when the holder's clock runs slow and the
+    /// parent's fast (twice the drift), with a millisecond each way for
     /// clocks read in whole milliseconds.
-    pub fn holder_ttl_ms(&self) -> u64 {
-        let drift = (self.ttl_ms * 2 * self.drift_ppm).div_ceil(1_000_000);
-        self.ttl_ms.saturating_sub(drift + 2)
+    pub fn holder_ttl_ms(&self, granted_ms: u64) -> u64 {
+        let drift = (granted_ms * 2 * self.drift_ppm).div_ceil(1_000_000);
+        granted_ms.saturating_sub(drift + 2)
     }
 
     fn renew_every_ms(&self) -> u64 {
@@ -97,9 +106,16 @@ pub enum Up {
 /// A message from the root to a holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Down {
-    /// The lease stands, counted from when `renewal` was sent; `generation`
-    /// names the lease: a new one after the root let the last one expire.
-    Renewed { renewal: u64, generation: u64 },
+    /// The lease stands for `ttl_ms` more, counted by the parent from the
+    /// renewal's arrival (by the holder from its sending, less the drift
+    /// margin); `generation` names the lease: a new one after the parent
+    /// let the last one expire. A relay's leases end no later than its
+    /// own: `ttl_ms` is what is left of it, up to the configured length.
+    Renewed {
+        renewal: u64,
+        generation: u64,
+        ttl_ms: u64,
+    },
     /// The data of `extent` at `version`, for read `id`. `holder`: the root
     /// counts the asker among the extent's holders and will recall it, so
     /// it may cache the copy.

@@ -1,8 +1,11 @@
 //! A seeded simulation of the coherence protocol: one root and many
-//! holders over a network that delays, reorders and loses messages, with
-//! partitions, holders that die and come back empty, and clocks that run
-//! at different rates. Every millisecond it checks that each valid copy
-//! is one the root counts, at the root's current version; at the end, that
+//! caching nodes, flat under the root or as a tree of relays, over a
+//! network that delays, reorders and loses messages, with nodes cut off
+//! from their parent (a whole subtree with them), nodes that die and come
+//! back empty, children that move to the root when their parent is lost
+//! and back when it returns, and clocks that run at different rates.
+//! Every millisecond it checks that each valid copy is at the root's
+//! current version and counted by its holder's parent; at the end, that
 //! every read saw every write acknowledged before it began, and that every
 //! request of a live node ended once the faults healed.
 
@@ -10,8 +13,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use super::{
-    Directory, DirectoryAction, Extent, Holder, HolderAction, HolderId, LeaseConfig, Millis,
-    Stamped, Up, Version,
+    Directory, DirectoryAction, Extent, HolderId, LeaseConfig, Millis, Relay, RelayAction, Stamped,
+    Up, Version,
 };
 use crate::xorshift::XorShift;
 
@@ -28,9 +31,10 @@ struct Faults {
     /// One message in this many is lost.
     loss_one_in: u64,
     max_delay_ms: u64,
-    /// Each millisecond, a holder starts a partition with chance 1 in this.
-    partition_one_in: u64,
-    /// Each millisecond, a holder dies with chance 1 in this.
+    /// Each millisecond, a node is cut off from its parent with chance 1
+    /// in this.
+    cut_one_in: u64,
+    /// Each millisecond, a node dies with chance 1 in this.
     death_one_in: u64,
 }
 
@@ -38,42 +42,82 @@ const FAULTS: Faults = Faults {
     drift_ppm: 5_000,
     loss_one_in: 20,
     max_delay_ms: 30,
-    partition_one_in: 4_000,
+    cut_one_in: 4_000,
     death_one_in: 15_000,
 };
 
-const HOLDERS: u32 = 8;
 const EXTENTS: u64 = 4;
+/// How often the shells tick the cores (messages and requests are handled
+/// as they come, every millisecond).
+const TICK_MS: Millis = 5;
 const FAULTY_MS: Millis = 30_000;
 const HEAL_MS: Millis = 12_000;
+/// How long a node stays with a parent that died before it moves to the
+/// root (the shell learns it from the link's heartbeats).
+const LOST_PARENT_MS: Millis = 200;
+/// How long a node goes without a lease before it leaves a parent that
+/// is alive but cannot renew it (cut off above).
+const UNLEASED_MS: Millis = 2_000;
+/// How long a node stays at the root before it goes back to its own
+/// parent, once that parent holds a lease again.
+const BACK_HOME_MS: Millis = 3_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    Root,
+    Node(usize),
+}
+
+/// A connection from a node to its parent: gone with the process at
+/// either end (as with TCP), and replaced when the node moves.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    child: usize,
+    child_incarnation: u32,
+    parent: Parent,
+    parent_incarnation: u32,
+}
+
+/// A holder is a process: a node that dies and comes back is a new
+/// holder to its parent, whose request numbers start again.
+fn holder_id(node: usize, incarnation: u32) -> HolderId {
+    (node as HolderId) << 16 | (incarnation & 0xffff)
+}
 
 enum Msg {
     Up {
-        from: HolderId,
-        incarnation: u32,
+        session: usize,
         msg: Up,
     },
     Down {
-        to: HolderId,
-        incarnation: u32,
+        session: usize,
         msg: Stamped,
     },
     /// The root's shell finished writing an extent to the tail.
-    Applied { extent: Extent },
+    Applied {
+        extent: Extent,
+    },
 }
 
 struct Node {
-    holder: Holder,
-    /// A node that died and came back is a new incarnation: messages of
-    /// its old connections never reach the new one (as with TCP).
+    relay: Relay,
+    /// Its parent in the tree.
+    home: Parent,
+    session: usize,
+    /// A node that died and came back is a new incarnation, with new
+    /// connections.
     incarnation: u32,
     dead_until: Option<Millis>,
-    partitioned_until: Millis,
+    /// Cut off from its parent (its subtree with it) until then.
+    cut_until: Millis,
     /// Its clock's rate, in ppm off real time.
     drift: i64,
     offset: Millis,
     /// Requests of this incarnation not yet done.
     open: BTreeSet<u64>,
+    attached_at: Millis,
+    lost_parent_since: Option<Millis>,
+    unleased_since: Option<Millis>,
 }
 
 fn clock(drift: i64, offset: Millis, t: Millis) -> Millis {
@@ -94,7 +138,10 @@ struct Stats {
     hits: u64,
     writes: u64,
     deaths: u64,
-    partitions: u64,
+    cuts: u64,
+    moves: u64,
+    /// Hits on a copy held under a relay.
+    nested_hits: u64,
 }
 
 struct World {
@@ -105,6 +152,7 @@ struct World {
     root: Directory,
     root_drift: i64,
     nodes: Vec<Node>,
+    sessions: Vec<Session>,
     net: BinaryHeap<Reverse<(Millis, u64, usize)>>,
     msgs: Vec<Option<Msg>>,
     order: u64,
@@ -120,25 +168,48 @@ struct World {
     stats: Stats,
 }
 
+/// Every node a child of the root.
+fn flat(nodes: usize) -> Vec<Parent> {
+    vec![Parent::Root; nodes]
+}
+
+/// A binary tree of `levels` levels under the root: two children of the
+/// root, two of each of those, and so on.
+fn binary_tree(levels: u32) -> Vec<Parent> {
+    let nodes = (1..=levels).map(|level| 1 << level).sum();
+    (0..nodes)
+        .map(|n| match n {
+            0 | 1 => Parent::Root,
+            _ => Parent::Node((n - 2) / 2),
+        })
+        .collect()
+}
+
 impl World {
-    fn new(seed: u64, faults: Faults, config: LeaseConfig) -> World {
+    fn new(seed: u64, faults: Faults, config: LeaseConfig, homes: &[Parent]) -> World {
         let mut rng = XorShift::new(seed);
         let drift = |rng: &mut XorShift| {
             rng.below(2 * faults.drift_ppm + 1) as i64 - faults.drift_ppm as i64
         };
         let root_drift = drift(&mut rng);
-        let nodes = (0..HOLDERS)
-            .map(|_| Node {
-                holder: Holder::new(config),
+        let nodes = homes
+            .iter()
+            .map(|&home| Node {
+                relay: Relay::new(config),
+                home,
+                session: 0,
                 incarnation: 0,
                 dead_until: None,
-                partitioned_until: 0,
+                cut_until: 0,
                 drift: drift(&mut rng),
                 offset: rng.below(1_000_000),
                 open: BTreeSet::new(),
+                attached_at: 0,
+                lost_parent_since: None,
+                unleased_since: None,
             })
             .collect();
-        World {
+        let mut world = World {
             rng,
             faults,
             config,
@@ -146,6 +217,7 @@ impl World {
             root: Directory::new(1, config),
             root_drift,
             nodes,
+            sessions: Vec::new(),
             net: BinaryHeap::new(),
             msgs: Vec::new(),
             order: 0,
@@ -156,75 +228,105 @@ impl World {
             began: BTreeMap::new(),
             reads: Vec::new(),
             stats: Stats::default(),
+        };
+        for (n, &home) in homes.iter().enumerate() {
+            world.connect(n, home);
         }
+        world
     }
 
     fn root_now(&self) -> Millis {
         clock(self.root_drift, 0, self.t)
     }
 
-    fn now(&self, h: HolderId) -> Millis {
-        let node = &self.nodes[h as usize];
+    fn now(&self, n: usize) -> Millis {
+        let node = &self.nodes[n];
         clock(node.drift, node.offset, self.t)
     }
 
-    fn reachable(&self, h: HolderId) -> bool {
-        let node = &self.nodes[h as usize];
-        node.dead_until.is_none() && node.partitioned_until <= self.t
+    fn alive(&self, n: usize) -> bool {
+        self.nodes[n].dead_until.is_none()
+    }
+
+    /// Opens a new connection from `n` to `parent`.
+    fn connect(&mut self, n: usize, parent: Parent) {
+        let parent_incarnation = match parent {
+            Parent::Root => 0,
+            Parent::Node(p) => self.nodes[p].incarnation,
+        };
+        self.sessions.push(Session {
+            child: n,
+            child_incarnation: self.nodes[n].incarnation,
+            parent,
+            parent_incarnation,
+        });
+        let node = &mut self.nodes[n];
+        node.session = self.sessions.len() - 1;
+        node.attached_at = self.t;
+        node.lost_parent_since = None;
+        node.unleased_since = None;
+    }
+
+    /// The parent end of `session` is the process that accepted it.
+    fn parent_there(&self, session: &Session) -> bool {
+        match session.parent {
+            Parent::Root => true,
+            Parent::Node(p) => {
+                self.alive(p) && self.nodes[p].incarnation == session.parent_incarnation
+            }
+        }
+    }
+
+    /// Whether a message on `session` gets through now: both ends are the
+    /// processes that opened it, and the child is not cut off.
+    fn open_session(&self, session: usize) -> bool {
+        let s = self.sessions[session];
+        let child = &self.nodes[s.child];
+        child.session == session
+            && child.dead_until.is_none()
+            && child.cut_until <= self.t
+            && self.parent_there(&s)
     }
 
     /// Puts `msg` on the network, unless it is lost.
-    fn post(&mut self, msg: Msg, faulty: bool, delay: Millis) {
+    fn post(&mut self, msg: Msg, faulty: bool) {
         if faulty && self.rng.one_in(self.faults.loss_one_in) {
             return;
         }
+        let delay = 1 + self.rng.below(self.faults.max_delay_ms);
         self.order += 1;
         self.msgs.push(Some(msg));
         self.net
             .push(Reverse((self.t + delay, self.order, self.msgs.len() - 1)));
     }
 
-    fn delay(&mut self) -> Millis {
-        1 + self.rng.below(self.faults.max_delay_ms)
+    /// Sends `msg` from `parent` to `to` on `to`'s connection, if it is
+    /// one to `parent`.
+    fn send_down(&mut self, parent: Parent, to: HolderId, msg: Stamped, faulty: bool) {
+        let node = &self.nodes[(to >> 16) as usize];
+        if holder_id(to as usize >> 16, node.incarnation) != to {
+            return;
+        }
+        let session = node.session;
+        if self.sessions[session].parent == parent && self.open_session(session) {
+            self.post(Msg::Down { session, msg }, faulty);
+        }
     }
 
-    /// Carries out the root's actions. `reply`: the holder and incarnation
-    /// whose message they answer: answers go back on the connection the
-    /// question came on, which is gone with the process that opened it.
-    fn root_actions(
-        &mut self,
-        actions: Vec<DirectoryAction>,
-        faulty: bool,
-        reply: Option<(HolderId, u32)>,
-    ) {
+    fn root_actions(&mut self, actions: Vec<DirectoryAction>, faulty: bool) {
         for action in actions {
             match action {
-                DirectoryAction::Send { to, msg } => {
-                    if !self.reachable(to) {
-                        continue;
-                    }
-                    let incarnation = match reply {
-                        Some((asker, incarnation)) if asker == to => incarnation,
-                        _ => self.nodes[to as usize].incarnation,
-                    };
-                    let delay = self.delay();
-                    self.post(
-                        Msg::Down {
-                            to,
-                            incarnation,
-                            msg,
-                        },
-                        faulty,
-                        delay,
-                    );
-                }
+                DirectoryAction::Send { to, msg } => self.send_down(Parent::Root, to, msg, faulty),
                 DirectoryAction::Apply { extent, writer } => {
                     assert!(
                         self.applying.insert(extent),
                         "two writes of extent {extent} applied at once ({writer:?})"
                     );
-                    let delay = self.rng.below(5);
-                    self.post(Msg::Applied { extent }, false, delay);
+                    self.order += 1;
+                    self.msgs.push(Some(Msg::Applied { extent }));
+                    let at = self.t + self.rng.below(5);
+                    self.net
+                        .push(Reverse((at, self.order, self.msgs.len() - 1)));
                 }
                 DirectoryAction::LocalWritten { id, version } => {
                     self.local_open.remove(&id);
@@ -234,27 +336,18 @@ impl World {
         }
     }
 
-    fn holder_actions(&mut self, h: HolderId, actions: Vec<HolderAction>, faulty: bool) {
+    fn relay_actions(&mut self, n: usize, actions: Vec<RelayAction>, faulty: bool) {
         for action in actions {
             match action {
-                HolderAction::Send(msg) => {
-                    if !self.reachable(h) {
-                        continue;
+                RelayAction::Up(msg) => {
+                    let session = self.nodes[n].session;
+                    if self.open_session(session) {
+                        self.post(Msg::Up { session, msg }, faulty);
                     }
-                    let incarnation = self.nodes[h as usize].incarnation;
-                    let delay = self.delay();
-                    self.post(
-                        Msg::Up {
-                            from: h,
-                            incarnation,
-                            msg,
-                        },
-                        faulty,
-                        delay,
-                    );
                 }
-                HolderAction::ReadDone { id, version, hit } => {
-                    self.nodes[h as usize].open.remove(&id);
+                RelayAction::Down { to, msg } => self.send_down(Parent::Node(n), to, msg, faulty),
+                RelayAction::ReadDone { id, version, hit } => {
+                    self.nodes[n].open.remove(&id);
                     let (extent, began) = self.began[&id];
                     self.reads.push(Read {
                         extent,
@@ -263,13 +356,15 @@ impl World {
                     });
                     self.stats.reads += 1;
                     self.stats.hits += u64::from(hit);
+                    let parent = self.sessions[self.nodes[n].session].parent;
+                    self.stats.nested_hits += u64::from(hit && parent != Parent::Root);
                     assert!(
                         version <= self.root.version(extent),
                         "read {id} saw version {version} of extent {extent}, which the root never wrote"
                     );
                 }
-                HolderAction::WriteDone { id, version } => {
-                    self.nodes[h as usize].open.remove(&id);
+                RelayAction::WriteDone { id, version } => {
+                    self.nodes[n].open.remove(&id);
                     self.ack(id, version);
                 }
             }
@@ -298,68 +393,130 @@ impl World {
                 Msg::Applied { extent } => {
                     self.applying.remove(&extent);
                     let actions = self.root.applied(self.root_now(), extent);
-                    self.root_actions(actions, faulty, None);
+                    self.root_actions(actions, faulty);
                 }
-                Msg::Up {
-                    from,
-                    incarnation,
-                    msg,
-                } => {
-                    // A partition cuts both ways; a dead node's messages
-                    // already sent may still arrive, as over a real network.
-                    if self.nodes[from as usize].partitioned_until > self.t
-                        && self.nodes[from as usize].incarnation == incarnation
+                Msg::Up { session, msg } => {
+                    // A message already on its way arrives even if its
+                    // sender has died since, as over a real network; not
+                    // across a cut, nor to a process that is gone.
+                    let s = self.sessions[session];
+                    let child = &self.nodes[s.child];
+                    if child.session != session
+                        || child.cut_until > self.t
+                        || !self.parent_there(&s)
                     {
                         continue;
                     }
-                    let actions = self.root.receive(self.root_now(), from, msg);
-                    self.root_actions(actions, faulty, Some((from, incarnation)));
+                    let from = holder_id(s.child, s.child_incarnation);
+                    match s.parent {
+                        Parent::Root => {
+                            let actions = self.root.receive(self.root_now(), from, msg);
+                            self.root_actions(actions, faulty);
+                        }
+                        Parent::Node(p) => {
+                            let now = self.now(p);
+                            let actions = self.nodes[p].relay.receive_down(now, from, msg);
+                            self.relay_actions(p, actions, faulty);
+                        }
+                    }
                 }
-                Msg::Down {
-                    to,
-                    incarnation,
-                    msg,
-                } => {
-                    if !self.reachable(to) || self.nodes[to as usize].incarnation != incarnation {
+                Msg::Down { session, msg } => {
+                    if !self.open_session(session) {
                         continue;
                     }
-                    let now = self.now(to);
-                    let actions = self.nodes[to as usize].holder.receive(now, msg);
-                    self.holder_actions(to, actions, faulty);
+                    let n = self.sessions[session].child;
+                    let now = self.now(n);
+                    let actions = self.nodes[n].relay.receive_up(now, msg);
+                    self.relay_actions(n, actions, faulty);
                 }
             }
         }
     }
 
-    /// The dead whose time is up come back empty: a new process, with
-    /// new connections.
+    /// The dead whose time is up come back empty, a new process with new
+    /// connections, under their own parent.
     fn return_the_dead(&mut self) {
-        for node in &mut self.nodes {
-            if node.dead_until.is_some_and(|until| self.t >= until) {
+        for n in 0..self.nodes.len() {
+            if self.nodes[n]
+                .dead_until
+                .is_some_and(|until| self.t >= until)
+            {
+                let node = &mut self.nodes[n];
                 node.dead_until = None;
                 node.incarnation += 1;
-                node.holder = Holder::new(self.config);
+                node.relay = Relay::new(self.config);
+                let home = node.home;
+                self.connect(n, home);
+            }
+        }
+    }
+
+    /// Nodes leave a parent that died, or one that cannot renew their
+    /// lease, for the root; and go back to their own parent once it is
+    /// back in the tree.
+    fn move_nodes(&mut self, faulty: bool) {
+        for n in 0..self.nodes.len() {
+            if !self.alive(n) {
+                continue;
+            }
+            let now = self.now(n);
+            let session = self.sessions[self.nodes[n].session];
+            let leased = self.nodes[n].relay.leased(now);
+            let parent_there = self.parent_there(&session);
+            let node = &mut self.nodes[n];
+            node.lost_parent_since = match parent_there {
+                true => None,
+                false => node.lost_parent_since.or(Some(self.t)),
+            };
+            node.unleased_since = match leased {
+                true => None,
+                false => node.unleased_since.or(Some(self.t)),
+            };
+            let to = match (session.parent, node.home) {
+                (Parent::Node(_), _) => {
+                    let lost = node
+                        .lost_parent_since
+                        .is_some_and(|since| self.t >= since + LOST_PARENT_MS);
+                    let stuck = node.cut_until <= self.t
+                        && node
+                            .unleased_since
+                            .is_some_and(|since| self.t >= since + UNLEASED_MS);
+                    (lost || stuck).then_some(Parent::Root)
+                }
+                (Parent::Root, Parent::Node(home)) => {
+                    let settled = self.t >= node.attached_at + BACK_HOME_MS;
+                    let home_ok = self.alive(home)
+                        && self.nodes[home].cut_until <= self.t
+                        && self.nodes[home].relay.leased(self.now(home));
+                    (settled && home_ok).then_some(Parent::Node(home))
+                }
+                (Parent::Root, Parent::Root) => None,
+            };
+            if let Some(parent) = to {
+                self.stats.moves += 1;
+                self.connect(n, parent);
+                let actions = self.nodes[n].relay.reattach(now);
+                self.relay_actions(n, actions, faulty);
             }
         }
     }
 
     fn faults(&mut self) {
-        self.return_the_dead();
-        for h in 0..HOLDERS {
-            if self.nodes[h as usize].dead_until.is_some() {
+        for n in 0..self.nodes.len() {
+            if !self.alive(n) {
                 continue;
             }
             if self.rng.one_in(self.faults.death_one_in) {
                 let down = 100 + self.rng.below(2_000);
-                let node = &mut self.nodes[h as usize];
+                let node = &mut self.nodes[n];
                 node.dead_until = Some(self.t + down);
                 // The requests die with the process that made them.
                 node.open.clear();
                 self.stats.deaths += 1;
-            } else if self.rng.one_in(self.faults.partition_one_in) {
+            } else if self.rng.one_in(self.faults.cut_one_in) {
                 let cut = 50 + self.rng.below(3_000);
-                self.nodes[h as usize].partitioned_until = self.t + cut;
-                self.stats.partitions += 1;
+                self.nodes[n].cut_until = self.t + cut;
+                self.stats.cuts += 1;
             }
         }
     }
@@ -373,12 +530,12 @@ impl World {
         let id = self.next_id;
         self.next_id += 1;
         self.began.insert(id, (extent, self.t));
-        let who = self.rng.below(u64::from(HOLDERS) + 1);
-        if who == u64::from(HOLDERS) {
+        let who = self.rng.below(self.nodes.len() as u64 + 1) as usize;
+        if who == self.nodes.len() {
             if write {
                 self.local_open.insert(id);
                 let actions = self.root.write_local(self.root_now(), id, extent);
-                self.root_actions(actions, true, None);
+                self.root_actions(actions, true);
             } else {
                 let version = self.root.version(extent);
                 self.reads.push(Read {
@@ -389,51 +546,63 @@ impl World {
             }
             return;
         }
-        let h = who as HolderId;
-        if self.nodes[h as usize].dead_until.is_some() {
+        if !self.alive(who) {
             return;
         }
-        let now = self.now(h);
-        self.nodes[h as usize].open.insert(id);
+        let now = self.now(who);
+        self.nodes[who].open.insert(id);
         let actions = match write {
-            true => self.nodes[h as usize].holder.write(now, id, extent),
-            false => self.nodes[h as usize].holder.read(now, id, extent),
+            true => self.nodes[who].relay.write(now, id, extent),
+            false => self.nodes[who].relay.read(now, id, extent),
         };
-        self.holder_actions(h, actions, true);
+        self.relay_actions(who, actions, true);
     }
 
     fn tick(&mut self, faulty: bool) {
+        if !self.t.is_multiple_of(TICK_MS) {
+            return;
+        }
         let actions = self.root.tick(self.root_now());
-        self.root_actions(actions, faulty, None);
-        for h in 0..HOLDERS {
-            if self.nodes[h as usize].dead_until.is_some() {
+        self.root_actions(actions, faulty);
+        for n in 0..self.nodes.len() {
+            if !self.alive(n) {
                 continue;
             }
-            let now = self.now(h);
-            let actions = self.nodes[h as usize].holder.tick(now);
-            self.holder_actions(h, actions, faulty);
+            let now = self.now(n);
+            let actions = self.nodes[n].relay.tick(now);
+            self.relay_actions(n, actions, faulty);
         }
     }
 
-    /// Every valid copy is one the root counts, at its current version.
+    /// Every valid copy is at the root's current version, and counted by
+    /// its holder's parent while that parent is the process it attached
+    /// to.
     fn check_copies(&self) {
-        for h in 0..HOLDERS {
-            if self.nodes[h as usize].dead_until.is_some() {
+        for n in 0..self.nodes.len() {
+            if !self.alive(n) {
                 continue;
             }
+            let session = self.sessions[self.nodes[n].session];
+            let holder = holder_id(n, self.nodes[n].incarnation);
             for extent in 0..EXTENTS {
-                let Some(version) = self.nodes[h as usize].holder.copy(self.now(h), extent) else {
+                let Some(version) = self.nodes[n].relay.copy(self.now(n), extent) else {
                     continue;
                 };
-                assert!(
-                    self.root.may_hold(h, extent),
-                    "t={} holder {h} holds extent {extent} (version {version}) that the root no longer counts",
-                    self.t
-                );
                 assert_eq!(
                     version,
                     self.root.version(extent),
-                    "t={} holder {h}'s copy of extent {extent} is stale",
+                    "t={} node {n}'s copy of extent {extent} is stale",
+                    self.t
+                );
+                let counted = match session.parent {
+                    Parent::Root => self.root.may_hold(holder, extent),
+                    Parent::Node(p) => {
+                        !self.parent_there(&session) || self.nodes[p].relay.may_hold(holder, extent)
+                    }
+                };
+                assert!(
+                    counted,
+                    "t={} node {n} holds extent {extent} (version {version}) that its parent no longer counts",
                     self.t
                 );
             }
@@ -465,28 +634,32 @@ impl World {
     fn run(&mut self) {
         while self.t < FAULTY_MS {
             self.deliver(true);
+            self.return_the_dead();
             self.faults();
+            self.move_nodes(true);
             self.tick(true);
             self.workload();
             self.check_copies();
             self.t += 1;
         }
-        // Heal: no new faults or requests; partitions end, the dead return.
+        // Heal: no new faults or requests; cuts end, the dead return,
+        // nodes go home.
         for node in &mut self.nodes {
-            node.partitioned_until = 0;
+            node.cut_until = 0;
         }
         while self.t < FAULTY_MS + HEAL_MS {
             self.deliver(false);
             self.return_the_dead();
+            self.move_nodes(false);
             self.tick(false);
             self.check_copies();
             self.t += 1;
         }
         self.check_reads();
-        for (h, node) in self.nodes.iter().enumerate() {
+        for (n, node) in self.nodes.iter().enumerate() {
             assert!(
-                node.open.is_empty() && !node.holder.waiting(),
-                "holder {h}'s requests {:?} never ended",
+                node.open.is_empty() && !node.relay.waiting(),
+                "node {n}'s requests {:?} never ended",
                 node.open
             );
         }
@@ -495,27 +668,45 @@ impl World {
     }
 }
 
+fn run_seeds(homes: &[Parent]) -> Vec<Stats> {
+    (0..24)
+        .map(|seed| {
+            let mut world = World::new(seed, FAULTS, CONFIG, homes);
+            world.run();
+            let s = world.stats;
+            assert!(
+                s.reads > 1_000 && s.writes > 300,
+                "seed {seed}: too little load"
+            );
+            assert!(
+                s.hits > 0 && s.deaths + s.cuts > 0,
+                "seed {seed}: no hits or no faults"
+            );
+            s
+        })
+        .collect()
+}
+
 #[test]
 fn copies_stay_current_and_every_request_ends_under_faults() {
-    for seed in 0..24 {
-        let mut world = World::new(seed, FAULTS, CONFIG);
-        world.run();
-        let s = &world.stats;
+    run_seeds(&flat(8));
+}
+
+#[test]
+fn a_tree_of_relays_stays_as_coherent_as_one_level() {
+    for (seed, s) in run_seeds(&binary_tree(3)).iter().enumerate() {
+        assert!(s.moves > 0, "seed {seed}: no node moved to another parent");
         assert!(
-            s.reads > 1_000 && s.writes > 300,
-            "seed {seed}: too little load"
-        );
-        assert!(
-            s.hits > 0 && s.deaths + s.partitions > 0,
-            "seed {seed}: no hits or no faults"
+            s.nested_hits > 0,
+            "seed {seed}: no node under a relay read its own copy"
         );
     }
 }
 
-/// The mutation the simulation must catch: holders that count their lease
-/// as long as the root does, with no margin for clocks that drift 2%.
+/// The mutation the simulation must catch: nodes that count their lease
+/// as long as their parent does, with no margin for clocks that drift 2%.
 #[test]
-fn a_lease_without_a_drift_margin_is_caught_outliving_the_root_s_count() {
+fn a_lease_without_a_drift_margin_is_caught_outliving_the_parent_s_count() {
     let faults = Faults {
         drift_ppm: 20_000,
         ..FAULTS
@@ -524,17 +715,23 @@ fn a_lease_without_a_drift_margin_is_caught_outliving_the_root_s_count() {
         drift_ppm: 20_000,
         ..CONFIG
     };
-    World::new(1, faults, margined).run();
-    let unmargined = LeaseConfig {
-        drift_ppm: 0,
-        ..CONFIG
-    };
-    let caught = (0..24).any(|seed| {
-        let run = std::panic::catch_unwind(|| World::new(seed, faults, unmargined).run());
-        run.is_err_and(|why| {
-            why.downcast_ref::<String>()
-                .is_some_and(|s| s.contains("the root no longer counts"))
-        })
-    });
-    assert!(caught, "no seed caught a lease outliving the root's count");
+    for homes in [flat(8), binary_tree(3)] {
+        World::new(1, faults, margined, &homes).run();
+        let unmargined = LeaseConfig {
+            drift_ppm: 0,
+            ..CONFIG
+        };
+        let caught = (0..24).any(|seed| {
+            let run =
+                std::panic::catch_unwind(|| World::new(seed, faults, unmargined, &homes).run());
+            run.is_err_and(|why| {
+                why.downcast_ref::<String>()
+                    .is_some_and(|s| s.contains("no longer counts") || s.contains("stale"))
+            })
+        });
+        assert!(
+            caught,
+            "no seed caught a lease outliving its parent's count"
+        );
+    }
 }

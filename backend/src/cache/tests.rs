@@ -1,5 +1,6 @@
 //! The protocol's rules one at a time; `sim.rs` runs them all at once.
 
+use super::holder::{Holder, HolderAction};
 use super::*;
 
 const CONFIG: LeaseConfig = LeaseConfig {
@@ -176,6 +177,7 @@ fn leased_holder() -> Holder {
             Down::Renewed {
                 renewal: 1,
                 generation: 1,
+                ttl_ms: CONFIG.ttl_ms,
             },
         ),
     );
@@ -231,7 +233,7 @@ fn copies_end_with_the_lease_and_a_new_lease_does_not_revive_them() {
         ),
     );
     assert_eq!(holder.copy(12, 7), Some(2));
-    let ttl = CONFIG.holder_ttl_ms();
+    let ttl = CONFIG.holder_ttl_ms(CONFIG.ttl_ms);
     assert_eq!(holder.copy(ttl - 1, 7), Some(2));
     assert_eq!(
         holder.copy(ttl, 7),
@@ -249,6 +251,7 @@ fn copies_end_with_the_lease_and_a_new_lease_does_not_revive_them() {
             Down::Renewed {
                 renewal: 2,
                 generation: 1,
+                ttl_ms: CONFIG.ttl_ms,
             },
         ),
     );
@@ -284,6 +287,7 @@ fn a_deposed_root_is_not_heard() {
             msg: Down::Renewed {
                 renewal: 1,
                 generation: 1,
+                ttl_ms: CONFIG.ttl_ms,
             },
         },
     );
@@ -302,4 +306,166 @@ fn a_deposed_root_is_not_heard() {
     assert!(holder.receive(11, old).is_empty());
     assert_eq!(holder.copy(12, 7), None);
     assert!(holder.waiting());
+}
+
+/// A relay whose parent renewed its lease at time 0 for a full lease, and
+/// whose child 5 holds a lease from it.
+fn relay_with_a_child() -> Relay {
+    let mut relay = Relay::new(CONFIG);
+    relay.tick(0);
+    let renewed = Down::Renewed {
+        renewal: 1,
+        generation: 1,
+        ttl_ms: CONFIG.ttl_ms,
+    };
+    relay.receive_up(2, stamped(1, 1, renewed));
+    let answer = relay.receive_down(3, 5, Up::Renew { renewal: 1 });
+    assert!(matches!(
+        answer[..],
+        [RelayAction::Down {
+            to: 5,
+            msg: Stamped {
+                msg: Down::Renewed { .. },
+                ..
+            }
+        }]
+    ));
+    relay
+}
+
+/// The messages a relay sends up, and down (to whom, what).
+fn relay_sends(actions: &[RelayAction]) -> (Vec<Up>, Vec<(HolderId, Down)>) {
+    let (up, down) = relay_stamped(actions);
+    (up, down.into_iter().map(|(to, s)| (to, s.msg)).collect())
+}
+
+fn relay_stamped(actions: &[RelayAction]) -> (Vec<Up>, Vec<(HolderId, Stamped)>) {
+    let up = actions
+        .iter()
+        .filter_map(|a| match a {
+            RelayAction::Up(msg) => Some(*msg),
+            _ => None,
+        })
+        .collect();
+    let down = actions
+        .iter()
+        .filter_map(|a| match a {
+            RelayAction::Down { to, msg } => Some((*to, *msg)),
+            _ => None,
+        })
+        .collect();
+    (up, down)
+}
+
+/// Child 5 reads extent 7 through the relay, which gets it from above at
+/// `version` with `holder` and answers the child.
+fn read_through(relay: &mut Relay, now: Millis, seq: u64, holder: bool) -> Down {
+    let (up, _) = relay_sends(&relay.receive_down(now, 5, Up::Get { id: 40, extent: 7 }));
+    let [Up::Get { id, extent: 7 }] = up[..] else {
+        panic!("the read was not sent up: {up:?}");
+    };
+    let granted = Down::Granted {
+        id,
+        extent: 7,
+        version: 2,
+        holder,
+    };
+    let (_, down) = relay_sends(&relay.receive_up(now + 1, stamped(seq, 1, granted)));
+    let [(5, answer)] = down[..] else {
+        panic!("the child got no answer: {down:?}");
+    };
+    answer
+}
+
+#[test]
+fn a_relay_answers_a_recall_only_once_its_children_dropped_their_copies() {
+    let mut relay = relay_with_a_child();
+    let answer = read_through(&mut relay, 10, 2, true);
+    assert!(matches!(
+        answer,
+        Down::Granted {
+            id: 40,
+            version: 2,
+            holder: true,
+            ..
+        }
+    ));
+    assert!(relay.may_hold(5, 7));
+    let recall = stamped(9, 1, Down::Recall { extent: 7 });
+    let (up, down) = relay_stamped(&relay.receive_up(20, recall));
+    assert!(up.is_empty(), "answered before the child dropped its copy");
+    assert_eq!(relay.copy(20, 7), None, "the relay's own copy goes at once");
+    let [(5, to_child)] = down[..] else {
+        panic!("the child was not recalled: {down:?}");
+    };
+    assert_eq!(to_child.msg, Down::Recall { extent: 7 });
+    // Until the child answers the relay's recall (its own numbering),
+    // only the resends go out.
+    let (up, _) = relay_sends(&relay.tick(200));
+    assert!(up.is_empty());
+    let dropped = Up::Recalled {
+        extent: 7,
+        seq: to_child.seq,
+    };
+    let (up, _) = relay_sends(&relay.receive_down(210, 5, dropped));
+    assert_eq!(up, [Up::Recalled { extent: 7, seq: 9 }]);
+}
+
+#[test]
+fn a_relay_gives_no_copy_of_what_it_does_not_hold() {
+    let mut relay = relay_with_a_child();
+    let answer = read_through(&mut relay, 10, 2, false);
+    assert!(matches!(answer, Down::Granted { holder: false, .. }));
+    assert!(!relay.may_hold(5, 7));
+}
+
+#[test]
+fn a_relay_never_renews_a_child_past_its_own_lease() {
+    let mut relay = relay_with_a_child();
+    // Its lease, renewed at 0, ends at holder_ttl on its clock.
+    let end = CONFIG.holder_ttl_ms(CONFIG.ttl_ms);
+    let (_, down) = relay_sends(&relay.receive_down(end - 100, 5, Up::Renew { renewal: 2 }));
+    assert!(
+        matches!(down[..], [(5, Down::Renewed { ttl_ms: 100, .. })]),
+        "{down:?}"
+    );
+    let (_, down) = relay_sends(&relay.receive_down(end, 5, Up::Renew { renewal: 3 }));
+    assert!(down.is_empty(), "renewed without a lease of its own");
+}
+
+#[test]
+fn after_a_move_a_relay_shares_nothing_until_its_old_grants_ended() {
+    let mut relay = relay_with_a_child();
+    relay.reattach(100);
+    // The new parent's lease.
+    let renewed = Down::Renewed {
+        renewal: 2,
+        generation: 1,
+        ttl_ms: CONFIG.ttl_ms,
+    };
+    relay.receive_up(110, stamped(1, 1, renewed));
+    assert!(relay.leased(111));
+    let (_, down) = relay_sends(&relay.receive_down(120, 5, Up::Renew { renewal: 2 }));
+    assert!(down.is_empty(), "a child renewed within the fence");
+    let answer = read_through(&mut relay, 130, 2, true);
+    assert!(matches!(answer, Down::Granted { holder: false, .. }));
+    // The old lease ended at holder_ttl: from then on the child is renewed
+    // and given copies under the new one.
+    let end = CONFIG.holder_ttl_ms(CONFIG.ttl_ms);
+    relay.tick(end);
+    let renewed_again = Down::Renewed {
+        renewal: 3,
+        generation: 1,
+        ttl_ms: CONFIG.ttl_ms,
+    };
+    relay.receive_up(end + 1, stamped(3, 1, renewed_again));
+    let (_, down) = relay_sends(&relay.receive_down(end + 2, 5, Up::Renew { renewal: 3 }));
+    assert!(matches!(down[..], [(5, Down::Renewed { .. })]), "{down:?}");
+    // Its copy from the new parent is shared now.
+    assert_eq!(relay.copy(end + 3, 7), Some(2));
+    let (_, down) = relay_sends(&relay.receive_down(end + 3, 5, Up::Get { id: 41, extent: 7 }));
+    assert!(
+        matches!(down[..], [(5, Down::Granted { holder: true, .. })]),
+        "{down:?}"
+    );
 }
