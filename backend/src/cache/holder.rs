@@ -197,6 +197,12 @@ impl Holder {
         actions
     }
 
+    /// Drops this node's copy of `extent`: the parent counts a superset
+    /// of the copies, so it need not be told.
+    pub fn drop_copy(&mut self, extent: Extent) {
+        self.copies.remove(&extent);
+    }
+
     /// Moves to another parent: nothing the old one granted counts, and
     /// requests under way go to the new one now.
     pub fn reattach(&mut self, now: Millis) -> Vec<HolderAction> {

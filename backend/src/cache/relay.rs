@@ -65,9 +65,10 @@ pub struct Relay {
     next_up_id: u64,
     reads: BTreeMap<u64, Forwarded>,
     writes: BTreeMap<u64, Forwarded>,
-    /// Recalls from the parent waiting for the children's copies to go:
-    /// the sequence number to answer with.
-    recalls: BTreeMap<Extent, u64>,
+    /// Recalls of extents from the children, waiting for their copies to
+    /// go: for the parent (with the sequence number to answer with), or
+    /// for an eviction from this node's cache (none).
+    recalls: BTreeMap<Extent, Option<u64>>,
     /// After a move to another parent: the leases granted under the old
     /// parent's lease all end by then; none is renewed, and no copy
     /// granted, before.
@@ -189,6 +190,18 @@ impl Relay {
         all
     }
 
+    /// This node's cache lets `extent` go: its copy goes at once, and the
+    /// children's are recalled, as an inclusive cache does, since a recall
+    /// from above must find every copy below through this node's. None is
+    /// given out again before they are gone.
+    pub fn evict(&mut self, now: Millis, extent: Extent) -> Vec<RelayAction> {
+        self.up.drop_copy(extent);
+        self.recalls.entry(extent).or_default();
+        let (mut out, mut actions) = (Outbox::new(), Vec::new());
+        self.answer_recall(now, extent, &mut out, &mut actions);
+        with_sends(out, actions)
+    }
+
     /// Leaves the parent for another (the parent died, or is cut off):
     /// nothing held under the old parent counts, so the copies go, and
     /// the children are renewed again, or given copies, only once every
@@ -230,8 +243,8 @@ impl Relay {
         for action in upward {
             match action {
                 HolderAction::Send(Up::Recalled { extent, seq }) => {
-                    let newest = self.recalls.entry(extent).or_default();
-                    *newest = (*newest).max(seq);
+                    let answer = self.recalls.entry(extent).or_default();
+                    *answer = Some(answer.map_or(seq, |newest| newest.max(seq)));
                     self.answer_recall(now, extent, &mut out, &mut actions);
                 }
                 HolderAction::Send(msg) => actions.push(RelayAction::Up(msg)),
@@ -288,8 +301,9 @@ impl Relay {
     }
 
     /// This node's copy of `extent`, if children may be given copies of it:
-    /// - not while a recall of it waits for theirs to go, so that new
-    ///   copies cannot keep the recall waiting;
+    /// - not while a recall of it waits for theirs to go: a child's answer
+    ///   to the recall would uncount a copy given after it, and new copies
+    ///   could keep the recall waiting;
     /// - not after a move to another parent until the children's leases
     ///   granted under the old parent's have ended: such a lease may
     ///   outlive this node's new copy.
@@ -299,8 +313,8 @@ impl Relay {
             .filter(|_| now >= self.fenced_until && !self.recalls.contains_key(&extent))
     }
 
-    /// Recalls the children's copies of `extent` for the parent's recall,
-    /// and answers the parent once none is left.
+    /// Recalls the children's copies of `extent`, and answers the parent's
+    /// recall, if there is one, once none is left.
     fn answer_recall(
         &mut self,
         now: Millis,
@@ -308,12 +322,14 @@ impl Relay {
         out: &mut Outbox,
         actions: &mut Vec<RelayAction>,
     ) {
-        let Some(&seq) = self.recalls.get(&extent) else {
+        let Some(&answer) = self.recalls.get(&extent) else {
             return;
         };
         if self.down.recall(now, extent, out) {
             self.recalls.remove(&extent);
-            actions.push(RelayAction::Up(Up::Recalled { extent, seq }));
+            if let Some(seq) = answer {
+                actions.push(RelayAction::Up(Up::Recalled { extent, seq }));
+            }
         }
     }
 }

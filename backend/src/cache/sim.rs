@@ -1,8 +1,8 @@
 //! A seeded simulation of the coherence protocol: one root and many
 //! caching nodes, flat under the root or as a tree of relays, over a
 //! network that delays, reorders and loses messages, with nodes cut off
-//! from their parent (a whole subtree with them), nodes that die and come
-//! back empty, children that move to the root when their parent is lost
+//! from their parent (a whole subtree with them), caches that let extents
+//! go, nodes that die and come back empty, children that move to the root when their parent is lost
 //! and back when it returns, and clocks that run at different rates.
 //! Every millisecond it checks that each valid copy is at the root's
 //! current version and counted by its holder's parent; at the end, that
@@ -36,6 +36,9 @@ struct Faults {
     cut_one_in: u64,
     /// Each millisecond, a node dies with chance 1 in this.
     death_one_in: u64,
+    /// Each millisecond, a node's cache lets an extent go with chance 1
+    /// in this.
+    evict_one_in: u64,
 }
 
 const FAULTS: Faults = Faults {
@@ -44,6 +47,7 @@ const FAULTS: Faults = Faults {
     max_delay_ms: 30,
     cut_one_in: 4_000,
     death_one_in: 15_000,
+    evict_one_in: 500,
 };
 
 const EXTENTS: u64 = 4;
@@ -517,6 +521,11 @@ impl World {
                 let cut = 50 + self.rng.below(3_000);
                 self.nodes[n].cut_until = self.t + cut;
                 self.stats.cuts += 1;
+            } else if self.rng.one_in(self.faults.evict_one_in) {
+                let extent = self.rng.below(EXTENTS);
+                let now = self.now(n);
+                let actions = self.nodes[n].relay.evict(now, extent);
+                self.relay_actions(n, actions, true);
             }
         }
     }

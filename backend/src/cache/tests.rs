@@ -469,3 +469,31 @@ fn after_a_move_a_relay_shares_nothing_until_its_old_grants_ended() {
         "{down:?}"
     );
 }
+
+#[test]
+fn an_eviction_recalls_the_children_and_shares_nothing_until_they_are_gone() {
+    let mut relay = relay_with_a_child();
+    read_through(&mut relay, 10, 2, true);
+    let (up, down) = relay_stamped(&relay.evict(20, 7));
+    assert!(up.is_empty(), "an eviction is not news to the parent");
+    assert_eq!(relay.copy(20, 7), None);
+    let [(5, recall)] = down[..] else {
+        panic!("the child was not recalled: {down:?}");
+    };
+    assert_eq!(recall.msg, Down::Recall { extent: 7 });
+    // Fetched again while the child's copy is still out: not shared.
+    let answer = read_through(&mut relay, 30, 3, true);
+    assert!(matches!(answer, Down::Granted { holder: false, .. }));
+    assert_eq!(relay.copy(32, 7), Some(2));
+    let dropped = Up::Recalled {
+        extent: 7,
+        seq: recall.seq,
+    };
+    let (up, _) = relay_sends(&relay.receive_down(40, 5, dropped));
+    assert!(up.is_empty());
+    let (_, down) = relay_sends(&relay.receive_down(41, 5, Up::Get { id: 42, extent: 7 }));
+    assert!(
+        matches!(down[..], [(5, Down::Granted { holder: true, .. })]),
+        "{down:?}"
+    );
+}
