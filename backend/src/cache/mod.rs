@@ -6,9 +6,10 @@
 //! from its own to its children. Sans-I/O, as the mirror's `Replica`: a
 //! [`Directory`] (the root) and relays are fed events with their own
 //! clock's time and answer with actions; a shell moves the messages and
-//! the data. `sim.rs` runs many of them, flat and as a tree, over a
-//! lossy, reordering network with partitions, restarts, moves to another
-//! parent and drifting clocks.
+//! the data, which an [`ExtentStore`] keeps in a cache file. `sim.rs`
+//! runs many of them, flat and as a tree, over a lossy, reordering network
+//! with partitions, restarts, evictions, moves to another parent and
+//! drifting clocks.
 //!
 //! The rules (docs/cache.md has the protocol in full):
 //! - **Write-through, at the root.** A write goes to the root, which
@@ -36,11 +37,13 @@ mod holder;
 mod relay;
 #[cfg(test)]
 mod sim;
+mod store;
 #[cfg(test)]
 mod tests;
 
 pub use directory::{Directory, DirectoryAction, Writer};
 pub use relay::{Relay, RelayAction};
+pub use store::{ExtentStore, Inserted, StoreError, Tag};
 
 /// A caching node, as its parent numbers its children.
 pub type HolderId = u32;
