@@ -13,7 +13,7 @@ use std::path::Path;
 /// rings, the engine, errors, leases, counters), which use none of these.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("tail", &[]),
-    ("wire", &["tail"]),
+    ("wire", &["tail", "cache"]),
     ("link", &["tail", "wire"]),
     ("peer", &["tail", "wire"]),
     ("mirror", &["tail"]),

@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the wire decoder as a stream of messages: it must
-//! never panic, and whatever it accepts must encode back to the same bytes.
+//! never panic, and whatever it accepts must encode back to the same bytes,
+//! a cache message's body included.
 //!
 //! Random bytes almost never carry valid checksums, which would stop the
 //! fuzzer at the first check; the first input byte therefore says whether to
@@ -7,7 +8,7 @@
 //! values, so that the rules behind the checksums get explored too.
 #![no_main]
 
-use backend::wire::{Header, HEADER_LEN};
+use backend::wire::{CacheMessage, Frame, Header, CACHE_BODY_LEN, HEADER_LEN};
 use crc32c::crc32c;
 use libfuzzer_sys::fuzz_target;
 
@@ -39,6 +40,16 @@ fuzz_target!(|data: &[u8]| {
         }
         let encoded = header.frame.encode(payload);
         assert_eq!(encoded, Ok(head), "accepted header does not round-trip");
+        if let Frame::Cache { vdisk, .. } = header.frame {
+            let (body, data) = payload.split_at(CACHE_BODY_LEN);
+            let Ok(body) = <&[u8; CACHE_BODY_LEN]>::try_from(body) else {
+                return;
+            };
+            if let Ok(message) = CacheMessage::decode(&header, body) {
+                let encoded = message.encode(vdisk, data);
+                assert_eq!(encoded, Ok((head, *body)), "accepted cache message does not round-trip");
+            }
+        }
         rest = &after[len..];
     }
 });

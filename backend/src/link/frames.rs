@@ -81,7 +81,7 @@ async fn read_reply(reader: &mut BufReader<SessionReader>) -> Result<(u64, Reply
     header.verify_payload(&data).map_err(|e| malformed(&e))?;
     let Frame::Reply { id, status } = header.frame else {
         return Err(ReadEnd::Malformed(
-            "the peer sent a request on a link".to_owned(),
+            "the peer sent a link something other than a reply".to_owned(),
         ));
     };
     let data = (header.payload_len > 0).then_some(data);

@@ -260,7 +260,7 @@ async fn serve_connection(
             op,
         } = header.frame
         else {
-            tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a reply sent to the server");
+            tracing::warn!(%addr, peer = %peer.name, "closing peer connection: it sent something other than a request");
             break;
         };
         // Both budgets are taken before the payload is read or a read's

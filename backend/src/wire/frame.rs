@@ -1,3 +1,4 @@
+use super::cache::{self, Toward};
 use super::WireError;
 
 /// "UBKV" read as a little-endian u32.
@@ -10,6 +11,8 @@ pub const MAX_PAYLOAD: u32 = 8 << 20;
 
 const KIND_REQUEST: u8 = 1;
 const KIND_REPLY: u8 = 2;
+const KIND_CACHE_TO_PARENT: u8 = 3;
+const KIND_CACHE_TO_CHILD: u8 = 4;
 
 /// What a request asks of the tail. Ranges are in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,15 @@ pub enum Frame {
     /// Answers the request with the same `id`. An `Ok` reply to a read
     /// carries the data as payload.
     Reply { id: u64, status: Status },
+    /// A cached vdisk's coherence message ([`CacheMessage`]), one way:
+    /// its body, then its data, are the payload.
+    ///
+    /// [`CacheMessage`]: super::CacheMessage
+    Cache {
+        vdisk: u64,
+        toward: Toward,
+        code: u8,
+    },
 }
 
 /// A decoded header: the frame, and the payload that follows it.
@@ -109,15 +121,26 @@ impl Frame {
     /// only writes and `Ok` replies carry one).
     pub fn encode(&self, payload: &[u8]) -> Result<[u8; HEADER_LEN], WireError> {
         let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let payload_crc = if payload.is_empty() {
+            0
+        } else {
+            crc32c::crc32c(payload)
+        };
+        self.encode_announced(payload_len, payload_crc)
+    }
+
+    /// The header announcing a payload of `payload_len` bytes whose
+    /// crc32c is `payload_crc`, for a payload sent in parts.
+    pub(super) fn encode_announced(
+        &self,
+        payload_len: u32,
+        payload_crc: u32,
+    ) -> Result<[u8; HEADER_LEN], WireError> {
         let raw = self.to_raw();
         let header = Header {
             frame: *self,
             payload_len,
-            payload_crc: if payload.is_empty() {
-                0
-            } else {
-                crc32c::crc32c(payload)
-            },
+            payload_crc,
         };
         header.check_consistency()?;
         let mut out = [0u8; HEADER_LEN];
@@ -193,6 +216,19 @@ impl Frame {
                     ..Raw::default()
                 }
             }
+            Frame::Cache {
+                vdisk,
+                toward,
+                code,
+            } => Raw {
+                kind: match toward {
+                    Toward::Parent => KIND_CACHE_TO_PARENT,
+                    Toward::Child => KIND_CACHE_TO_CHILD,
+                },
+                code,
+                vdisk,
+                ..Raw::default()
+            },
         }
     }
 }
@@ -235,11 +271,12 @@ impl Header {
         // header has exactly one encoding.
         let canonical = header.frame.to_raw();
         if (
+            canonical.id,
             canonical.vdisk,
             canonical.epoch,
             canonical.offset,
             canonical.length,
-        ) != (raw.vdisk, raw.epoch, raw.offset, raw.length)
+        ) != (raw.id, raw.vdisk, raw.epoch, raw.offset, raw.length)
         {
             return Err(WireError::Inconsistent("unused field is not zero"));
         }
@@ -309,6 +346,9 @@ impl Header {
                 return inconsistent("refusal with payload");
             }
             Frame::Reply { .. } => {}
+            Frame::Cache { toward, code, .. } => {
+                cache::check_header(toward, code, self.payload_len)?;
+            }
         }
         Ok(())
     }
@@ -378,6 +418,14 @@ impl Frame {
                 };
                 Ok(Frame::Reply { id: raw.id, status })
             }
+            KIND_CACHE_TO_PARENT | KIND_CACHE_TO_CHILD => Ok(Frame::Cache {
+                vdisk: raw.vdisk,
+                toward: match raw.kind {
+                    KIND_CACHE_TO_PARENT => Toward::Parent,
+                    _ => Toward::Child,
+                },
+                code: raw.code,
+            }),
             kind => Err(WireError::UnknownKind(kind)),
         }
     }

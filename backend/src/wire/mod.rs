@@ -2,10 +2,12 @@
 //! 56-byte header, followed by a payload for writes and read replies.
 //! `docs/wire.md` specifies the layout byte by byte.
 
+mod cache;
 mod error;
 mod frame;
 mod tail;
 
+pub use cache::{CacheMessage, Toward, CACHE_BODY_LEN};
 pub use error::WireError;
 pub use frame::{Frame, Header, Nack, Op, Status, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 
