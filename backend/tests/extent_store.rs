@@ -43,7 +43,7 @@ fn extent_of(byte: u8) -> AlignedBuf {
 /// Reads `extent` as `tag`: its bytes, or None on a miss.
 fn read(store: &ExtentStore<LocalTail<BlockingRing>>, extent: u64, tag: Tag) -> Option<Vec<u8>> {
     let mut buf = AlignedBuf::new(EXTENT as usize).unwrap();
-    smol::block_on(store.read(extent, tag, &mut buf))
+    smol::block_on(store.read(extent, tag, 0, &mut buf))
         .unwrap()
         .then(|| buf.to_vec())
 }

@@ -34,7 +34,9 @@
 mod directory;
 mod grants;
 mod holder;
+mod node;
 mod relay;
+mod root;
 #[cfg(test)]
 mod sim;
 mod store;
@@ -42,8 +44,23 @@ mod store;
 mod tests;
 
 pub use directory::{Directory, DirectoryAction, Writer};
+pub use node::{CacheFile, CacheNode, NodeCounters};
 pub use relay::{Relay, RelayAction};
+pub use root::CacheRoot;
 pub use store::{ExtentStore, Inserted, StoreError, Tag};
+
+/// How a cache shell's messages leave this node: to its parent (a write's
+/// data goes at byte `at` of its extent), and to its children (a grant
+/// carries its whole extent). Messages may be lost: the cores send again.
+pub trait CacheTransport: Send + Sync {
+    fn to_parent(&self, msg: Up, at: u32, data: Option<std::sync::Arc<crate::AlignedBuf>>);
+    fn to_child(
+        &self,
+        child: HolderId,
+        msg: Stamped,
+        data: Option<std::sync::Arc<crate::AlignedBuf>>,
+    );
+}
 
 /// A caching node, as its parent numbers its children.
 pub type HolderId = u32;

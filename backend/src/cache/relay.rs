@@ -94,6 +94,18 @@ impl Relay {
         self.up.copy(now, extent)
     }
 
+    /// The newest epoch heard from a root: a copy's data is named by it
+    /// and the copy's version.
+    pub fn epoch(&self) -> u64 {
+        self.up.epoch()
+    }
+
+    /// Whether the write sent up as `up_id` is still waiting for its
+    /// answer (and may be sent again).
+    pub fn sending_up(&self, up_id: u64) -> bool {
+        self.writes.contains_key(&up_id)
+    }
+
     /// Whether this node's lease from its parent stands.
     pub fn leased(&self, now: Millis) -> bool {
         self.up.lease_left(now).is_some()

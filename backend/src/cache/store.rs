@@ -103,9 +103,24 @@ impl<B: BlockBackend> ExtentStore<B> {
         self.len() == 0
     }
 
-    /// Fills `buf` (one extent) with `extent`'s data if the store holds it
-    /// as `tag`; false if it does not.
-    pub async fn read(&self, extent: Extent, tag: Tag, buf: &mut [u8]) -> Result<bool, IoError> {
+    /// Whether the store holds `extent`'s data as `tag`.
+    pub fn holds(&self, extent: Extent, tag: Tag) -> bool {
+        let slots = self.lock();
+        slots
+            .lru
+            .peek(&extent)
+            .is_some_and(|&slot| slots.slots[slot].tag == Some(tag))
+    }
+
+    /// Fills `buf` with `extent`'s data from byte `at` of it, if the store
+    /// holds it as `tag`; false if it does not.
+    pub async fn read(
+        &self,
+        extent: Extent,
+        tag: Tag,
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<bool, IoError> {
         let slot = {
             let mut slots = self.lock();
             let Some(&slot) = slots.lru.get(&extent) else {
@@ -118,7 +133,7 @@ impl<B: BlockBackend> ExtentStore<B> {
             slot
         };
         let pin = Pinned { store: self, slot };
-        self.backend.read(self.offset(slot), buf).await?;
+        self.backend.read(self.offset(slot) + at, buf).await?;
         drop(pin);
         Ok(true)
     }
@@ -321,7 +336,7 @@ mod tests {
         assert!(block_on(store.insert(1, TAG, &[1; EXTENT])).stored);
         let mut buf = vec![0; EXTENT];
         {
-            let mut read = pin!(store.read(1, TAG, &mut buf));
+            let mut read = pin!(store.read(1, TAG, 0, &mut buf));
             assert!(block_on(poll_once(&mut read)).is_none(), "the read waits");
             let refused = block_on(store.insert(2, TAG, &[2; EXTENT]));
             assert_eq!(refused, Inserted::default(), "the only slot is pinned");
@@ -372,9 +387,9 @@ mod tests {
         }
         let mut buf = vec![0; EXTENT];
         go.try_send(()).unwrap();
-        assert!(block_on(store.read(7, newer, &mut buf)).unwrap());
+        assert!(block_on(store.read(7, newer, 0, &mut buf)).unwrap());
         assert_eq!(buf, [2; EXTENT]);
-        assert!(!block_on(store.read(7, TAG, &mut buf)).unwrap());
+        assert!(!block_on(store.read(7, TAG, 0, &mut buf)).unwrap());
         assert_eq!(store.len(), 1, "the older copy's slot went back");
     }
 }
