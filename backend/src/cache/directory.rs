@@ -33,9 +33,17 @@ pub enum Writer {
     Local { id: u64 },
 }
 
+/// A root's versions start at its epoch shifted this far: room for 2^40
+/// writes of an extent under one root, and 2^24 epochs.
+const EPOCH_SHIFT: u32 = 40;
+
 /// The root of one cached vdisk.
 pub struct Directory {
     config: LeaseConfig,
+    /// Every extent's version before its first write here: above every
+    /// version a root of an earlier epoch gave, so that versions only
+    /// grow across roots too.
+    base: Version,
     grants: Grants,
     extents: BTreeMap<Extent, Entry>,
 }
@@ -55,6 +63,7 @@ impl Directory {
     pub fn new(epoch: u64, config: LeaseConfig) -> Directory {
         Directory {
             config,
+            base: epoch << EPOCH_SHIFT,
             grants: Grants::new(epoch, config),
             extents: BTreeMap::new(),
         }
@@ -62,7 +71,7 @@ impl Directory {
 
     /// The version of `extent` on the tail.
     pub fn version(&self, extent: Extent) -> Version {
-        self.extents.get(&extent).map_or(0, |e| e.version)
+        self.extents.get(&extent).map_or(self.base, |e| e.version)
     }
 
     /// Whether the root counts `holder` among `extent`'s copies with a
@@ -81,7 +90,7 @@ impl Directory {
                 self.grants.renew(now, from, renewal, ttl, &mut out);
             }
             Up::Get { id, extent } => {
-                let entry = self.extents.entry(extent).or_default();
+                let entry = self.entry(extent);
                 if entry.writes.is_empty() {
                     self.grant(now, from, id, extent, &mut out);
                 } else if !entry.gets.contains(&(from, id)) {
@@ -101,7 +110,7 @@ impl Directory {
                     self.grants.send(from, answer, &mut out);
                 } else {
                     let writer = Writer::Holder { holder: from, id };
-                    let entry = self.extents.entry(extent).or_default();
+                    let entry = self.entry(extent);
                     if !entry.writes.contains(&writer) {
                         entry.writes.push_back(writer);
                         self.start_write(now, extent, &mut out, &mut actions);
@@ -121,11 +130,7 @@ impl Directory {
     /// a holder's does.
     pub fn write_local(&mut self, now: Millis, id: u64, extent: Extent) -> Vec<DirectoryAction> {
         let (mut out, mut actions) = (Outbox::new(), Vec::new());
-        self.extents
-            .entry(extent)
-            .or_default()
-            .writes
-            .push_back(Writer::Local { id });
+        self.entry(extent).writes.push_back(Writer::Local { id });
         self.start_write(now, extent, &mut out, &mut actions);
         with_sends(out, actions)
     }
@@ -188,6 +193,14 @@ impl Directory {
             self.start_write(now, extent, &mut out, &mut actions);
         }
         with_sends(out, actions)
+    }
+
+    fn entry(&mut self, extent: Extent) -> &mut Entry {
+        let base = self.base;
+        self.extents.entry(extent).or_insert_with(|| Entry {
+            version: base,
+            ..Entry::default()
+        })
     }
 
     /// Sends `extent` to `holder` for read `id`, counting the copy if the

@@ -26,6 +26,9 @@
 //! - **Nesting.** A relay's children hold copies only of what it holds,
 //!   under leases that end before its own; a recall from above goes down
 //!   before it is answered (`relay.rs`).
+//! - **Two roots.** A second root takes over with the next epoch only once
+//!   every lease of the first has ended ([`LeaseConfig::takeover_after_ms`]);
+//!   its versions start above the first's.
 //! - **Stale messages do no harm.** Every message down is stamped with
 //!   the root's per-holder sequence number and the lease generation: a
 //!   grant overtaken by a recall, or sent under a lease that has since
@@ -95,6 +98,19 @@ impl LeaseConfig {
     pub fn holder_ttl_ms(&self, granted_ms: u64) -> u64 {
         let drift = (granted_ms * 2 * self.drift_ppm).div_ceil(1_000_000);
         granted_ms.saturating_sub(drift + 2)
+    }
+
+    /// How long a second root waits, on its own clock, from when the
+    /// first stopped granting leases, before it takes the vdisk over:
+    /// until every lease the first granted, and every lease nested in
+    /// those, has ended, with the first root's clock slow and its own
+    /// fast, and a millisecond each way for clocks read in whole
+    /// milliseconds.
+    pub fn takeover_after_ms(&self) -> u64 {
+        let (ttl, drift) = (u128::from(self.ttl_ms), u128::from(self.drift_ppm));
+        let wait =
+            (ttl * (1_000_000 + drift)).div_ceil(1_000_000_u128.saturating_sub(drift).max(1));
+        u64::try_from(wait).unwrap_or(u64::MAX).saturating_add(2)
     }
 
     fn renew_every_ms(&self) -> u64 {

@@ -97,9 +97,11 @@ enum Msg {
         session: usize,
         msg: Stamped,
     },
-    /// The root's shell finished writing an extent to the tail.
+    /// The shell of the root of `epoch` finished writing an extent to the
+    /// tail.
     Applied {
         extent: Extent,
+        epoch: u64,
     },
 }
 
@@ -146,6 +148,7 @@ struct Stats {
     moves: u64,
     /// Hits on a copy held under a relay.
     nested_hits: u64,
+    takeovers: u64,
 }
 
 struct World {
@@ -154,7 +157,14 @@ struct World {
     config: LeaseConfig,
     t: Millis,
     root: Directory,
+    root_epoch: u64,
     root_drift: i64,
+    /// When the root dies, if it does: the second root takes over.
+    root_dies_at: Option<Millis>,
+    /// Dead until then, when the second root takes over.
+    root_down_until: Option<Millis>,
+    /// How long the second root waits, on its own clock.
+    takeover_wait_ms: Millis,
     nodes: Vec<Node>,
     sessions: Vec<Session>,
     net: BinaryHeap<Reverse<(Millis, u64, usize)>>,
@@ -165,7 +175,8 @@ struct World {
     applying: BTreeSet<Extent>,
     /// Root-local writes not yet acknowledged.
     local_open: BTreeSet<u64>,
-    /// When each acknowledged write was acknowledged, by extent: version.
+    /// When each acknowledged write was acknowledged, by extent: version
+    /// (versions grow across roots too).
     acked: BTreeMap<Extent, Vec<(Millis, Version)>>,
     began: BTreeMap<u64, (Extent, Millis)>,
     reads: Vec<Read>,
@@ -219,7 +230,11 @@ impl World {
             config,
             t: 0,
             root: Directory::new(1, config),
+            root_epoch: 1,
             root_drift,
+            root_dies_at: None,
+            root_down_until: None,
+            takeover_wait_ms: config.takeover_after_ms(),
             nodes,
             sessions: Vec::new(),
             net: BinaryHeap::new(),
@@ -255,7 +270,7 @@ impl World {
     /// Opens a new connection from `n` to `parent`.
     fn connect(&mut self, n: usize, parent: Parent) {
         let parent_incarnation = match parent {
-            Parent::Root => 0,
+            Parent::Root => self.root_epoch as u32,
             Parent::Node(p) => self.nodes[p].incarnation,
         };
         self.sessions.push(Session {
@@ -274,7 +289,10 @@ impl World {
     /// The parent end of `session` is the process that accepted it.
     fn parent_there(&self, session: &Session) -> bool {
         match session.parent {
-            Parent::Root => true,
+            Parent::Root => {
+                self.root_down_until.is_none()
+                    && session.parent_incarnation == self.root_epoch as u32
+            }
             Parent::Node(p) => {
                 self.alive(p) && self.nodes[p].incarnation == session.parent_incarnation
             }
@@ -327,7 +345,8 @@ impl World {
                         "two writes of extent {extent} applied at once ({writer:?})"
                     );
                     self.order += 1;
-                    self.msgs.push(Some(Msg::Applied { extent }));
+                    let epoch = self.root_epoch;
+                    self.msgs.push(Some(Msg::Applied { extent, epoch }));
                     let at = self.t + self.rng.below(5);
                     self.net
                         .push(Reverse((at, self.order, self.msgs.len() - 1)));
@@ -364,7 +383,7 @@ impl World {
                     self.stats.nested_hits += u64::from(hit && parent != Parent::Root);
                     assert!(
                         version <= self.root.version(extent),
-                        "read {id} saw version {version} of extent {extent}, which the root never wrote"
+                        "read {id} saw version {version} of extent {extent}, which no root wrote"
                     );
                 }
                 RelayAction::WriteDone { id, version } => {
@@ -394,7 +413,11 @@ impl World {
                 continue;
             };
             match msg {
-                Msg::Applied { extent } => {
+                Msg::Applied { extent, epoch } => {
+                    // A dead root's shell is gone with it.
+                    if epoch != self.root_epoch || self.root_down_until.is_some() {
+                        continue;
+                    }
                     self.applying.remove(&extent);
                     let actions = self.root.applied(self.root_now(), extent);
                     self.root_actions(actions, faulty);
@@ -476,19 +499,23 @@ impl World {
                 true => None,
                 false => node.unleased_since.or(Some(self.t)),
             };
-            let to = match (session.parent, node.home) {
-                (Parent::Node(_), _) => {
-                    let lost = node
-                        .lost_parent_since
-                        .is_some_and(|since| self.t >= since + LOST_PARENT_MS);
-                    let stuck = node.cut_until <= self.t
-                        && node
-                            .unleased_since
-                            .is_some_and(|since| self.t >= since + UNLEASED_MS);
-                    (lost || stuck).then_some(Parent::Root)
-                }
+            let root_up = self.root_down_until.is_none();
+            let lost = node
+                .lost_parent_since
+                .is_some_and(|since| self.t >= since + LOST_PARENT_MS);
+            let stuck = node.cut_until <= self.t
+                && node
+                    .unleased_since
+                    .is_some_and(|since| self.t >= since + UNLEASED_MS);
+            let (home, attached_at) = (node.home, node.attached_at);
+            let to = match (session.parent, home) {
+                // Its relay died, or cannot renew it (cut off above).
+                (Parent::Node(_), _) => (root_up && (lost || stuck)).then_some(Parent::Root),
+                // The root died: the second root, once it has taken over.
+                (Parent::Root, _) if lost => root_up.then_some(Parent::Root),
+                // Back to its own relay once that holds a lease again.
                 (Parent::Root, Parent::Node(home)) => {
-                    let settled = self.t >= node.attached_at + BACK_HOME_MS;
+                    let settled = self.t >= attached_at + BACK_HOME_MS;
                     let home_ok = self.alive(home)
                         && self.nodes[home].cut_until <= self.t
                         && self.nodes[home].relay.leased(self.now(home));
@@ -502,6 +529,29 @@ impl World {
                 let actions = self.nodes[n].relay.reattach(now);
                 self.relay_actions(n, actions, faulty);
             }
+        }
+    }
+
+    /// The root dies when it is due to; the second root takes over once
+    /// its own clock says every lease the first one granted has ended.
+    fn roots(&mut self) {
+        if self.root_dies_at == Some(self.t) {
+            // The second root's clock, which counts the wait.
+            self.root_drift =
+                self.rng.below(2 * self.faults.drift_ppm + 1) as i64 - self.faults.drift_ppm as i64;
+            let wait = u128::from(self.takeover_wait_ms);
+            let rate = (1_000_000 + self.root_drift) as u128;
+            let real = (wait * 1_000_000).div_ceil(rate) as Millis;
+            self.root_down_until = Some(self.t + real);
+            // Its own requests die with it.
+            self.local_open.clear();
+        }
+        if self.root_down_until.is_some_and(|until| self.t >= until) {
+            self.root_down_until = None;
+            self.root_epoch += 1;
+            self.root = Directory::new(self.root_epoch, self.config);
+            self.applying.clear();
+            self.stats.takeovers += 1;
         }
     }
 
@@ -541,6 +591,9 @@ impl World {
         self.began.insert(id, (extent, self.t));
         let who = self.rng.below(self.nodes.len() as u64 + 1) as usize;
         if who == self.nodes.len() {
+            if self.root_down_until.is_some() {
+                return;
+            }
             if write {
                 self.local_open.insert(id);
                 let actions = self.root.write_local(self.root_now(), id, extent);
@@ -571,8 +624,10 @@ impl World {
         if !self.t.is_multiple_of(TICK_MS) {
             return;
         }
-        let actions = self.root.tick(self.root_now());
-        self.root_actions(actions, faulty);
+        if self.root_down_until.is_none() {
+            let actions = self.root.tick(self.root_now());
+            self.root_actions(actions, faulty);
+        }
         for n in 0..self.nodes.len() {
             if !self.alive(n) {
                 continue;
@@ -598,8 +653,8 @@ impl World {
                     continue;
                 };
                 assert_eq!(
-                    version,
-                    self.root.version(extent),
+                    (self.nodes[n].relay.epoch(), version),
+                    (self.root_epoch, self.root.version(extent)),
                     "t={} node {n}'s copy of extent {extent} is stale",
                     self.t
                 );
@@ -643,6 +698,7 @@ impl World {
     fn run(&mut self) {
         while self.t < FAULTY_MS {
             self.deliver(true);
+            self.roots();
             self.return_the_dead();
             self.faults();
             self.move_nodes(true);
@@ -709,6 +765,47 @@ fn a_tree_of_relays_stays_as_coherent_as_one_level() {
             s.nested_hits > 0,
             "seed {seed}: no node under a relay read its own copy"
         );
+    }
+}
+
+/// The root dies a third of the way in; the second root takes over once
+/// its own clock says every lease of the first has ended, and every node
+/// moves to it.
+#[test]
+fn a_second_root_takes_over_once_every_lease_of_the_first_has_ended() {
+    for homes in [flat(8), binary_tree(3)] {
+        for seed in 0..12 {
+            let mut world = World::new(seed, FAULTS, CONFIG, &homes);
+            world.root_dies_at = Some(10_000);
+            world.run();
+            let s = &world.stats;
+            assert_eq!(s.takeovers, 1);
+            assert!(
+                s.reads > 1_000 && s.writes > 300 && s.hits > 0,
+                "seed {seed}: too little load"
+            );
+        }
+    }
+}
+
+/// Its mutation: a second root that takes over as soon as the first dies
+/// finds copies of the first still valid.
+#[test]
+fn a_second_root_that_does_not_wait_is_caught() {
+    for homes in [flat(8), binary_tree(3)] {
+        let caught = (0..24).any(|seed| {
+            let run = std::panic::catch_unwind(|| {
+                let mut world = World::new(seed, FAULTS, CONFIG, &homes);
+                world.root_dies_at = Some(10_000);
+                world.takeover_wait_ms = 0;
+                world.run();
+            });
+            run.is_err_and(|why| {
+                why.downcast_ref::<String>()
+                    .is_some_and(|s| s.contains("stale"))
+            })
+        });
+        assert!(caught, "no seed caught a takeover before the leases ended");
     }
 }
 

@@ -95,13 +95,14 @@ fn a_write_lands_only_once_every_copy_is_recalled() {
         )),
         1
     );
+    let before = root.version(7);
     let done = root.applied(40, 7);
     assert!(sends(&done).contains(&(
         1,
         Down::Written {
             id: 9,
             extent: 7,
-            version: 1,
+            version: before + 1,
             holder: true
         }
     )));
@@ -110,10 +111,22 @@ fn a_write_lands_only_once_every_copy_is_recalled() {
         Down::Granted {
             id: 11,
             extent: 7,
-            version: 1,
+            version: before + 1,
             holder: true
         }
     )));
+}
+
+#[test]
+fn a_new_root_s_versions_are_above_every_version_of_the_roots_before() {
+    let mut old = Directory::new(1, CONFIG);
+    for id in 1..=3 {
+        old.write_local(0, id, 7);
+        old.applied(0, 7);
+    }
+    let new = Directory::new(2, CONFIG);
+    assert!(new.version(7) > old.version(7));
+    assert!(new.version(8) > old.version(7), "of every extent");
 }
 
 #[test]
