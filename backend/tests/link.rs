@@ -421,3 +421,69 @@ fn a_call_lost_because_the_peer_went_away_settles_at_once() {
         assert!(left <= PEER_CLOSED_SETTLE, "settles in {left:?}");
     });
 }
+
+/// Cache messages go one way on a link, in order with its calls, and reach
+/// the peer's cache endpoint of the vdisk, data and all.
+#[test]
+fn a_link_carries_cache_messages_to_the_peers_endpoint() {
+    use backend::cache::{Down, Stamped, Up};
+    use backend::peer::CacheEndpoint;
+    use backend::wire::CacheMessage;
+
+    type Received = (String, CacheMessage, Option<Vec<u8>>);
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Received>>);
+    impl CacheEndpoint for Recorder {
+        fn receive(&self, from: &str, message: CacheMessage, data: Option<Arc<AlignedBuf>>) {
+            let data = data.map(|d| d.to_vec());
+            self.0
+                .lock()
+                .unwrap()
+                .push((from.to_owned(), message, data));
+        }
+    }
+
+    runtime().block_on(async {
+        let peer = Peer::new();
+        let recorder = Arc::new(Recorder::default());
+        peer.exports.insert_cache(7, recorder.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, _served) = peer.serve(vec![listener]);
+        let link = Link::spawn(
+            addr,
+            HealthConfig::default(),
+            support::client_tls("client", "server"),
+        );
+        wait_until(&link, true).await;
+        let granted = CacheMessage::ToChild(Stamped {
+            epoch: 1,
+            seq: 2,
+            generation: 1,
+            msg: Down::Granted {
+                id: 4,
+                extent: 0,
+                version: 9,
+                holder: true,
+            },
+        });
+        let renew = CacheMessage::ToParent {
+            instance: 5,
+            msg: Up::Renew { renewal: 1 },
+            at: 0,
+        };
+        link.send_cache(7, granted, Some(Arc::new(block(0x6e))));
+        link.send_cache(7, renew, None);
+        // A call after them is answered after they were delivered.
+        let beat = link.call(0, 0, Op::Heartbeat, None).await.unwrap();
+        assert_eq!(beat.status, Status::Ok);
+        let got = recorder.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            [
+                ("client".to_owned(), granted, Some(block(0x6e).to_vec())),
+                ("client".to_owned(), renew, None),
+            ]
+        );
+    });
+}

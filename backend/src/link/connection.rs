@@ -10,9 +10,9 @@ use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::frames::{buffer_call, read_replies, ReadEnd};
+use super::frames::{buffer_cache, buffer_call, read_replies, ReadEnd};
 use super::{Health, HealthConfig, Transition};
-use crate::wire::{Frame, Nack, Op, Status, HEADER_LEN, SILENCE};
+use crate::wire::{CacheMessage, Frame, Nack, Op, Status, HEADER_LEN, SILENCE};
 use crate::AlignedBuf;
 
 /// How often a session checks its heartbeats: finer than the heartbeat
@@ -88,6 +88,26 @@ pub(super) struct Call {
     pub(super) reply: oneshot::Sender<Result<Reply, LinkError>>,
 }
 
+/// What goes out on a link: a call, answered, or a cache message, one way.
+pub(super) enum Outbound {
+    Call(Call),
+    Cache {
+        vdisk: u64,
+        message: CacheMessage,
+        data: Option<Arc<AlignedBuf>>,
+    },
+}
+
+impl Outbound {
+    /// The link is down: a call fails at once, so that it moves to another
+    /// path; a cache message is dropped, as a lost one.
+    fn refuse(self) {
+        if let Outbound::Call(call) = self {
+            let _ = call.reply.send(Err(LinkError::Down));
+        }
+    }
+}
+
 /// The two halves of a link's TLS session.
 pub(super) type SessionReader = ReadHalf<SecureStream>;
 pub(super) type SessionWriter = WriteHalf<SecureStream>;
@@ -99,7 +119,7 @@ pub(super) type SessionWriter = WriteHalf<SecureStream>;
 /// Dropping the `Link` stops the task.
 pub struct Link {
     addr: SocketAddr,
-    calls: mpsc::Sender<Call>,
+    calls: mpsc::Sender<Outbound>,
     up: watch::Receiver<bool>,
     counters: Arc<LinkCounters>,
     spawned: Instant,
@@ -180,8 +200,22 @@ impl Link {
             payload,
             reply,
         };
-        self.calls.send(call).await.map_err(|_| LinkError::Closed)?;
+        self.calls
+            .send(Outbound::Call(call))
+            .await
+            .map_err(|_| LinkError::Closed)?;
         answer.await.map_err(|_| LinkError::Closed)?
+    }
+
+    /// Sends a cache message about `vdisk`, with a write's or a grant's
+    /// data, if the link can take it now: one way, and a message that
+    /// cannot go is dropped, as a lost one (the cache's cores send again).
+    pub fn send_cache(&self, vdisk: u64, message: CacheMessage, data: Option<Arc<AlignedBuf>>) {
+        let _ = self.calls.try_send(Outbound::Cache {
+            vdisk,
+            message,
+            data,
+        });
     }
 }
 
@@ -190,7 +224,7 @@ async fn run(
     addr: SocketAddr,
     config: HealthConfig,
     connector: TlsConnector,
-    mut inbox: mpsc::Receiver<Call>,
+    mut inbox: mpsc::Receiver<Outbound>,
     up: watch::Sender<bool>,
     counters: Arc<LinkCounters>,
     spawned: Instant,
@@ -206,9 +240,7 @@ async fn run(
             tokio::select! {
                 connected = &mut connect => break connected,
                 call = inbox.recv() => match call {
-                    Some(call) => {
-                        let _ = call.reply.send(Err(LinkError::Down));
-                    }
+                    Some(call) => call.refuse(),
                     None => return,
                 },
             }
@@ -295,7 +327,7 @@ async fn connect(connector: &TlsConnector, addr: SocketAddr) -> Result<SecureStr
 /// While the peer cannot be reached, calls fail at once so that they move
 /// to another path; returns `Err` when the `Link` is gone.
 async fn refuse_calls_for(
-    inbox: &mut mpsc::Receiver<Call>,
+    inbox: &mut mpsc::Receiver<Outbound>,
     pause: std::time::Duration,
 ) -> Result<(), ()> {
     let deadline = tokio::time::sleep(pause);
@@ -304,9 +336,7 @@ async fn refuse_calls_for(
         tokio::select! {
             () = &mut deadline => return Ok(()),
             call = inbox.recv() => match call {
-                Some(call) => {
-                    let _ = call.reply.send(Err(LinkError::Down));
-                }
+                Some(call) => call.refuse(),
                 None => return Err(()),
             },
         }
@@ -348,7 +378,7 @@ async fn session(
     stream: SecureStream,
     addr: SocketAddr,
     health: &mut Health,
-    inbox: &mut mpsc::Receiver<Call>,
+    inbox: &mut mpsc::Receiver<Outbound>,
     up: &watch::Sender<bool>,
     counters: &LinkCounters,
     spawned: Instant,
@@ -441,8 +471,16 @@ async fn session(
                 let mut buffered = Ok(());
                 for _ in 0..BATCH {
                     let Some(call) = next.take().or_else(|| inbox.try_recv().ok()) else { break };
-                    next_id += 1;
-                    match buffer_call(&mut writer, next_id, call, &mut pending).await {
+                    let buffered_one = match call {
+                        Outbound::Call(call) => {
+                            next_id += 1;
+                            buffer_call(&mut writer, next_id, call, &mut pending).await
+                        }
+                        Outbound::Cache { vdisk, message, data } => {
+                            buffer_cache(&mut writer, vdisk, message, data.as_deref()).await
+                        }
+                    };
+                    match buffered_one {
                         Ok(bytes) => {
                             counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
                             sent.carried(bytes);

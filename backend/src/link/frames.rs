@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 use super::connection::{Call, LinkError, Reply, SessionReader, SessionWriter, Waiter, IO_BUFFER};
-use crate::wire::{Frame, Header, HEADER_LEN};
+use crate::wire::{CacheMessage, Frame, Header, CACHE_BODY_LEN, HEADER_LEN};
 use crate::AlignedBuf;
 
 /// Puts one call in the send buffer as request `id`; returns the bytes
@@ -39,6 +39,33 @@ pub(super) async fn buffer_call(
     writer.write_all(&head).await?;
     writer.write_all(payload).await?;
     Ok((head.len() + payload.len()) as u64)
+}
+
+/// Puts one cache message in the send buffer: its header, its body, then
+/// its data; returns the bytes buffered.
+pub(super) async fn buffer_cache(
+    writer: &mut BufWriter<SessionWriter>,
+    vdisk: u64,
+    message: CacheMessage,
+    data: Option<&AlignedBuf>,
+) -> io::Result<u64> {
+    let data = data.map_or(&[][..], |d| &d[..]);
+    let (head, body) = match message.encode(vdisk, data) {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            tracing::error!("cannot encode {message:?}: {e}");
+            return Ok(0);
+        }
+    };
+    // Header and body in one write, the data in another: a frame is at
+    // most three writes, with what was buffered before it, as the
+    // session's record count assumes.
+    let mut first = [0u8; HEADER_LEN + CACHE_BODY_LEN];
+    first[..HEADER_LEN].copy_from_slice(&head);
+    first[HEADER_LEN..].copy_from_slice(&body);
+    writer.write_all(&first).await?;
+    writer.write_all(data).await?;
+    Ok((first.len() + data.len()) as u64)
 }
 
 /// Why reading replies ended.

@@ -7,7 +7,7 @@ use identity::rustls::ClientConfig;
 use tokio::sync::watch;
 
 use super::{HealthConfig, Link, LinkError, Reply, STRAGGLE};
-use crate::wire::{Op, Status};
+use crate::wire::{CacheMessage, Op, Status};
 use crate::AlignedBuf;
 
 /// A peer node reached over one link per network (seed 003's redundant
@@ -160,6 +160,25 @@ impl PeerLinks {
             Some(settles_at) => LinkError::Lost { settles_at },
             None => LinkError::Down,
         })
+    }
+}
+
+impl PeerLinks {
+    /// Sends a cache message about `vdisk` on the next link that is up,
+    /// if the peer is a live member: one way, and dropped if no link is up
+    /// (the cache's cores send again what is lost).
+    pub fn send_cache(&self, vdisk: u64, message: CacheMessage, data: Option<Arc<AlignedBuf>>) {
+        if !self.inner.member.load(Ordering::Relaxed) {
+            return;
+        }
+        let links = self.inner.links();
+        let first = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let up = (0..links.len())
+            .map(|i| &links[(first + i) % links.len()])
+            .find(|link| link.is_up());
+        if let Some(link) = up {
+            link.send_cache(vdisk, message, data);
+        }
     }
 }
 

@@ -4,8 +4,17 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
 use crate::tail::Tail;
-use crate::wire::Nack;
-use crate::Lease;
+use crate::wire::{CacheMessage, Nack};
+use crate::{AlignedBuf, Lease};
+
+/// What takes a cached vdisk's coherence messages on this node: its root,
+/// or a caching node of its tree.
+pub trait CacheEndpoint: Send + Sync {
+    /// A message from node `from`, as its certificate names it, with a
+    /// write's or a grant's data. Called on the connection's reader: it
+    /// must not block.
+    fn receive(&self, from: &str, message: CacheMessage, data: Option<Arc<AlignedBuf>>);
+}
 
 /// Which authenticated nodes an export answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +58,7 @@ struct Export {
 /// server and whoever adds, removes and reconfigures vdisks while it runs.
 pub struct Exports {
     tails: RwLock<HashMap<u64, Export>>,
+    caches: RwLock<HashMap<u64, Arc<dyn CacheEndpoint>>>,
     /// The nodes served, by the name their certificate proves; `None`:
     /// every node of the cluster's CA is.
     admitted: RwLock<Option<HashSet<String>>>,
@@ -76,6 +86,7 @@ impl Exports {
     pub fn leased(lease: Lease) -> Self {
         Exports {
             tails: RwLock::new(HashMap::new()),
+            caches: RwLock::new(HashMap::new()),
             admitted: RwLock::new(None),
             changes: watch::Sender::new(()),
             lease,
@@ -195,6 +206,20 @@ impl Exports {
 
     /// Follows changes to the exports: each insert, epoch raise or removal
     /// marks the receiver changed.
+    /// Takes `vdisk`'s cache messages to `endpoint` from now on.
+    pub fn insert_cache(&self, vdisk: u64, endpoint: Arc<dyn CacheEndpoint>) {
+        write(&self.caches).insert(vdisk, endpoint);
+    }
+
+    pub fn remove_cache(&self, vdisk: u64) {
+        write(&self.caches).remove(&vdisk);
+    }
+
+    /// Where `vdisk`'s cache messages go, if this node takes them.
+    pub(crate) fn cache(&self, vdisk: u64) -> Option<Arc<dyn CacheEndpoint>> {
+        read(&self.caches).get(&vdisk).cloned()
+    }
+
     pub(crate) fn changes(&self) -> watch::Receiver<()> {
         self.changes.subscribe()
     }

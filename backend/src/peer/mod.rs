@@ -5,5 +5,5 @@ mod exports;
 mod server;
 mod sessions;
 
-pub use exports::{Clients, Exports};
+pub use exports::{CacheEndpoint, Clients, Exports};
 pub use server::serve;

@@ -15,7 +15,9 @@ use super::exports::Admission;
 use super::sessions::{Session, Sessions};
 use super::Exports;
 use crate::tail::{BlockOp, Tail};
-use crate::wire::{self, Frame, Header, Nack, Op, Status, HEADER_LEN};
+use crate::wire::{
+    self, CacheMessage, Frame, Header, Nack, Op, Status, CACHE_BODY_LEN, HEADER_LEN,
+};
 use crate::{AlignedBuf, Counted, OpenCounts};
 
 /// Requests one connection may have in flight; reading pauses beyond it.
@@ -253,6 +255,30 @@ async fn serve_connection(
                 break;
             }
         };
+        if let Frame::Cache { vdisk, .. } = header.frame {
+            // Its budget is taken before its payload is read, as a
+            // request's is.
+            let cost = header.payload_len.min(IN_FLIGHT_BYTES_PER_CONNECTION);
+            let Ok(held) = bytes.clone().acquire_many_owned(cost).await else {
+                break;
+            };
+            let read =
+                tokio::time::timeout(PAYLOAD_TIMEOUT, read_cache_message(&mut reader, &header));
+            let (message, data) = match read.await {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => {
+                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a payload not sent within {PAYLOAD_TIMEOUT:?}");
+                    break;
+                }
+            };
+            drop(held);
+            deliver_cache_message(&exports, &peer.name, vdisk, message, data);
+            continue;
+        }
         let Frame::Request {
             id,
             vdisk,
@@ -339,6 +365,54 @@ async fn read_payload(
         .verify_payload(&payload)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(payload)
+}
+
+/// Reads a cache message's body and data, each into its own buffer, and
+/// checks them against the header.
+async fn read_cache_message(
+    reader: &mut BufReader<SessionReader>,
+    header: &Header,
+) -> io::Result<(CacheMessage, Option<Arc<AlignedBuf>>)> {
+    let invalid = |e: wire::WireError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut body = [0u8; CACHE_BODY_LEN];
+    reader.read_exact(&mut body).await?;
+    let data_len = (header.payload_len as usize).saturating_sub(CACHE_BODY_LEN);
+    let mut data = AlignedBuf::new(data_len)?;
+    reader.read_exact(&mut data).await?;
+    header
+        .verify_payload_parts(&[&body, &data])
+        .map_err(invalid)?;
+    let message = CacheMessage::decode(header, &body).map_err(invalid)?;
+    Ok((message, (data_len > 0).then(|| Arc::new(data))))
+}
+
+/// Hands a cache message from `peer` to the vdisk's cache on this node.
+/// One that cannot be taken is dropped, as a lost one: its sender sends
+/// again what it needs. A node that is not admitted, or one without its
+/// lease (whose root must not act on the tail), takes none.
+fn deliver_cache_message(
+    exports: &Exports,
+    peer: &str,
+    vdisk: u64,
+    message: CacheMessage,
+    data: Option<Arc<AlignedBuf>>,
+) {
+    if !exports.admits(peer) || !exports.lease().is_held() {
+        tracing::debug!(
+            peer,
+            vdisk,
+            "cache message dropped: not a member, or no lease"
+        );
+        return;
+    }
+    match exports.cache(vdisk) {
+        Some(endpoint) => endpoint.receive(peer, message, data),
+        None => tracing::debug!(
+            peer,
+            vdisk,
+            "cache message dropped: no cache of that vdisk here"
+        ),
+    }
 }
 
 /// Sends replies as they come; those ready together go out in one flush.

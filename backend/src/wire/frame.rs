@@ -285,16 +285,25 @@ impl Header {
 
     /// Checks a received payload against the header.
     pub fn verify_payload(&self, payload: &[u8]) -> Result<(), WireError> {
-        if payload.len() != self.payload_len as usize {
+        self.verify_payload_parts(&[payload])
+    }
+
+    /// Checks a payload received in parts (a cache message's body, then
+    /// its data) against the header, without putting them together.
+    pub fn verify_payload_parts(&self, parts: &[&[u8]]) -> Result<(), WireError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len != self.payload_len as usize {
             return Err(WireError::PayloadLength {
                 expected: self.payload_len,
-                actual: payload.len(),
+                actual: len,
             });
         }
-        let crc = if payload.is_empty() {
+        let crc = if len == 0 {
             0
         } else {
-            crc32c::crc32c(payload)
+            parts
+                .iter()
+                .fold(0, |crc, part| crc32c::crc32c_append(crc, part))
         };
         if crc != self.payload_crc {
             return Err(WireError::PayloadChecksum);

@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions panic on purpose: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+mod cache;
 mod fencing;
 mod serving;
 #[path = "../support/mod.rs"]
