@@ -10,6 +10,7 @@
 mod block;
 mod buf;
 pub mod cache;
+pub mod cached;
 mod counts;
 mod engine;
 mod error;

@@ -21,6 +21,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The cached vdisks' coherence core is pure; its shells sit on tails,
     // and know nothing of how their messages travel.
     ("cache", &["tail"]),
+    // Cached vdisks on the network: the shells' messages on the links and
+    // from the peer server.
+    ("cached", &["cache", "link", "peer", "wire"]),
 ];
 
 #[test]

@@ -202,6 +202,14 @@ impl CacheNode {
         self.run(actions, &context);
     }
 
+    /// This node moved to another parent (its transport sends there now):
+    /// nothing of the old one's counts, and requests under way go to the
+    /// new one.
+    pub fn reattach(self: &Arc<Self>) {
+        let actions = self.lock().relay.reattach(self.now());
+        self.run(actions, &Context::default());
+    }
+
     /// Time passes: the lease is renewed, requests and recalls are sent
     /// again.
     pub fn tick(self: &Arc<Self>) {
