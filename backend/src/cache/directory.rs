@@ -74,6 +74,14 @@ impl Directory {
         self.extents.get(&extent).map_or(self.base, |e| e.version)
     }
 
+    /// Whether `writer`'s write of `extent` waits to be applied (or is
+    /// being applied): a resent write that was answered already is not.
+    pub fn queued(&self, extent: Extent, writer: Writer) -> bool {
+        self.extents
+            .get(&extent)
+            .is_some_and(|e| e.writes.contains(&writer))
+    }
+
     /// Whether the root counts `holder` among `extent`'s copies with a
     /// lease it has not yet let expire.
     pub fn may_hold(&self, holder: HolderId, extent: Extent) -> bool {

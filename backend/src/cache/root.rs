@@ -79,11 +79,16 @@ impl CacheRoot {
         }
         let actions = {
             let mut state = self.lock();
-            if let (Up::Write { id, .. }, Some(data)) = (msg, data) {
+            let actions = state.directory.receive(self.now(), from, msg);
+            // The data is kept for as long as the write waits: not at all
+            // for a resent write that was answered already.
+            if let (Up::Write { id, extent, .. }, Some(data)) = (msg, data) {
                 let writer = Writer::Holder { holder: from, id };
-                state.writes.entry(writer).or_insert((at, data));
+                if state.directory.queued(extent, writer) {
+                    state.writes.entry(writer).or_insert((at, data));
+                }
             }
-            state.directory.receive(self.now(), from, msg)
+            actions
         };
         self.run(actions);
     }

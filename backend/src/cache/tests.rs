@@ -118,6 +118,39 @@ fn a_write_lands_only_once_every_copy_is_recalled() {
 }
 
 #[test]
+fn a_resent_write_that_was_answered_is_answered_again_not_queued() {
+    let mut root = Directory::new(1, CONFIG);
+    root.receive(0, 1, Up::Renew { renewal: 1 });
+    let write = Up::Write {
+        id: 4,
+        extent: 7,
+        oldest: 4,
+    };
+    let writer = Writer::Holder { holder: 1, id: 4 };
+    assert_eq!(applies(&root.receive(1, 1, write)), 1);
+    assert!(root.queued(7, writer));
+    root.applied(2, 7);
+    assert!(!root.queued(7, writer));
+    let again = root.receive(3, 1, write);
+    assert_eq!(applies(&again), 0);
+    assert!(
+        !root.queued(7, writer),
+        "the shell would keep its data for ever"
+    );
+    assert!(matches!(
+        sends(&again)[..],
+        [(
+            1,
+            Down::Written {
+                id: 4,
+                holder: false,
+                ..
+            }
+        )]
+    ));
+}
+
+#[test]
 fn a_new_root_s_versions_are_above_every_version_of_the_roots_before() {
     let mut old = Directory::new(1, CONFIG);
     for id in 1..=3 {
