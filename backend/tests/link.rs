@@ -427,21 +427,8 @@ fn a_call_lost_because_the_peer_went_away_settles_at_once() {
 #[test]
 fn a_link_carries_cache_messages_to_the_peers_endpoint() {
     use backend::cache::{Down, Stamped, Up};
-    use backend::peer::CacheEndpoint;
     use backend::wire::CacheMessage;
-
-    type Received = (String, CacheMessage, Option<Vec<u8>>);
-    #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<Received>>);
-    impl CacheEndpoint for Recorder {
-        fn receive(&self, from: &str, message: CacheMessage, data: Option<Arc<AlignedBuf>>) {
-            let data = data.map(|d| d.to_vec());
-            self.0
-                .lock()
-                .unwrap()
-                .push((from.to_owned(), message, data));
-        }
-    }
+    use support::Recorder;
 
     runtime().block_on(async {
         let peer = Peer::new();

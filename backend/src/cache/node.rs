@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::root::{check_write, split, Part};
+use super::root::{check_write, split, write_parts, Part};
 use super::{
     CacheTransport, Down, Extent, ExtentStore, HolderId, LeaseConfig, Millis, Relay, RelayAction,
     Stamped, Tag, Up, Version,
@@ -99,10 +99,7 @@ impl CacheNode {
 
     /// Writes `data` at `offset` of the vdisk, through the root.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<(), IoError> {
-        let mut done = Vec::new();
-        for Part { extent, at, bytes } in split(offset, data.len(), self.extent_bytes) {
-            let mut buf = AlignedBuf::new(bytes.len())?;
-            buf.copy_from_slice(&data[bytes]);
+        write_parts(offset, data, self.extent_bytes, |extent, at, part| {
             let (tx, rx) = oneshot::channel();
             let actions = {
                 let mut state = self.lock();
@@ -111,16 +108,13 @@ impl CacheNode {
                 state.relay.write(self.now(), id, extent)
             };
             let context = Context {
-                new_write: Some((at, Arc::new(buf))),
+                new_write: Some((at, part)),
                 ..Context::default()
             };
             self.run(actions, &context);
-            done.push(rx);
-        }
-        for rx in done {
-            rx.await.map_err(|_| IoError::ShuttingDown)?;
-        }
-        Ok(())
+            rx
+        })
+        .await
     }
 
     /// A message from the parent, with a grant's data.

@@ -96,28 +96,20 @@ impl CacheRoot {
     /// Writes `data` at `offset` of the vdisk, from the root node itself:
     /// each extent's part once every copy of it is recalled.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<(), IoError> {
-        let mut done = Vec::new();
-        for Part { extent, at, bytes } in split(offset, data.len(), self.extent_bytes) {
-            let mut buf = AlignedBuf::new(bytes.len())?;
-            buf.copy_from_slice(&data[bytes]);
+        write_parts(offset, data, self.extent_bytes, |extent, at, part| {
             let (tx, rx) = oneshot::channel();
             let actions = {
                 let mut state = self.lock();
                 let id = state.next_local;
                 state.next_local += 1;
                 state.local.insert(id, tx);
-                state
-                    .writes
-                    .insert(Writer::Local { id }, (at, Arc::new(buf)));
+                state.writes.insert(Writer::Local { id }, (at, part));
                 state.directory.write_local(self.now(), id, extent)
             };
             self.run(actions);
-            done.push(rx);
-        }
-        for rx in done {
-            rx.await.map_err(|_| IoError::ShuttingDown)?;
-        }
-        Ok(())
+            rx
+        })
+        .await
     }
 
     /// Time passes: leases expire, recalls are sent again.
@@ -230,6 +222,27 @@ pub(super) fn check_write(
         (Up::Write { .. }, Some(_)) | (_, None) => Ok(()),
         (_, Some(_)) => Err("data with a message that carries none"),
     }
+}
+
+/// Writes `data` at `offset` of the vdisk one extent's part at a time:
+/// `start` hands a part (its extent, where in it, its bytes) to a core and
+/// returns what is told once the part is applied. Ends once every part is.
+pub(super) async fn write_parts(
+    offset: u64,
+    data: &[u8],
+    extent_bytes: u64,
+    mut start: impl FnMut(Extent, u32, Arc<AlignedBuf>) -> oneshot::Receiver<()>,
+) -> Result<(), IoError> {
+    let mut done = Vec::new();
+    for Part { extent, at, bytes } in split(offset, data.len(), extent_bytes) {
+        let mut part = AlignedBuf::new(bytes.len())?;
+        part.copy_from_slice(&data[bytes]);
+        done.push(start(extent, at, Arc::new(part)));
+    }
+    for rx in done {
+        rx.await.map_err(|_| IoError::ShuttingDown)?;
+    }
+    Ok(())
 }
 
 /// The parts of `len` bytes at `offset` of the vdisk that fall in each

@@ -262,16 +262,10 @@ async fn serve_connection(
             let Ok(held) = bytes.clone().acquire_many_owned(cost).await else {
                 break;
             };
-            let read =
-                tokio::time::timeout(PAYLOAD_TIMEOUT, read_cache_message(&mut reader, &header));
-            let (message, data) = match read.await {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => {
-                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a payload not sent within {PAYLOAD_TIMEOUT:?}");
+            let (message, data) = match in_time(read_cache_message(&mut reader, &header)).await {
+                Ok(read) => read,
+                Err(why) => {
+                    tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {why}");
                     break;
                 }
             };
@@ -305,19 +299,10 @@ async fn serve_connection(
         let Ok(held) = bytes.clone().acquire_many_owned(cost).await else {
             break;
         };
-        let payload = match tokio::time::timeout(
-            PAYLOAD_TIMEOUT,
-            read_payload(&mut reader, &header),
-        )
-        .await
-        {
-            Ok(Ok(payload)) => payload,
-            Ok(Err(e)) => {
-                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {e}");
-                break;
-            }
-            Err(_) => {
-                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: a payload not sent within {PAYLOAD_TIMEOUT:?}");
+        let payload = match in_time(read_payload(&mut reader, &header)).await {
+            Ok(payload) => payload,
+            Err(why) => {
+                tracing::warn!(%addr, peer = %peer.name, "closing peer connection: {why}");
                 break;
             }
         };
@@ -353,6 +338,15 @@ async fn serve_connection(
     while requests.join_next().await.is_some() {}
     drop(replies);
     let _ = writer.await;
+}
+
+/// Reads a payload within [`PAYLOAD_TIMEOUT`]; why not, if it fails.
+async fn in_time<T>(read: impl Future<Output = io::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(PAYLOAD_TIMEOUT, read).await {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("a payload not sent within {PAYLOAD_TIMEOUT:?}")),
+    }
 }
 
 async fn read_payload(

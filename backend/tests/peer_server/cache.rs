@@ -3,34 +3,15 @@
 //! dropped when nobody takes them or the sender is no member; a malformed
 //! one closes the connection.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backend::cache::{Down, Stamped, Up};
-use backend::peer::CacheEndpoint;
 use backend::wire::CacheMessage;
-use backend::AlignedBuf;
 
+use super::support::{Received, Recorder};
 use super::*;
 
 const CACHED: u64 = 9;
-
-/// A message as it was handed over: sender, message, data.
-type Received = (String, CacheMessage, Option<Vec<u8>>);
-
-/// Keeps what it is handed.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Received>>);
-
-impl CacheEndpoint for Recorder {
-    fn receive(&self, from: &str, message: CacheMessage, data: Option<Arc<AlignedBuf>>) {
-        let data = data.map(|d| d.to_vec());
-        self.0
-            .lock()
-            .unwrap()
-            .push((from.to_owned(), message, data));
-    }
-}
 
 impl Recorder {
     /// What it got, once it got `count` messages (or after 10 s).

@@ -120,3 +120,25 @@ async fn carry(
         }
     }
 }
+
+/// A cache message as a peer server handed it over: sender, message, data.
+pub type Received = (String, backend::wire::CacheMessage, Option<Vec<u8>>);
+
+/// A cache endpoint that keeps what it is handed.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Received>>);
+
+impl backend::peer::CacheEndpoint for Recorder {
+    fn receive(
+        &self,
+        from: &str,
+        message: backend::wire::CacheMessage,
+        data: Option<Arc<backend::AlignedBuf>>,
+    ) {
+        let data = data.map(|d| d.to_vec());
+        self.0
+            .lock()
+            .unwrap()
+            .push((from.to_owned(), message, data));
+    }
+}
